@@ -1,0 +1,61 @@
+"""Every error the engine raises on purpose.
+
+All of them pass their message to ``super().__init__`` and take only that message in the
+constructor, so they survive the pickle round trip Ray makes when a worker error travels
+back to the driver.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ScreeningError",
+    "InvalidParameterError",
+    "StimulusError",
+    "ModelNotFoundError",
+    "ModelLoadError",
+    "CheckpointError",
+    "StoreError",
+    "UnsafePickleError",
+    "IntegrityError",
+    "ImageDecodeError",
+]
+
+
+class ScreeningError(Exception):
+    """Base class of every error raised by ``screening``."""
+
+
+class InvalidParameterError(ScreeningError, ValueError):
+    """A parameter has a value outside its valid set; the message names both."""
+
+
+class StimulusError(ScreeningError, ValueError):
+    """An in-memory stimulus array is not a batch of RGB uint8-valued square images."""
+
+
+class ModelNotFoundError(ScreeningError, LookupError):
+    """The model id is unknown, or the store holds no such model."""
+
+
+class ModelLoadError(ScreeningError, RuntimeError):
+    """A model's files exist but could not be loaded."""
+
+
+class CheckpointError(ModelLoadError):
+    """A checkpoint does not match the published key set or shapes."""
+
+
+class StoreError(ScreeningError, OSError):
+    """A model store (local, s3:// or https) could not be read as a BERG layout."""
+
+
+class UnsafePickleError(ScreeningError, RuntimeError):
+    """A pickled file asked for an object outside the safe allow-list."""
+
+
+class IntegrityError(ScreeningError, RuntimeError):
+    """A downloaded or cached file does not match its expected size or sha256."""
+
+
+class ImageDecodeError(ScreeningError, ValueError):
+    """Encoded image bytes could not be decoded into an RGB image."""
