@@ -1,0 +1,142 @@
+"""Encoders = CNN8 core + readouts (the neuralpredictors core/readout/encoder split).
+
+- ``CNN8Multihead``: the published model, all subject heads at full vertex resolution.
+- ``collapse_heads``: any fixed vertex-mean of a head is affine in the core output, so it collapses
+  exactly into one (R, C·H·W) matrix — ROI means cost R×C×H×W MACs instead of V×C×H×W.
+- ``RoiEncoder``: a core plus every (subject, ROI) mean as one matmul. Takes uint8 images.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from screening.exceptions import InvalidParameterError
+from screening.models._weights import (IMAGENET_MEAN, IMAGENET_STD, SPATIAL, SUBJECTS, CheckpointInfo,
+                                       head_key, validate_state_dict)
+from screening.models.core import CNN8Core
+from screening.models.readout import FactorizedReadout
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class Normalize(nn.Module):
+    """uint8 (or 0..255 float) RGB → ImageNet-normalised float32, inside the model so pipelines ship uint8."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return x.float() * self.scale - self.shift
+
+
+class CNN8Multihead(nn.Module):
+    """The published MOSAIC CNN8 multihead model; state_dict keys match the checkpoint without ``module.``."""
+
+    def __init__(self, n_vertices: int, width: int = 384, subjects: Sequence[str] = SUBJECTS):
+        super().__init__()
+        self.core = CNN8Core(width)
+        self.subject_readouts = nn.ModuleDict(
+            {head_key(s): FactorizedReadout(n_vertices, width, SPATIAL) for s in subjects})
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], info: CheckpointInfo | None = None) -> "CNN8Multihead":
+        info = info or validate_state_dict(sd)
+        with torch.device("meta"):
+            model = cls(info.n_vertices, info.width)
+        model.load_state_dict(sd, strict=True, assign=True)
+        return model.eval()
+
+    def head(self, subject: str) -> FactorizedReadout:
+        try:
+            return self.subject_readouts[head_key(subject)]
+        except KeyError:
+            raise InvalidParameterError(
+                f"subject={subject!r} is not a head of this model; valid subjects: {', '.join(SUBJECTS)}") from None
+
+    def forward(self, x: torch.Tensor, subject: str) -> torch.Tensor:
+        """Normalised float input (N, 3, H, W) → vertex responses (N, V) for one subject."""
+        return self.head(subject)(self.core(x))
+
+
+def collapse_head(head: FactorizedReadout, vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ROI-mean weights of one head.
+
+    Returns W (R, C·H·W) and b (R,) with ``mean_{o∈set_r} head(x)[:, o] == x.flatten(1) @ W[r] + b[r]``.
+    """
+    with torch.no_grad():
+        f = head._features.detach().float()
+        s = head.normalized_spatial().detach().float().flatten(1)
+        bias = head.bias.detach().float()
+        w = torch.empty(len(vertex_sets), f.shape[1], s.shape[1], dtype=torch.float32)
+        b = torch.empty(len(vertex_sets), dtype=torch.float32)
+        for r, idx in enumerate(vertex_sets):
+            idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+            if idx.numel() == 0:
+                raise InvalidParameterError(f"ROI #{r} has no vertices in this model; cannot take its mean")
+            # Σ_o F[o,c] S[o,p] / n, as one (C, n) @ (n, P) matmul.
+            torch.matmul(f[idx].T, s[idx], out=w[r])
+            w[r].div_(idx.numel())
+            b[r] = bias[idx].mean()
+    return w.flatten(1), b
+
+
+class RoiEncoder(nn.Module):
+    """Core + all (subject, ROI) means as one matmul; uint8 (N,3,224,224) → float32 (N, S, R).
+
+    Parameters
+    ----------
+    core : CNN8Core
+    roi_weights : torch.Tensor (S·R, C·H·W) and roi_bias (S·R,), from ``collapse_heads``.
+    subjects, roi_names : labels of the output axes.
+    precision : {"fp32", "bf16"}
+        ``bf16`` runs the core under bf16 autocast with channels_last; the ROI matmul stays fp32.
+    """
+
+    def __init__(self, core: nn.Module, roi_weights: torch.Tensor, roi_bias: torch.Tensor,
+                 subjects: Sequence[str], roi_names: Sequence[str], precision: str = "fp32"):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
+        self.normalize = Normalize()
+        self.core = core
+        self.register_buffer("roi_weights_t", roi_weights.T.contiguous())
+        self.register_buffer("roi_bias", roi_bias)
+        self.subjects = tuple(subjects)
+        self.roi_names = tuple(roi_names)
+        self.precision = precision
+        if precision == "bf16":
+            self.core = self.core.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images_u8)
+        if self.precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                feats = self.core(x)
+        else:
+            feats = self.core(x)
+        out = torch.addmm(self.roi_bias, feats.float().flatten(1), self.roi_weights_t)
+        return out.view(x.shape[0], len(self.subjects), len(self.roi_names))
+
+
+def collapse_heads(model: CNN8Multihead, subjects: Sequence[str],
+                   rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack every subject's collapsed ROI weights: rows ordered subject-major, then ROI.
+
+    ``rois`` maps a name to model-vertex indices, shared by all subjects, or to a per-subject mapping
+    (reliability-filtered ROIs differ between subjects).
+    """
+    ws, bs = [], []
+    for s in subjects:
+        sets = [v[s] if isinstance(v, Mapping) else v for v in rois.values()]
+        w, b = collapse_head(model.head(s), sets)
+        ws.append(w)
+        bs.append(b)
+    return torch.cat(ws), torch.cat(bs)
