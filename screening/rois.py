@@ -81,8 +81,10 @@ def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]]
     if hemis:
         return np.unique(np.concatenate(hemis))
     if name in atlas.roi_grayordinates() or (("L_" + name) in atlas.roi_grayordinates()):
+        why = ("the visual variant keeps Glasser groups 1-5" if variant == "visual"
+               else "MOSAIC excludes all its grayordinates")
         raise InvalidParameterError(f"ROI {name!r} exists in the atlas but has no vertices in variant {variant!r} "
-                                    f"(the visual variant keeps Glasser groups 1-5)")
+                                    f"({why})")
     raise InvalidParameterError(f"Unknown ROI {name!r}; valid ROIs: {valid_names_hint(variant)}"
                                 + (f", composites {', '.join(composites)}" if composites else ""))
 

@@ -113,6 +113,17 @@ class RoiEncoder(nn.Module):
         if precision == "bf16":
             self.core = self.core.to(memory_format=torch.channels_last)
 
+    @classmethod
+    def from_model(cls, model: CNN8Multihead, subjects: Sequence[str],
+                   rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]], *, precision: str = "fp32",
+                   fold_bn: bool = True, device: str | torch.device = "cpu") -> "RoiEncoder":
+        """Collapse ``model``'s heads to ``rois`` for ``subjects``; the full heads are not kept."""
+        from screening.models.fast import fold_batchnorm
+
+        w, b = collapse_heads(model, subjects, rois)
+        core = fold_batchnorm(model.core) if fold_bn else model.core
+        return cls(core, w, b, subjects, list(rois), precision).to(device).eval()
+
     @torch.inference_mode()
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images_u8)
