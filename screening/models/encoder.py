@@ -64,26 +64,32 @@ class CNN8Multihead(nn.Module):
         return self.head(subject)(self.core(x))
 
 
-def collapse_head(head: FactorizedReadout, vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ROI-mean weights of one head.
+def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: torch.Tensor,
+                      vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact vertex-mean weights from head tensors (V, C), (V, P) normalised, (V,).
 
-    Returns W (R, C·H·W) and b (R,) with ``mean_{o∈set_r} head(x)[:, o] == x.flatten(1) @ W[r] + b[r]``.
+    Returns W (R, C·P) and b (R,) with ``mean_{o∈set_r} y[:, o] == x.flatten(1) @ W[r] + b[r]``.
     """
+    f = features.detach().float()
+    s = spatial_hat.detach().float().flatten(1)
+    w = torch.empty(len(vertex_sets), f.shape[1], s.shape[1], dtype=torch.float32, device=f.device)
+    b = torch.empty(len(vertex_sets), dtype=torch.float32, device=f.device)
     with torch.no_grad():
-        f = head._features.detach().float()
-        s = head.normalized_spatial().detach().float().flatten(1)
-        bias = head.bias.detach().float()
-        w = torch.empty(len(vertex_sets), f.shape[1], s.shape[1], dtype=torch.float32)
-        b = torch.empty(len(vertex_sets), dtype=torch.float32)
         for r, idx in enumerate(vertex_sets):
-            idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+            idx = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=f.device)
             if idx.numel() == 0:
                 raise InvalidParameterError(f"ROI #{r} has no vertices in this model; cannot take its mean")
             # Σ_o F[o,c] S[o,p] / n, as one (C, n) @ (n, P) matmul.
             torch.matmul(f[idx].T, s[idx], out=w[r])
             w[r].div_(idx.numel())
-            b[r] = bias[idx].mean()
+            b[r] = bias.detach().float()[idx].mean()
     return w.flatten(1), b
+
+
+def collapse_head(head: FactorizedReadout, vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ROI-mean weights of one subject head (see ``collapse_vertices``)."""
+    with torch.no_grad():
+        return collapse_vertices(head._features, head.normalized_spatial(), head.bias, vertex_sets)
 
 
 class RoiEncoder(nn.Module):
