@@ -1,8 +1,8 @@
 """Dataset-scale brain-response screening with the MOSAIC CNN8 encoding model.
 
 Public entry points (imported lazily so ``import screening`` stays cheap on Ray workers):
-``BERG`` (BERG-compatible API), ``screen`` (Ray pipeline), ``rank`` (rankings), ``make_store``,
-``open_store``, ``ingest``.
+``BERG`` (BERG-compatible API), ``screen`` (Ray pipeline), ``make_store``, ``open_store``.
+Rankings and ingest are ``screening.rank.rank`` and ``screening.ingest.ingest`` (modules of those names).
 """
 
 __version__ = "0.1.0"
@@ -11,10 +11,8 @@ _LAZY = {
     "BERG": ("screening.api", "BERG"),
     "EncodingModel": ("screening.api", "EncodingModel"),
     "screen": ("screening.pipeline", "screen"),
-    "rank": ("screening.rank", "rank"),
     "make_store": ("screening.store.synthetic", "make_store"),
     "open_store": ("screening.store", "open_store"),
-    "ingest": ("screening.ingest", "ingest"),
 }
 
 __all__ = ["__version__", *_LAZY]
