@@ -1,0 +1,76 @@
+"""``screening encode``: ROI means for a handful of image files, in memory (no Ray).
+
+For datasets use ``screening run``; this is the quick look at a few images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--store", required=True, help="BERG root (dir or s3://) or checkpoint https URL")
+    p.add_argument("--model-id", default=None, help="default: the store's only model, else verticesAll")
+    p.add_argument("--subject", default="all", help="1..8, comma list, or 'all'")
+    p.add_argument("--roi", action="append", default=None, help="ROI name (repeatable); default all areas + groups")
+    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--out", default=None, help="write the table (.csv or .parquet); default print a summary")
+    p.add_argument("--endpoint-url", default=None)
+    p.add_argument("--anonymous", action="store_true", default=None)
+
+
+def _files(paths: list[str]) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    return out
+
+
+def run_from_args(args) -> int:
+    import pandas as pd
+
+    from screening.api import BERG
+    from screening.exceptions import ImageDecodeError
+    from screening.models._weights import DEFAULT_MODEL_ID
+    from screening.preprocess import preprocess_bytes
+
+    berg = BERG(args.store, endpoint_url=args.endpoint_url, anonymous=args.anonymous)
+    present = berg.store.model_ids()
+    model_id = args.model_id or (present[0] if len(present) == 1 else DEFAULT_MODEL_ID)
+    subject = args.subject if args.subject == "all" else [int(s) for s in args.subject.split(",")]
+    selection = {"roi": args.roi} if args.roi else None
+    model = berg.get_encoding_model(model_id, subject=subject, selection=selection, device="auto",
+                                    precision=args.precision)
+    files, images = [], []
+    for f in _files(args.images):
+        try:
+            images.append(preprocess_bytes(f.read_bytes()))
+            files.append(str(f))
+        except (ImageDecodeError, OSError) as e:
+            print(f"skipped {f}: {e}", file=sys.stderr)
+    if not images:
+        print("no decodable images given", file=sys.stderr)
+        return 1
+    res = berg.encode(model, np.stack(images), reduce="roi_mean", show_progress=True)
+    rows = []
+    for subject_id, arr in res[model.weights.dataset].items():
+        df = pd.DataFrame(arr, columns=model.roi_names)
+        df.insert(0, "subject", subject_id)
+        df.insert(0, "image", files)
+        rows.append(df)
+    table = pd.concat(rows, ignore_index=True)
+    if model.fingerprint.get("synthetic"):
+        print("NOTE: this store holds SYNTHETIC weights; the numbers are not brain predictions.", file=sys.stderr)
+    if args.out:
+        (table.to_parquet if args.out.endswith(".parquet") else table.to_csv)(args.out, index=False)
+        print(f"wrote {len(table)} rows x {len(model.roi_names)} ROIs to {args.out}")
+    else:
+        print(table.groupby("image")[model.roi_names[: min(8, len(model.roi_names))]].mean().to_string())
+    return 0
