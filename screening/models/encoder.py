@@ -142,6 +142,22 @@ class RoiEncoder(nn.Module):
         out = torch.addmm(self.roi_bias, feats.float().flatten(1), self.roi_weights_t)
         return out.view(x.shape[0], len(self.subjects), len(self.roi_names))
 
+    def encode_numpy(self, images_u8: np.ndarray) -> np.ndarray:
+        """uint8 (N,3,224,224) host array → float32 (N, S, R) host array.
+
+        On CUDA the batch goes through pinned host memory with a non-blocking copy.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(images_u8))
+        device = self.roi_bias.device
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        return self(x).cpu().numpy()
+
+    def compile(self, **kwargs) -> "RoiEncoder":
+        """``torch.compile`` the core in place (optional: compile time dominates small runs)."""
+        self.core = torch.compile(self.core, **kwargs)
+        return self
+
 
 def collapse_heads(model: CNN8Multihead, subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
