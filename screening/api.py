@@ -186,7 +186,8 @@ class BERG:
         out = {s: np.empty((n, width), dtype=np.float32) for s in model.subjects}
         bar = _progress(n, show_progress, "encode")
         for lo in range(0, n, model.batch_size):
-            batch = preprocess_batch_array(stimulus[lo:lo + model.batch_size])
+            # values were range-checked above, so this per-batch conversion of wider ints is lossless
+            batch = preprocess_batch_array(stimulus[lo:lo + model.batch_size].astype(np.uint8, copy=False))
             if reduce:
                 res = model.roi_encoder()(torch.from_numpy(batch).to(model.device)).cpu().numpy()
                 for i, s in enumerate(model.subjects):
