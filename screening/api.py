@@ -25,12 +25,12 @@ from screening._validation import (check_choice, check_device, check_positive_in
                                    check_subjects, _is_int)
 from screening.exceptions import InvalidParameterError
 from screening.models._weights import CheckpointInfo, EncoderWeights, get_weights
-from screening.models.encoder import PRECISIONS, CNN8Multihead, Normalize, RoiEncoder, collapse_vertices
+from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_vertices,
+                                      default_batch_size)
 from screening.models.fast import fold_batchnorm
 
 SELECTION_KEYS = ("roi", "glasser_group", "voxel_index")
 REDUCTIONS = (None, "roi_mean")
-DEFAULT_BATCH = {"cpu": 16, "cuda": 128}
 _VERTEX_CHUNK = 4096
 
 
@@ -140,7 +140,8 @@ class BERG:
         precision : {"fp32", "bf16"}, default="fp32"
             fp32 reproduces the published maths; bf16 runs the core under autocast (see README for agreement).
         batch_size : int, optional
-            Images per forward; default 16 on CPU, 128 on CUDA.
+            Images per forward; default ``screening.models.encoder.default_batch_size`` (16 on CPU; on CUDA
+            what fits in half the free memory, 32..512).
         fold_bn : bool, default=True
             Fold BatchNorm into the convolutions (same fp32 numbers within rounding, fewer kernels).
         """
@@ -148,7 +149,7 @@ class BERG:
         subjects = check_subjects(subject)
         dev = check_device(device)
         check_choice("precision", precision, PRECISIONS)
-        batch_size = check_positive_int("batch_size", batch_size) or DEFAULT_BATCH[dev]
+        batch_size = check_positive_int("batch_size", batch_size) or default_batch_size(dev, precision)
         model, info = self.store.load_model(model_id)
         columns, roi_sets = resolve_selection(selection, weights.variant, info.n_vertices)
         heads = {}
