@@ -1,0 +1,1 @@
+"""Pipeline I/O: reading image shards (``image_source``) and writing ROI tables (``roi_sink``)."""

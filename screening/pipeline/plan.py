@@ -1,0 +1,266 @@
+"""``ScreeningPlan``: everything a run needs, built and validated on the driver before any Ray work.
+
+``build_plan`` resolves the store, model, subjects and ROIs, lists the input shards with their row counts (Parquet
+footers), checks the columns, reads the output's commit markers and decides which units are pending. Every bad value
+raises :class:`~screening.exceptions.InvalidParameterError` naming the parameter, the value and the valid ones.
+Cluster resources (GPUs) are checked by :func:`check_resources` once Ray is connected, still before any task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from screening.exceptions import InvalidParameterError
+from screening.io._fs import filesystem_for, to_uri
+from screening.io.image_source import ColumnSpec, Shard, column_spec, list_shards, read_footers, unit_names
+from screening.pipeline.outputs import OutputLayout, check_compatible
+
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_BATCH_SIZE = {"cpu": 64, "gpu": 256}
+DECODE_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ScreeningPlan:
+    """A validated, immutable description of one screening run (see ``build_plan``)."""
+
+    images: str
+    out: str
+    shards: tuple[Shard, ...]
+    pending: tuple[Shard, ...]
+    spec: ColumnSpec
+    store: Any
+    model_id: str
+    fingerprint: Mapping
+    subjects: tuple[str, ...]
+    rois: Mapping[str, np.ndarray]
+    roi_names: tuple[str, ...]
+    n_vertices: Mapping
+    precision: str
+    batch_size: int | None
+    decode_batch_size: int
+    fast_decode: bool
+    num_encoders: int | tuple[int, int] | None
+    num_gpus_per_encoder: float | None
+    num_cpus_per_encoder: float
+    endpoint_url: str | None
+    anonymous: bool | None
+    progress: bool
+    config: Mapping
+    config_key: str
+    throttle_s: float = 0.0
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.out, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(s.rows for s in self.pending)
+
+
+def _check_bool(name, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be True or False; got {v!r}")
+    return bool(v)
+
+
+def _check_pos_int(name, v, allow_none=True):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InvalidParameterError(f"{name} must be a positive integer{' or None' if allow_none else ''}; got {v!r}")
+    return int(v)
+
+
+def _check_nonneg(name, v, allow_none=True):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
+        raise InvalidParameterError(f"{name} must be a number >= 0{' or None' if allow_none else ''}; got {v!r}")
+    return float(v)
+
+
+def resolve_subjects(subjects) -> tuple[str, ...]:
+    from screening.models._weights import SUBJECTS
+
+    if subjects is None or (isinstance(subjects, str) and subjects == "all"):
+        return tuple(SUBJECTS)
+    if isinstance(subjects, str):
+        subjects = [s for s in subjects.split(",") if s]
+    subjects = list(subjects)
+    if not subjects:
+        raise InvalidParameterError(f"subjects must name at least one subject; valid subjects: 'all', {', '.join(SUBJECTS)}")
+    for s in subjects:
+        if s not in SUBJECTS:
+            raise InvalidParameterError(f"subjects: {s!r} is not a subject; valid subjects: 'all', {', '.join(SUBJECTS)}")
+    if len(set(subjects)) != len(subjects):
+        raise InvalidParameterError(f"subjects lists a subject twice: {subjects}")
+    return tuple(subjects)
+
+
+def resolve_store(store, *, endpoint_url=None, anonymous=None):
+    if isinstance(store, (str, os.PathLike)):
+        from screening.store import open_store
+
+        return open_store(os.fspath(store), endpoint_url=endpoint_url, anonymous=anonymous)
+    for attr in ("load_model", "fingerprint", "model_ids"):
+        if not hasattr(store, attr):
+            raise InvalidParameterError(f"store must be a location (path or s3:// URI) or a ModelStore; got "
+                                        f"{type(store).__name__} without .{attr}()")
+    return store
+
+
+def resolve_model_id(store, model_id) -> str:
+    from screening.models._weights import DEFAULT_MODEL_ID
+
+    ids = list(store.model_ids())
+    if model_id is None:
+        if len(ids) == 1:
+            return ids[0]
+        model_id = DEFAULT_MODEL_ID
+    if model_id not in ids:
+        raise InvalidParameterError(f"model_id={model_id!r} is not in the store; models in the store: "
+                                    f"{', '.join(ids) or '(none)'}")
+    return model_id
+
+
+def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
+               batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
+               num_cpus_per_encoder=1, fast_decode=False, image_column="image", id_column="image_id",
+               endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0) -> ScreeningPlan:
+    """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
+    from screening import __version__
+    from screening.rois import build_roi_set, default_roi_names, n_vertices
+
+    if precision not in PRECISIONS:
+        raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
+    batch_size = _check_pos_int("batch_size", batch_size)
+    fast_decode = _check_bool("fast_decode", fast_decode)
+    progress = _check_bool("progress", progress)
+    num_gpus_per_encoder = _check_nonneg("num_gpus_per_encoder", num_gpus_per_encoder)
+    num_cpus_per_encoder = _check_nonneg("num_cpus_per_encoder", num_cpus_per_encoder, allow_none=False)
+    if num_gpus_per_encoder is not None and num_gpus_per_encoder > 1 and num_gpus_per_encoder != int(num_gpus_per_encoder):
+        raise InvalidParameterError(f"num_gpus_per_encoder above 1 must be a whole number; got {num_gpus_per_encoder}")
+    if isinstance(num_encoders, (tuple, list)):
+        if len(num_encoders) != 2:
+            raise InvalidParameterError(f"num_encoders must be an int or a (min, max) pair; got {num_encoders!r}")
+        lo, hi = (_check_pos_int("num_encoders", v, allow_none=False) for v in num_encoders)
+        if lo > hi:
+            raise InvalidParameterError(f"num_encoders=(min, max) needs min <= max; got {num_encoders!r}")
+        num_encoders = (lo, hi)
+    else:
+        num_encoders = _check_pos_int("num_encoders", num_encoders)
+    for name, v in (("image_column", image_column), ("id_column", id_column)):
+        if not isinstance(v, str) or not v:
+            raise InvalidParameterError(f"{name} must be a non-empty string; got {v!r}")
+    subjects = resolve_subjects(subjects)
+
+    store = resolve_store(store, endpoint_url=endpoint_url, anonymous=anonymous)
+    model_id = resolve_model_id(store, model_id)
+    fingerprint = dict(store.fingerprint(model_id))
+    variant = fingerprint["variant"]
+    if isinstance(rois, str):
+        rois = [r for r in rois.split(",") if r]
+    names = None if rois is None else list(rois)
+    if names is None and composites:
+        names = default_roi_names(variant) + list(composites)
+    roi_set = build_roi_set(variant, names, composites=composites, custom=custom_rois)
+    nv = n_vertices(roi_set, subjects)
+
+    # Inputs: list shards, read footers (row counts), check columns on the first schema.
+    in_fs, in_path = filesystem_for(os.fspath(images), endpoint_url=endpoint_url, anonymous=anonymous)
+    paths = list_shards(in_fs, in_path)
+    if not paths:
+        raise InvalidParameterError(f"images={os.fspath(images)!r} holds no .parquet files")
+    metas = read_footers(in_fs, paths)
+    spec = column_spec(metas[0].schema.to_arrow_schema(), image_column, id_column)
+    for p, m in zip(paths[1:], metas[1:]):
+        other = column_spec(m.schema.to_arrow_schema(), image_column, id_column)
+        if other != spec:
+            raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
+                                        f"({spec}); all shards of a run must share one layout")
+    shards = tuple(Shard(p, to_uri(in_fs, p), u, int(m.num_rows)) for p, u, m in zip(paths, unit_names(paths), metas))
+
+    config = {
+        "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
+        "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
+        "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": fast_decode,
+        "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
+        "batch_size": batch_size, "num_encoders": num_encoders, "num_gpus_per_encoder": num_gpus_per_encoder,
+        "num_cpus_per_encoder": num_cpus_per_encoder, "engine_version": __version__,
+    }
+    key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
+               "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
+                                                       np.concatenate(list(v.values()))).tobytes()).hexdigest()
+                            for n, v in roi_set.items()},
+               "precision": precision, "fast_decode": fast_decode, "image_column": image_column,
+               "id_column": id_column}
+    config_key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
+    markers = layout.markers()
+    check_compatible(markers, config_key, os.fspath(out))
+    pending = tuple(s for s in shards if s.unit not in markers)
+    return ScreeningPlan(
+        images=os.fspath(images), out=os.fspath(out), shards=shards, pending=pending, spec=spec, store=store,
+        model_id=model_id, fingerprint=fingerprint, subjects=subjects, rois=roi_set, roi_names=tuple(roi_set),
+        n_vertices=nv, precision=precision, batch_size=batch_size, decode_batch_size=DECODE_BATCH_SIZE,
+        fast_decode=fast_decode, num_encoders=num_encoders, num_gpus_per_encoder=num_gpus_per_encoder,
+        num_cpus_per_encoder=num_cpus_per_encoder, endpoint_url=endpoint_url, anonymous=anonymous,
+        progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the actor pool asks for, resolved against the connected cluster."""
+
+    num_gpus: float
+    num_cpus: float
+    min_size: int
+    max_size: int
+    batch_size: int
+    device: str
+
+
+def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resources:
+    """Resolve GPUs / pool size / batch size against ``ray.cluster_resources()``; raise instead of waiting forever."""
+    gpus = float(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 0))
+    g = plan.num_gpus_per_encoder
+    if g is None:
+        g = 1.0 if gpus >= 1 else 0.0
+    if g > 0 and gpus < g:
+        raise InvalidParameterError(
+            f"num_gpus_per_encoder={plan.num_gpus_per_encoder} but the Ray cluster has {gpus:g} GPU(s); "
+            f"use num_gpus_per_encoder=0 (CPU encoders) or connect to a cluster with GPUs")
+    c = plan.num_cpus_per_encoder
+    if c > cpus:
+        raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {cpus:g} CPU(s); "
+                                    f"valid: 0 .. {cpus:g}")
+    if g > 0:
+        auto_max = max(1, int(gpus // g))
+    else:
+        # Leave at least one CPU for the decode tasks.
+        auto_max = max(1, int((cpus - 1) // c) if c > 0 else 1)
+    if plan.num_encoders is None:
+        lo, hi = 1, auto_max
+    elif isinstance(plan.num_encoders, tuple):
+        lo, hi = plan.num_encoders
+    else:
+        lo = hi = plan.num_encoders
+    if g > 0 and lo * g > gpus:
+        raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_gpus_per_encoder={g:g} needs "
+                                    f"{lo * g:g} GPUs; the cluster has {gpus:g}")
+    if g == 0 and lo * c > cpus:
+        raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_cpus_per_encoder={c:g} needs "
+                                    f"{lo * c:g} CPUs; the cluster has {cpus:g}")
+    batch = plan.batch_size or DEFAULT_BATCH_SIZE["gpu" if g > 0 else "cpu"]
+    return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=batch,
+                     device="cuda" if g > 0 else "cpu")

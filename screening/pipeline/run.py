@@ -1,0 +1,242 @@
+"""Turn a :class:`ScreeningPlan` into Ray Data calls, stream the results into per-unit files, commit each unit.
+
+The plan, for the pending shards only::
+
+    read_parquet(shards, filesystem, columns, include_paths=True)            # I/O tasks
+      -> map_batches(decode_batch, batch_format="pyarrow", num_cpus=1)       # CPU tasks: bytes -> uint8 224x224
+      -> map_batches(EncoderActor, compute=ActorPoolStrategy(min, max),      # GPU (or CPU) actors: ROI means
+                     num_gpus=..., batch_size=..., fn_constructor_kwargs=...)
+      -> iter_batches() on the driver -> _RoiTableSink                       # per-unit files, marker last
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from screening.io._fs import arrow_filesystem, filesystem_for
+from screening.io.roi_sink import _RoiTableSink
+from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files
+from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
+
+
+@dataclass
+class ScreeningResult:
+    """What a run produced. Readers only see committed units."""
+
+    out: str
+    manifest_path: str
+    responses_files: list[str]
+    errors_files: list[str]
+    counts: dict
+    units_run: int
+    units_skipped: int
+    seconds: float
+    images_this_run: int
+    endpoint_url: str | None = None
+    anonymous: bool | None = None
+    roi_names: tuple = field(default_factory=tuple)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_this_run / self.seconds if self.seconds > 0 and self.images_this_run else 0.0
+
+    def _read(self, files):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = []
+        for uri in files:
+            fs, path = filesystem_for(uri, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables) if tables else None
+
+    def responses(self):
+        """All committed response rows as a pandas DataFrame (long format, see docs/pipeline.md)."""
+        from screening.io.roi_sink import responses_schema
+
+        t = self._read(self.responses_files)
+        return (t if t is not None else responses_schema(self.roi_names).empty_table()).to_pandas()
+
+    def errors(self):
+        """All committed error rows (``image_id``, ``source``, ``stage``, ``error``) as a DataFrame."""
+        from screening.io.roi_sink import ERROR_SCHEMA
+
+        t = self._read(self.errors_files)
+        return (t if t is not None else ERROR_SCHEMA.empty_table()).to_pandas()
+
+    def responses_dataset(self):
+        """The committed responses as a Ray Dataset (for data too big for one pandas frame)."""
+        import ray
+
+        if not self.responses_files:
+            return ray.data.from_arrow(__import__("screening.io.roi_sink", fromlist=["x"]).responses_schema(
+                self.roi_names).empty_table())
+        fs, _ = filesystem_for(self.responses_files[0], endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+        paths = [filesystem_for(u, endpoint_url=self.endpoint_url, anonymous=self.anonymous)[1]
+                 for u in self.responses_files]
+        return ray.data.read_parquet(paths, filesystem=arrow_filesystem(fs))
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"screened {c['images']} images ({c['errors']} errors, {c['responses_rows']} response rows); "
+                f"this run: {self.units_run} unit(s), {self.images_this_run} images in {self.seconds:.1f} s "
+                f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
+                f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
+                f"manifest: {self.manifest_path}")
+
+
+def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
+           batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=1,
+           fast_decode=False, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
+           progress=True, _throttle_s=0.0) -> ScreeningResult:
+    """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
+
+    Parameters
+    ----------
+    images : str
+        A Parquet file, a directory of them (recursive) or a glob; local or ``s3://``.
+    store : str or ModelStore
+        The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.
+    out : str
+        Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.
+    model_id : str, optional
+        Default: the store's only model, else ``DEFAULT_MODEL_ID``.
+    subjects : "all" or list of str, default="all"
+        ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.
+    rois, composites, custom_rois :
+        As :func:`screening.rois.build_roi_set`; default: all areas of the variant + its Glasser groups.
+    batch_size : int, optional
+        Encoder batch; default 256 on GPU, 64 on CPU.
+    precision : {"bf16", "fp32"}, default="bf16"
+    num_encoders : int or (min, max), optional
+        Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder) or 1..(CPUs - 1).
+    num_gpus_per_encoder : float, optional
+        Default: 1 if the cluster has GPUs, else 0. Asking for GPUs on a cluster without them raises.
+    num_cpus_per_encoder : float, default=1
+    fast_decode : bool, default=False
+        JPEG DCT-domain downscaling (``preprocess_bytes(fast=True)``).
+    image_column, id_column : str
+        ``image`` may be binary or the Hugging Face struct ``{bytes, path}``; a missing id column derives the id
+        as the first 16 hex digits of sha256(image bytes).
+    endpoint_url, anonymous :
+        S3 options for the inputs, the outputs and (when given as a location) the store.
+    progress : bool, default=True
+
+    Returns
+    -------
+    ScreeningResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Before any Ray work, naming the bad value and the valid ones.
+    """
+    plan = build_plan(images, store, out, model_id=model_id, subjects=subjects, rois=rois, composites=composites,
+                      custom_rois=custom_rois, batch_size=batch_size, precision=precision, num_encoders=num_encoders,
+                      num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
+                      fast_decode=fast_decode, image_column=image_column, id_column=id_column,
+                      endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s)
+    return execute(plan)
+
+
+def _ensure_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    return ray
+
+
+def execute(plan: ScreeningPlan) -> ScreeningResult:
+    """Run the pending units of ``plan``; a plan with nothing pending does no Ray or model work at all."""
+    from screening import __version__
+
+    t0 = time.perf_counter()
+    layout = plan.layout
+    layout.prepare()
+    rois_manifest = {n: {"n_vertices": v} for n, v in plan.n_vertices.items()}
+    manifest_args = dict(engine_version=__version__, config=dict(plan.config), model=dict(plan.fingerprint),
+                         rois=rois_manifest, shards=plan.shards, layout=layout)
+    stats = None
+    if plan.pending:
+        ray = _ensure_ray()
+        res = check_resources(plan, ray.cluster_resources())
+        n_left = layout.remove_leftovers([s.unit for s in plan.pending])
+        layout.write_json(layout.join(MANIFEST), build_manifest(markers=layout.markers(), run={
+            "state": "running", "leftover_files_removed": n_left}, **manifest_args))
+        stats = _run_pending(plan, res, layout)
+    markers = layout.markers()
+    seconds = time.perf_counter() - t0
+    images_run = stats.images if stats else 0
+    run_info = {"state": "complete" if all(s.unit in markers for s in plan.shards) else "incomplete",
+                "units_run": len(stats.committed) if stats else 0,
+                "units_skipped": len(plan.shards) - len(plan.pending), "seconds": round(seconds, 3),
+                "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
+    manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
+    layout.write_json(layout.join(MANIFEST), manifest)
+    files = committed_files(layout)
+    return ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
+                           errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
+                           units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
+                           endpoint_url=plan.endpoint_url, anonymous=plan.anonymous, roi_names=plan.roi_names)
+
+
+def build_dataset(plan: ScreeningPlan, res):
+    """The Ray Data plan for ``plan.pending`` (lazy; nothing runs until it is iterated)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from screening.pipeline.stages import EncoderActor, decode_batch
+
+    in_fs, _ = filesystem_for(plan.images, endpoint_url=plan.endpoint_url, anonymous=plan.anonymous)
+    ds = ray.data.read_parquet([s.path for s in plan.pending], filesystem=arrow_filesystem(in_fs),
+                               columns=plan.spec.read_columns, include_paths=True)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size, num_cpus=1,
+                        fn_kwargs={"spec": plan.spec, "units": {s.path: s.unit for s in plan.pending},
+                                   "fast": plan.fast_decode})
+    ds = ds.map_batches(
+        EncoderActor, batch_format="numpy", batch_size=res.batch_size,
+        compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
+        num_gpus=res.num_gpus, num_cpus=res.num_cpus,
+        fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
+                               "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
+                               "num_threads": max(1, int(res.num_cpus)) if res.device == "cpu" else None,
+                               "throttle_s": plan.throttle_s},
+        # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
+        # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.
+    )
+    return ds
+
+
+def _run_pending(plan: ScreeningPlan, res, layout: OutputLayout):
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    old_bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = plan.progress and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
+    bar = None
+    if plan.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan.pending_rows, unit="img", desc="screening", file=sys.stderr, dynamic_ncols=True)
+    sink = _RoiTableSink(layout, plan.pending, plan.subjects, plan.roi_names, plan.config_key)
+    try:
+        sink.commit_empty_units()
+        if sink.units:
+            ds = build_dataset(plan, res)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                n = sink.add(batch)
+                if bar is not None:
+                    bar.update(n)
+        return sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        ctx.enable_progress_bars = old_bars
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,99 @@
+"""The two map stages of the plan. Both are picklable and import only what they run.
+
+``decode_batch``: a stateless CPU task over Arrow batches from ``read_parquet``: bytes -> uint8 (3,224,224) via
+``screening.preprocess.preprocess_bytes``. A row that fails (null bytes: stage ``read``; anything raised while
+decoding: stage ``decode``) becomes an error row; the batch never fails because of one image.
+
+``EncoderActor``: one per actor-pool slot. ``__init__`` loads the model from the store once, collapses every
+(subject, ROI) mean into one matrix (``RoiEncoder.from_model``) and drops the full vertex heads. ``__call__`` encodes
+the decoded rows and passes error rows through, so every input row leaves the plan exactly once.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+
+STAGE_OK = ""
+
+
+def decode_batch(table, *, spec, units: dict, fast: bool):
+    from screening.io.image_source import PATH_COLUMN, extract_rows
+    from screening.preprocess import preprocess_bytes
+
+    ids, sources, datas = extract_rows(table, spec)
+    paths = table.column(PATH_COLUMN).to_pylist()
+    n = len(ids)
+    pixels = np.zeros((n, 3, 224, 224), dtype=np.uint8)
+    stage = np.full(n, STAGE_OK, dtype=object)
+    error = np.full(n, "", dtype=object)
+    for i, data in enumerate(datas):
+        if data is None:
+            stage[i], error[i] = "read", f"the {spec.image_column!r} bytes are null"
+            continue
+        try:
+            pixels[i] = preprocess_bytes(data, fast=fast)
+        except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
+            stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
+    return {
+        "unit": np.array([units[p] for p in paths], dtype=object),
+        "image_id": np.array(ids, dtype=object),
+        "source": np.array(sources, dtype=object),
+        "stage": stage,
+        "error": error,
+        "pixels": pixels,
+    }
+
+
+class EncoderActor:
+    """Callable class for ``map_batches(compute=ActorPoolStrategy(...))``."""
+
+    def __init__(self, *, store, model_id: str, subjects, rois, precision: str, device: str = "cpu",
+                 num_threads: int | None = None, throttle_s: float = 0.0):
+        import torch
+
+        from screening.models.encoder import RoiEncoder
+
+        if device == "cuda" and not torch.cuda.is_available():
+            from screening.exceptions import InvalidParameterError
+
+            raise InvalidParameterError("the encoder actor was given a GPU but torch sees no CUDA device")
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        model, _info = store.load_model(model_id)
+        # Arrays arrive read-only (zero-copy from the object store); per-subject mappings are kept as they are.
+        rois = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in rois.items()}
+        self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device)
+        del model
+        gc.collect()
+        self.n_subjects = len(self.encoder.subjects)
+        self.n_rois = len(self.encoder.roi_names)
+        self.throttle_s = throttle_s
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        out = self.encoder.encode_numpy(pixels)                    # (k, S, R) float32
+        mean = out.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
+        return np.concatenate([out, mean], axis=1)                  # (k, S+1, R)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.throttle_s:
+            time.sleep(self.throttle_s)  # tests only: keeps a run in flight long enough to kill things
+        stage = np.asarray(batch["stage"], dtype=object).copy()
+        error = np.asarray(batch["error"], dtype=object).copy()
+        n = stage.shape[0]
+        roi = np.full((n, self.n_subjects + 1, self.n_rois), np.nan, dtype=np.float32)
+        ok = np.flatnonzero(stage == STAGE_OK)
+        if ok.size:
+            pixels = np.asarray(batch["pixels"])
+            try:
+                roi[ok] = self._encode(pixels[ok])
+            except Exception:  # noqa: BLE001 - retry row by row so one bad row cannot sink the batch
+                for i in ok:
+                    try:
+                        roi[i] = self._encode(pixels[i:i + 1])[0]
+                    except Exception as exc:  # noqa: BLE001
+                        stage[i], error[i] = "encode", f"{type(exc).__name__}: {exc}"
+        return {"unit": batch["unit"], "image_id": batch["image_id"], "source": batch["source"],
+                "stage": stage, "error": error, "roi": roi}
