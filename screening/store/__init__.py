@@ -1,0 +1,366 @@
+"""Model stores: where the MOSAIC CNN8 checkpoint and its BERG metadata come from.
+
+``open_store(location)`` accepts
+
+- a local BERG root directory (the layout in ``docs/store.md``);
+- ``s3://bucket[/prefix]`` — a BERG root in S3 (e.g. ``s3://brain-encoding-response-generator``,
+  anonymous), or any S3-compatible endpoint (``endpoint_url=``); files are downloaded into the cache;
+- ``https://…/<published checkpoint filename>.pth`` — a checkpoint alone. Its metadata is then
+  synthesised from the package atlas (vertex mapping, Glasser groups, ROI grayordinates, subject id);
+  there are no noise ceilings and no stimulus lists in that case.
+
+A :class:`ModelStore` is a small picklable value (it travels to Ray actors): it holds the location and
+options only, and builds filesystem clients lazily in each process.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from screening.exceptions import (CheckpointError, InvalidParameterError, ModelLoadError,
+                                  ModelNotFoundError, StoreError, UnsafePickleError)
+from screening.models._weights import PUBLISHED, PUBLISHED_WIDTH, SUBJECTS, EncoderWeights, get_weights
+from screening.store._fs import filesystem_for, is_remote, join
+
+__all__ = ["open_store", "ModelStore", "normalize_subject", "normalize_metadata", "load_metadata_npy",
+           "filesystem_for"]
+
+
+def __getattr__(name):  # lazy: the unpickler pulls numpy only when used
+    if name == "load_metadata_npy":
+        from screening.store._unpickle import load_metadata_npy
+
+        return load_metadata_npy
+    raise AttributeError(name)
+
+
+def normalize_subject(subject) -> str:
+    """``1`` / ``"1"`` / ``"sub-01"`` / ``"sub-1"`` → ``"sub-01"``; anything else raises."""
+    i = -1
+    if isinstance(subject, str):
+        digits = subject[4:] if subject.lower().startswith("sub-") else subject
+        i = int(digits) if digits.isdigit() else -1
+    elif not isinstance(subject, bool) and hasattr(subject, "__index__"):
+        i = int(subject.__index__())
+    if not 1 <= i <= len(SUBJECTS):
+        raise InvalidParameterError(
+            f"subject={subject!r} is not valid; valid subjects: 1..8 or {', '.join(SUBJECTS)}")
+    return SUBJECTS[i - 1]
+
+
+def normalize_metadata(meta: dict, *, name: str = "<metadata>", n_vertices: int | None = None) -> dict:
+    """Accept ``vertex_mapping_all`` nested under ``encoding_models`` or flat; return the nested form."""
+    meta = dict(meta)
+    enc = dict(meta.get("encoding_models") or {})
+    for key in ("vertex_mapping_all", "glasser_group_id"):
+        if key not in enc and key in meta:
+            enc[key] = meta.pop(key)
+    if "vertex_mapping_all" not in enc:
+        raise ModelLoadError(f"{name}: metadata has no vertex_mapping_all (looked under 'encoding_models' and "
+                             f"at the top level); keys: {sorted(meta)}")
+    if n_vertices is not None:
+        for key in ("vertex_mapping_all", "glasser_group_id"):
+            if key in enc and len(enc[key]) != n_vertices:
+                raise ModelLoadError(f"{name}: {key} has {len(enc[key])} entries; this model has {n_vertices} "
+                                     "vertices")
+    meta["encoding_models"] = enc
+    return meta
+
+
+class ModelStore:
+    """A BERG model store (local directory, ``s3://`` root, or one checkpoint URL).
+
+    Build with :func:`open_store`. Picklable; clients are rebuilt lazily after unpickling.
+    """
+
+    def __init__(self, location: str, *, endpoint_url: str | None = None, anonymous: bool | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        self.location = str(location)
+        self.endpoint_url = endpoint_url
+        self.anonymous = anonymous
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        scheme = urlparse(self.location).scheme.lower()
+        self.kind = "url" if scheme in ("http", "https") else ("s3" if is_remote(self.location) else "local")
+        self._url_model_id = None
+        if self.kind == "url":
+            name = os.path.basename(urlparse(self.location).path)
+            ids = [w.model_id for w in PUBLISHED.values() if w.filename == name]
+            if not ids:
+                raise InvalidParameterError(
+                    f"checkpoint URL {self.location!r} does not end in a published checkpoint filename; valid "
+                    f"filenames: {', '.join(sorted(w.filename for w in PUBLISHED.values()))}")
+            self._url_model_id = ids[0]
+        else:
+            if self.kind == "local":
+                self.location = os.path.abspath(os.path.expanduser(self.location.removeprefix("file://")))
+        self._reset()
+
+    # -- pickling: configuration only ------------------------------------------------------------------
+    def _reset(self):
+        self._fs = None
+        self._root = None
+        self._lock = threading.Lock()
+        self._meta: dict[tuple, dict] = {}
+        self._synthetic: dict[str, dict | None] = {}
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in ("location", "endpoint_url", "anonymous", "cache_dir", "kind",
+                                              "_url_model_id")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def __repr__(self):
+        return f"ModelStore({self.location!r}, kind={self.kind!r})"
+
+    # -- filesystem ------------------------------------------------------------------------------------
+    def _filesystem(self):
+        if self._fs is None:
+            with self._lock:
+                if self._fs is None:
+                    self._fs, self._root = filesystem_for(self.location, endpoint_url=self.endpoint_url,
+                                                          anonymous=self.anonymous)
+        return self._fs, self._root
+
+    def _display(self, rel: str) -> str:
+        if self.kind == "local":
+            return os.path.join(self.location, rel)
+        return join(self.location, rel)
+
+    def _local_file(self, rel: str, *, expected_sha256: str | None = None, progress: bool | None = None) -> Path:
+        """A store-relative file as a local path: as-is for local stores, cached for remote ones."""
+        if self.kind == "local":
+            p = Path(self.location) / rel
+            if not p.is_file():
+                raise StoreError(f"model store file not found: {p}")
+            return p
+        from screening.store import _cache
+
+        fs, root = self._filesystem()
+        path = join(root, rel)
+        url = self._display(rel)
+        try:
+            return _cache.fetch(url, cache_dir=self.cache_dir, expected_sha256=expected_sha256,
+                                source=_cache.fs_source(url, fs, path), progress=progress)
+        except StoreError as e:
+            if not _exists(fs, path):
+                raise StoreError(f"model store file not found: {url} ({_access_hint(self)})") from None
+            raise e from None
+
+    # -- contents --------------------------------------------------------------------------------------
+    def model_ids(self) -> list[str]:
+        """Known model ids whose folder exists in this store, sorted."""
+        if self.kind == "url":
+            return [self._url_model_id]
+        if self.kind == "local":
+            return sorted(w.model_id for w in PUBLISHED.values() if (Path(self.location) / w.store_dir).is_dir())
+        fs, root = self._filesystem()
+        return sorted(w.model_id for w in PUBLISHED.values() if _exists(fs, join(root, w.store_dir)))
+
+    def weights(self, model_id: str) -> EncoderWeights:
+        """The registry record of ``model_id``; raises if unknown or absent from this store."""
+        try:
+            w = get_weights(model_id)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"Unknown model_id {model_id!r}; valid model ids: {', '.join(sorted(PUBLISHED))}; "
+                f"present in {self.location}: {', '.join(self.model_ids()) or 'none'}") from None
+        if self.kind == "url":
+            if model_id != self._url_model_id:
+                raise ModelNotFoundError(f"{self.location} is the checkpoint of {self._url_model_id!r}, "
+                                         f"not of {model_id!r}")
+        elif model_id not in self.model_ids():
+            raise ModelNotFoundError(
+                f"model_id {model_id!r} is not in the store {self.location} (looked for "
+                f"{self._display(w.store_dir)}); present: {', '.join(self.model_ids()) or 'none'}")
+        return w
+
+    def checkpoint_file(self, model_id: str, *, progress: bool | None = None) -> Path:
+        """Local path of the checkpoint (remote files are downloaded into the cache and verified)."""
+        w = self.weights(model_id)
+        if self.kind == "url":
+            from screening.store import _cache
+
+            return _cache.fetch(self.location, cache_dir=self.cache_dir, progress=progress)
+        return self._local_file(w.checkpoint_relpath, progress=progress)
+
+    def checkpoint_sha256(self, model_id: str) -> str:
+        """sha256 of the checkpoint; computed once, then read from a sidecar / memo."""
+        from screening.store._cache import file_sha256, read_sidecar
+
+        path = self.checkpoint_file(model_id)
+        if self.kind != "local":
+            side = read_sidecar(path)
+            if side:
+                return side
+        return file_sha256(path, cache_dir=self.cache_dir)
+
+    def _synthetic_info(self, model_id: str) -> dict | None:
+        """``synthetic_params`` (plus the note) when the store's metadata says synthetic, else None."""
+        if model_id not in self._synthetic:
+            if self.kind == "url":
+                self._synthetic[model_id] = None
+            else:
+                meta = self._metadata(model_id, SUBJECTS[0])
+                if meta.get("synthetic") is True:
+                    info = dict(meta.get("synthetic_params") or {})
+                    info["note"] = meta.get("note", "")
+                    self._synthetic[model_id] = info
+                else:
+                    self._synthetic[model_id] = None
+        return self._synthetic[model_id]
+
+    def load_model(self, model_id: str):
+        """Load the checkpoint strictly and build the model.
+
+        Returns
+        -------
+        (CNN8Multihead, CheckpointInfo)
+
+        Raises
+        ------
+        ModelNotFoundError, StoreError, CheckpointError (a ModelLoadError), ModelLoadError
+            A width other than 384 is accepted only for stores whose metadata says ``synthetic``.
+        """
+        from screening.models._weights import load_checkpoint
+        from screening.models.encoder import CNN8Multihead
+
+        w = self.weights(model_id)
+        path = self.checkpoint_file(model_id)
+        try:
+            sd, info = load_checkpoint(path, expect_n_vertices=w.n_vertices)
+        except CheckpointError as e:
+            raise CheckpointError(f"{self._describe(w)}: {e}") from None
+        synthetic = self._synthetic_info(model_id)
+        if info.width != PUBLISHED_WIDTH and synthetic is None:
+            raise ModelLoadError(
+                f"{self._describe(w)}: checkpoint has width {info.width}, but {model_id} is published at width "
+                f"{PUBLISHED_WIDTH}; only stores whose metadata says synthetic may hold reduced-width models")
+        if synthetic is not None and synthetic.get("width") not in (None, info.width):
+            raise ModelLoadError(f"{self._describe(w)}: metadata says width {synthetic.get('width')}, checkpoint "
+                                 f"has {info.width}")
+        try:
+            model = CNN8Multihead.from_state_dict(sd, info)
+        except (RuntimeError, ValueError) as e:
+            raise ModelLoadError(f"{self._describe(w)}: could not build the model: {e}") from None
+        return model, info
+
+    def _describe(self, w: EncoderWeights) -> str:
+        if self.kind == "url":
+            return self.location
+        return self._display(w.checkpoint_relpath)
+
+    def _metadata(self, model_id: str, subject: str) -> dict:
+        key = (model_id, subject)
+        if key not in self._meta:
+            w = self.weights(model_id)
+            if self.kind == "url":
+                meta = _atlas_metadata(w, subject)
+            else:
+                from screening.store._unpickle import load_metadata_npy
+
+                rel = w.metadata_relpath(subject)
+                path = self._local_file(rel)
+                with open(path, "rb") as f:
+                    try:
+                        meta = load_metadata_npy(f, name=self._display(rel))
+                    except UnsafePickleError as e:
+                        raise UnsafePickleError(f"{self._display(rel)}: {e}") from None
+                meta = normalize_metadata(meta, name=self._display(rel), n_vertices=w.n_vertices)
+            self._meta[key] = meta
+        return self._meta[key]
+
+    def metadata(self, model_id: str, subject) -> dict:
+        """One subject's metadata dict (BERG schema, ``encoding_models`` nesting); a fresh copy."""
+        return copy.deepcopy(self._metadata(model_id, normalize_subject(subject)))
+
+    def fingerprint(self, model_id: str) -> dict:
+        """``{model_id, variant, checkpoint_sha256, synthetic, width}`` — what a run manifest records."""
+        w = self.weights(model_id)
+        synthetic = self._synthetic_info(model_id)
+        width = PUBLISHED_WIDTH
+        if synthetic is not None and synthetic.get("width") is not None:
+            width = int(synthetic["width"])
+        return {"model_id": model_id, "variant": w.variant, "checkpoint_sha256": self.checkpoint_sha256(model_id),
+                "synthetic": synthetic is not None, "width": width}
+
+
+def _exists(fs, path: str) -> bool:
+    try:
+        return bool(fs.exists(path))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"could not list {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 — botocore raises its own types (NoCredentialsError, ...)
+        raise StoreError(f"could not list {path}: {type(e).__name__}: {e}") from None
+
+
+def _access_hint(store: ModelStore) -> str:
+    from screening.store._fs import resolve_anonymous
+
+    return "anonymous access" if resolve_anonymous(store.anonymous) else "signed with the configured credentials"
+
+
+def _atlas_metadata(w: EncoderWeights, subject: str) -> dict:
+    """Metadata for a bare checkpoint URL: the atlas part only (no noise ceilings, no stimuli)."""
+    import numpy as np
+
+    from screening import atlas
+
+    mask = atlas.variant_vertex_mask(w.variant)
+    return {
+        "encoding_models": {
+            "vertex_mapping_all": np.asarray(atlas.vertex_mapping_all()[mask], dtype=np.int64).copy(),
+            "glasser_group_id": np.asarray(atlas.glasser_group_id()[mask], dtype=np.int64).copy(),
+        },
+        "roi": {k: np.asarray(v, dtype=np.int64).copy() for k, v in atlas.roi_grayordinates().items()},
+        "subject_info": {"participant_id": subject},
+        "note": "synthesised by screening from its atlas: the checkpoint was opened from a URL without a BERG "
+                "metadata file, so there are no noise ceilings and no stimulus lists",
+    }
+
+
+def open_store(location: str | os.PathLike, *, endpoint_url: str | None = None, anonymous: bool | None = None,
+               cache_dir: str | os.PathLike | None = None) -> ModelStore:
+    """Open a model store.
+
+    Parameters
+    ----------
+    location : str or path-like
+        Local BERG root, ``s3://bucket[/prefix]`` BERG root, or ``https://…/<published filename>.pth``.
+    endpoint_url : str, optional
+        S3-compatible endpoint; default ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL`` / AWS.
+    anonymous : bool, optional
+        S3 only. ``None``: sign if credentials are configured, else unsigned. ``True``: always unsigned.
+    cache_dir : path, optional
+        Download cache; default ``$SCREENING_CACHE_DIR`` or ``~/.cache/screening``.
+
+    Returns
+    -------
+    ModelStore
+
+    Raises
+    ------
+    StoreError
+        A local location that is not a directory.
+    InvalidParameterError
+        A URL that does not name a published checkpoint file, or an unsupported scheme.
+    """
+    loc = os.fspath(location)
+    scheme = urlparse(loc).scheme.lower()
+    if scheme in ("http", "https"):
+        from screening.store._cache import _check_http_url
+
+        _check_http_url(loc)
+    elif scheme not in ("s3", "s3a") and is_remote(loc):
+        raise InvalidParameterError(
+            f"unsupported store location {loc!r}; valid forms: a local directory, s3://bucket[/prefix], "
+            "https://…/<checkpoint>.pth")
+    store = ModelStore(loc, endpoint_url=endpoint_url, anonymous=anonymous, cache_dir=cache_dir)
+    if store.kind == "local" and not Path(store.location).is_dir():
+        raise StoreError(f"model store directory not found: {store.location}")
+    return store
