@@ -1,0 +1,266 @@
+"""Rank stimuli per ROI from a responses table: ``screening rank`` and :func:`rank`.
+
+Streams the table (pyarrow.dataset record batches, column projection) and keeps only running
+statistics and top-k buffers, so a table of millions of rows ranks in bounded memory. See
+``docs/rank-report.md`` for the exact definitions of every output column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import sys
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from screening.exceptions import InvalidParameterError
+from screening.rank._engine import (
+    CONSENSUS_SUBJECT,
+    RANKINGS_SCHEMA,
+    SETS_SCHEMA,
+    RankConfig,
+    Ranker,
+)
+from screening.rank._io import filesystem_for, find_manifest, open_responses, write_table
+from screening.rank._rois import DEFAULT_COMPOSITES, load_roi_config, parse_contrast, validate_composites
+
+__all__ = [
+    "rank",
+    "rank_with_sets",
+    "read_rankings",
+    "DEFAULT_COMPOSITES",
+    "RANKINGS_SCHEMA",
+    "SETS_SCHEMA",
+    "RANKINGS_FILE",
+    "SETS_FILE",
+    "load_roi_config",
+    "parse_contrast",
+    "configure_parser",
+    "run_from_args",
+]
+
+#: File names written under ``out``; the set table starts with ``_`` so ``pyarrow.dataset`` on the
+#: directory ignores it and ``rankings/*.parquet`` keeps one schema.
+RANKINGS_FILE = "rankings.parquet"
+SETS_FILE = "_sets.parquet"
+
+
+def _as_dataset(responses, endpoint_url, anonymous):
+    if isinstance(responses, ds.Dataset):
+        return responses, None, None
+    if isinstance(responses, pd.DataFrame):
+        return ds.dataset(pa.Table.from_pandas(responses, preserve_index=False)), None, None
+    if isinstance(responses, pa.Table):
+        return ds.dataset(responses), None, None
+    if isinstance(responses, (str, os.PathLike)):
+        dataset, fs, path = open_responses(responses, endpoint_url=endpoint_url, anonymous=anonymous)
+        return dataset, fs, path
+    raise InvalidParameterError(
+        f"responses must be a path (local or s3://), a pyarrow Table/Dataset or a pandas DataFrame; "
+        f"got {type(responses).__name__}")
+
+
+def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
+                   selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000,
+                   null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
+                   batch_size=65_536, memory_budget_mb=512.0, endpoint_url=None, anonymous=False,
+                   progress=None):
+    """Like :func:`rank`, but return ``(rankings, sets)``; ``sets`` is the per-(roi, subject, kind) summary.
+
+    See :func:`rank` for the parameters. The ``sets`` table has one row per ranked list with the
+    ROI's ``mean``/``std`` over the screened set, ``set_score`` (mean score of the listed images),
+    and the set-level null: ``null_mean``, ``null_q`` (its 95th percentile; 5th for ``bottomk``),
+    ``set_margin`` and ``set_p_null``.
+    """
+    dataset, fs, path = _as_dataset(responses, endpoint_url, anonymous)
+    if manifest is None and fs is not None:
+        manifest = find_manifest(fs, path)
+    elif isinstance(manifest, (str, os.PathLike)):
+        mfs, mpath = filesystem_for(manifest, endpoint_url=endpoint_url, anonymous=anonymous)
+        with mfs.open(mpath, "rb") as f:
+            manifest = json.loads(f.read().decode())
+    if composites is not None and roi_config is not None:
+        raise InvalidParameterError("give composites= or roi_config=, not both")
+    if roi_config is not None:
+        composites = {**DEFAULT_COMPOSITES, **load_roi_config(roi_config)}
+    elif composites is not None:
+        composites = validate_composites(composites)
+    cfg = RankConfig(rois=list(rois) if rois is not None and not isinstance(rois, str) else rois,
+                     top_k=top_k, bottom_k=top_k if bottom_k is None else bottom_k,
+                     contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
+                     contrast_by=contrast_by, selectivity=bool(selectivity),
+                     comparison=list(comparison) if comparison else None, consensus=bool(consensus),
+                     n_null=n_null, null_draws=null_draws, null_quantile=null_quantile, seed=seed,
+                     batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+    ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
+    rows, sets = ranker.run()
+    if out is not None:
+        ofs, opath = filesystem_for(out, endpoint_url=endpoint_url, anonymous=anonymous)
+        meta = {"screening.rank": json.dumps({
+            "top_k": cfg.top_k, "bottom_k": cfg.bottom_k, "contrasts": [c[0] for c in ranker.contrast_pairs],
+            "contrast_by": cfg.contrast_by, "selectivity": cfg.selectivity, "comparison": cfg.comparison,
+            "consensus": cfg.consensus, "n_null": cfg.n_null, "null_draws": cfg.null_draws,
+            "null_quantile": cfg.null_quantile, "seed": cfg.seed, "n_rows": ranker.n_rows,
+            "n_images": len(ranker.image_ids), "subjects": ranker.subjects,
+        })}
+        t = pa.Table.from_pandas(rows, schema=RANKINGS_SCHEMA, preserve_index=False)
+        write_table(t.replace_schema_metadata(meta), ofs, posixpath.join(opath, RANKINGS_FILE))
+        write_table(pa.Table.from_pandas(sets, schema=SETS_SCHEMA, preserve_index=False), ofs,
+                    posixpath.join(opath, SETS_FILE))
+    return rows, sets
+
+
+def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
+         selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000, null_quantile=0.95,
+         seed=0, composites=None, roi_config=None, manifest=None, batch_size=65_536, memory_budget_mb=512.0,
+         endpoint_url=None, anonymous=False, progress=None) -> pd.DataFrame:
+    """Rank the screened images per ROI, streaming the responses table.
+
+    Parameters
+    ----------
+    responses : str, os.PathLike, pyarrow.Table, pyarrow.dataset.Dataset or pandas.DataFrame
+        The responses table (``image_id``, ``subject``, one float column per ROI); a path is a
+        directory of Parquet files or one file, local or ``s3://``.
+    out : str or os.PathLike, optional
+        Directory to write ``rankings.parquet`` and ``_sets.parquet`` into (local or ``s3://``).
+    rois : list of str, optional
+        ROIs to rank: table columns (``L_FFC``, ``group_04``), bilateral areas (``FFC``), composites
+        (``faces``) and their hemisphere versions (``L_faces``). Default: every column, every
+        bilateral area and every composite that resolves.
+    top_k : int, default=25
+        Images kept per list (RNC keeps 25).
+    bottom_k : int, optional
+        Lowest-response images kept per ROI and subject; default ``top_k``; 0 disables.
+    contrasts : sequence of str or (str, str), default=()
+        ``"A:B"`` ranks images by ROI A minus ROI B (rows named ``A>B``); for names without
+        hemisphere prefix the ``L_`` and ``R_`` versions are ranked too.
+    contrast_by : {"z", "response"}, default="z"
+        Contrast score: ``z_A - z_B`` (default) or ``response_A - response_B``.
+    selectivity : bool, default=True
+        Rank every ROI by ``z_roi - mean(z of the comparison set)``.
+    comparison : list of str, optional
+        Comparison set for selectivity; default every area column, minus those overlapping the ROI.
+    consensus : bool, default=True
+        Rank by the mean z over subjects (rows with ``subject="consensus"``).
+    n_null : int, default=10_000
+        Images drawn (seeded, without replacement) from the screened set for the single-image null.
+    null_draws : int, default=10_000
+        Random k-image sets drawn for the set-level null (the ``_sets`` table); 0 disables.
+    null_quantile : float, default=0.95
+        Quantile of the null that ``margin`` is measured from.
+    seed : int, default=0
+        Seeds every random draw; equal inputs and seed give equal outputs.
+    composites : dict of str to list of str, optional
+        Named composite ROIs (replaces the defaults); or ``roi_config`` (a YAML/TOML/JSON file,
+        merged over the defaults).
+    roi_config : str or os.PathLike, optional
+    manifest : dict or str, optional
+        The run manifest (for per-subject vertex counts); default: ``manifest.json`` beside the
+        responses directory when ``responses`` is a path.
+    batch_size : int, default=65_536
+        Rows per streamed record batch.
+    memory_budget_mb : float, default=512
+        Bound on the consensus accumulators (9 bytes per image and ROI); above it the ROIs are
+        processed in chunks, one column-projected scan each.
+    endpoint_url : str, optional
+        S3 endpoint for ``s3://`` paths.
+    anonymous : bool, default=False
+        Unsigned S3 access.
+    progress : callable, optional
+        Called with a short message after each scan.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rankings table: ``roi, subject, rank, image_id, response, z, margin, p_null, kind,
+        score, n_subjects_topk`` (see ``docs/rank-report.md``). ``rank`` 1 is best; ``kind`` is one
+        of ``topk``, ``bottomk`` (rank 1 = lowest), ``contrast``, ``selectivity``, ``consensus``.
+
+    Raises
+    ------
+    InvalidParameterError
+        On an unknown ROI, a malformed contrast, a table without ``image_id``/``subject`` or a
+        parameter out of range; the message names the value and the valid ones.
+
+    Notes
+    -----
+    Rows whose score is NaN are skipped. Ties are broken by ``image_id`` ascending. A list holds
+    fewer than ``k`` rows when fewer images have a finite score.
+
+    Examples
+    --------
+    >>> rankings = rank("run/responses", "run/rankings", rois=["FFC", "faces"],
+    ...                 contrasts=["FFC:PHA1-3"])  # doctest: +SKIP
+    """
+    rows, _ = rank_with_sets(
+        responses, out, rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
+        selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null, null_draws=null_draws,
+        null_quantile=null_quantile, seed=seed, composites=composites, roi_config=roi_config, manifest=manifest,
+        batch_size=batch_size, memory_budget_mb=memory_budget_mb, endpoint_url=endpoint_url, anonymous=anonymous,
+        progress=progress)
+    return rows
+
+
+def read_rankings(path, *, endpoint_url=None, anonymous=False) -> pd.DataFrame:
+    """Read a rankings directory (or file) written by :func:`rank`."""
+    fs, p = filesystem_for(path, endpoint_url=endpoint_url, anonymous=anonymous)
+    if not fs.exists(p):
+        raise InvalidParameterError(f"rankings={path!r} does not exist")
+    return ds.dataset(p, format="parquet", filesystem=fs).to_table().to_pandas()
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add ``screening rank`` arguments."""
+    parser.add_argument("responses", help="responses table: directory of Parquet files or a file (local or s3://)")
+    parser.add_argument("out", help="output directory for rankings.parquet and _sets.parquet (local or s3://)")
+    parser.add_argument("--roi", action="append", dest="rois", metavar="NAME",
+                        help="ROI to rank (repeatable): L_FFC, FFC (bilateral), group_04, faces, L_faces ...; "
+                             "default all")
+    parser.add_argument("--top-k", type=int, default=25, help="images per list (default 25)")
+    parser.add_argument("--bottom-k", type=int, default=None, help="lowest images per ROI (default = top-k; 0 = off)")
+    parser.add_argument("--contrast", action="append", default=[], metavar="A:B",
+                        help="rank by ROI A minus ROI B, e.g. FFC:PHA1-3 (repeatable)")
+    parser.add_argument("--contrast-by", choices=("z", "response"), default="z",
+                        help="contrast score: difference of z (default) or of responses")
+    parser.add_argument("--no-selectivity", action="store_true", help="skip the selectivity lists")
+    parser.add_argument("--comparison", action="append", metavar="NAME",
+                        help="selectivity comparison ROI (repeatable; default all area columns)")
+    parser.add_argument("--no-consensus", action="store_true", help="skip the cross-subject consensus lists")
+    parser.add_argument("--roi-config", metavar="FILE", help="YAML/TOML/JSON file of composites, e.g. faces: [FFC, PIT]")
+    parser.add_argument("--manifest", help="manifest.json (default: beside RESPONSES)")
+    parser.add_argument("--n-null", type=int, default=10_000, help="images in the single-image null (default 10000)")
+    parser.add_argument("--null-draws", type=int, default=10_000, help="random k-sets in the set null (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed batch")
+    parser.add_argument("--memory-budget-mb", type=float, default=512.0, help="bound on consensus accumulators")
+    parser.add_argument("--endpoint-url", help="S3 endpoint URL")
+    parser.add_argument("--anonymous", action="store_true", help="unsigned S3 access")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``screening rank``; returns the exit status."""
+    t0 = time.perf_counter()
+
+    def progress(msg):
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr)
+
+    try:
+        rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
+                    contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
+                    comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
+                    null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
+                    batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
+                    endpoint_url=args.endpoint_url, anonymous=args.anonymous, progress=progress)
+    except InvalidParameterError as exc:
+        print(f"screening rank: error: {exc}", file=sys.stderr)
+        return 2
+    counts = rows.groupby("kind").size().to_dict()
+    print(f"wrote {len(rows)} ranking rows {counts} to {posixpath.join(str(args.out), RANKINGS_FILE)} "
+          f"in {time.perf_counter() - t0:.1f}s")
+    return 0

@@ -1,0 +1,624 @@
+"""The streaming ranker: three scans of the responses table, O(targets x k) state.
+
+Scan 0 reads ``image_id`` and ``subject`` only (row count, subjects, the null sample).
+Scan 1 reads the ROI columns: per (subject, ROI) running mean/std, top-k and bottom-k, and the
+responses of the null-sample images. Scan 2 (only for contrasts, selectivity and consensus)
+turns responses into z scores with scan 1's statistics; consensus accumulates per image over
+subjects, in chunks of ROIs sized by ``memory_budget_mb`` (one extra column-projected scan per chunk).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from screening.exceptions import InvalidParameterError
+from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
+from screening.rank._stream import RunningStats, TopK
+
+KEY_COLUMNS = ("image_id", "subject")
+MEAN_SUBJECT = "mean"
+CONSENSUS_SUBJECT = "consensus"
+
+RANKINGS_SCHEMA = pa.schema([
+    ("roi", pa.string()),
+    ("subject", pa.string()),
+    ("rank", pa.int32()),
+    ("image_id", pa.string()),
+    ("response", pa.float64()),
+    ("z", pa.float64()),
+    ("margin", pa.float64()),
+    ("p_null", pa.float64()),
+    ("kind", pa.string()),
+    ("score", pa.float64()),
+    ("n_subjects_topk", pa.int16()),
+])
+
+SETS_SCHEMA = pa.schema([
+    ("roi", pa.string()),
+    ("subject", pa.string()),
+    ("kind", pa.string()),
+    ("k", pa.int32()),
+    ("n_images", pa.int64()),
+    ("mean", pa.float64()),
+    ("std", pa.float64()),
+    ("set_score", pa.float64()),
+    ("null_mean", pa.float64()),
+    ("null_q", pa.float64()),
+    ("set_margin", pa.float64()),
+    ("set_p_null", pa.float64()),
+    ("n_null", pa.int64()),
+    ("null_draws", pa.int32()),
+])
+
+
+@dataclass
+class RankConfig:
+    rois: list | None = None
+    top_k: int = 25
+    bottom_k: int = 25
+    contrasts: tuple = ()
+    contrast_by: str = "z"
+    selectivity: bool = True
+    comparison: list | None = None
+    consensus: bool = True
+    n_null: int = 10_000
+    null_draws: int = 10_000
+    null_quantile: float = 0.95
+    seed: int = 0
+    batch_size: int = 65_536
+    memory_budget_mb: float = 512.0
+
+
+def _check_int(name, value, lo):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise InvalidParameterError(f"{name} must be an integer >= {lo}; got {value!r}")
+    return int(value)
+
+
+def validate_config(cfg: RankConfig) -> RankConfig:
+    cfg.top_k = _check_int("top_k", cfg.top_k, 1)
+    cfg.bottom_k = _check_int("bottom_k", cfg.bottom_k, 0)
+    cfg.n_null = _check_int("n_null", cfg.n_null, 1)
+    cfg.null_draws = _check_int("null_draws", cfg.null_draws, 0)
+    cfg.seed = _check_int("seed", cfg.seed, 0)
+    cfg.batch_size = _check_int("batch_size", cfg.batch_size, 1)
+    if cfg.contrast_by not in ("z", "response"):
+        raise InvalidParameterError(f"contrast_by={cfg.contrast_by!r} is not valid; valid: 'z', 'response'")
+    if not 0.5 < float(cfg.null_quantile) < 1.0:
+        raise InvalidParameterError(f"null_quantile must be in (0.5, 1); got {cfg.null_quantile!r}")
+    if not float(cfg.memory_budget_mb) > 0:
+        raise InvalidParameterError(f"memory_budget_mb must be > 0; got {cfg.memory_budget_mb!r}")
+    if isinstance(cfg.rois, str):
+        cfg.rois = [cfg.rois]
+    if isinstance(cfg.contrasts, str):
+        cfg.contrasts = (cfg.contrasts,)
+    return cfg
+
+
+class _Evaluator:
+    """Computes target values ``(rows, targets)`` from the member columns, per subject weights."""
+
+    def __init__(self, targets: list[Target], columns: list[str]):
+        self.columns = columns
+        pos = {c: i for i, c in enumerate(columns)}
+        self.n = len(targets)
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(targets):
+            groups.setdefault(len(t.members), []).append(i)
+        self.groups = []
+        for m, idx in groups.items():
+            cols = np.array([[pos[c] for c in targets[i].members] for i in idx], dtype=np.int64)
+            self.groups.append((np.array(idx), cols, [targets[i] for i in idx], m))
+        self._w: dict[str, list] = {}
+
+    def _weights(self, subject):
+        if subject not in self._w:
+            ws = []
+            for idx, cols, tgts, m in self.groups:
+                if m == 1:
+                    ws.append(None)
+                    continue
+                w = np.stack([t.weights[subject] for t in tgts]).astype(np.float64)
+                tot = w.sum(axis=1, keepdims=True)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ws.append(np.where(tot > 0, w / tot, np.nan))
+            self._w[subject] = ws
+        return self._w[subject]
+
+    def __call__(self, x: np.ndarray, subject: str) -> np.ndarray:
+        out = np.empty((x.shape[0], self.n), dtype=np.float64)
+        for (idx, cols, _, m), w in zip(self.groups, self._weights(subject)):
+            if m == 1:
+                out[:, idx] = x[:, cols[:, 0]]
+            else:
+                xs = x[:, cols]  # (rows, targets, m)
+                out[:, idx] = np.where(w > 0, xs * w, 0.0).sum(axis=2) + np.where(np.isnan(w).all(1), np.nan, 0.0)
+        return out
+
+
+def _batch_matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
+    if not columns:
+        return np.empty((batch.num_rows, 0))
+    return np.column_stack([
+        batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for c in columns])
+
+
+def _ids_subjects(batch):
+    ids = batch.column("image_id").to_numpy(zero_copy_only=False).astype(object)
+    subj = batch.column("subject").to_numpy(zero_copy_only=False).astype(object)
+    return ids, subj
+
+
+def _by_subject(subj: np.ndarray):
+    names, inv = np.unique(subj.astype(str), return_inverse=True)
+    for i, s in enumerate(names):
+        yield str(s), np.flatnonzero(inv == i)
+
+
+def _col_quantile(a: np.ndarray, q: float) -> np.ndarray:
+    """Per-column quantile of the finite values (NaN for an empty column); fast path without NaN."""
+    out = np.full(a.shape[1], np.nan)
+    if a.shape[0] == 0:
+        return out
+    fin = np.isfinite(a)
+    full = fin.all(axis=0)
+    if full.any():
+        out[full] = np.quantile(a[:, full], q, axis=0)
+    for j in np.flatnonzero(~full & fin.any(axis=0)):
+        out[j] = np.quantile(a[fin[:, j], j], q)
+    return out
+
+
+def _concat(columns: dict) -> pd.DataFrame:
+    data = {}
+    for f in RANKINGS_SCHEMA:
+        parts = columns[f.name]
+        data[f.name] = np.concatenate(parts) if parts else np.empty(0, f.type.to_pandas_dtype())
+    nt = data.pop("n_subjects_topk")
+    out = pd.DataFrame(data)
+    out["n_subjects_topk"] = pd.array(np.where(nt < 0, 0, nt), dtype="Int16")
+    out.loc[nt < 0, "n_subjects_topk"] = pd.NA
+    for c in ("roi", "subject", "image_id", "kind"):
+        out[c] = out[c].astype(str).astype(object)
+    return out[RANKINGS_SCHEMA.names]
+
+
+class Ranker:
+    """One ranking run over a pyarrow dataset. Use :func:`screening.rank.rank`."""
+
+    def __init__(self, dataset, cfg: RankConfig, *, composites=None, manifest=None, progress=None):
+        self.ds = dataset
+        self.cfg = validate_config(cfg)
+        self.manifest = manifest or {}
+        self.composites = composites
+        self.progress = progress or (lambda msg: None)
+        self._draw_cache = {}
+        names = dataset.schema.names
+        missing = [k for k in KEY_COLUMNS if k not in names]
+        if missing:
+            raise InvalidParameterError(f"responses table lacks column(s) {missing}; it has {names[:6]} ...")
+        self.roi_columns = [f.name for f in dataset.schema if f.name not in KEY_COLUMNS
+                            and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+        if not self.roi_columns:
+            raise InvalidParameterError("responses table has no numeric ROI column")
+
+    # -- scans -----------------------------------------------------------------------------------
+    def _scan(self, columns):
+        cols = list(KEY_COLUMNS) + [c for c in columns if c not in KEY_COLUMNS]
+        return self.ds.to_batches(columns=cols, batch_size=self.cfg.batch_size)
+
+    def _scan_keys(self):
+        ids_chunks, subjects, n_rows = [], set(), 0
+        for b in self._scan([]):
+            n_rows += b.num_rows
+            ids_chunks.append(pc.unique(b.column("image_id")).cast(pa.string()))
+            subjects.update(pc.unique(b.column("subject")).to_pylist())
+        ids = pc.unique(pa.chunked_array(ids_chunks, type=pa.string())) if ids_chunks else pa.array([], pa.string())
+        ids = pc.take(ids, pc.sort_indices(ids))
+        ids = pc.drop_null(ids)
+        subjects.discard(None)
+        return ids, sorted(subjects, key=lambda s: (s == MEAN_SUBJECT, s)), n_rows
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _resolve(self):
+        cfg = self.cfg
+        res = RoiResolver(self.roi_columns, self.subjects, composites=self.composites,
+                          manifest_rois=self.manifest.get("rois"))
+        names = list(dict.fromkeys(cfg.rois)) if cfg.rois else res.default_names()
+        ranked = [res.resolve(n) for n in names]
+        targets = {t.name: t for t in ranked}
+        self.contrast_pairs = []  # (name, a, b)
+        for spec in cfg.contrasts:
+            a, b = parse_contrast(spec)
+            pairs = [(a, b)]
+            if a[:2] not in ("L_", "R_") and b[:2] not in ("L_", "R_"):
+                for h in ("L_", "R_"):
+                    try:
+                        res.resolve(h + a), res.resolve(h + b)
+                        pairs.append((h + a, h + b))
+                    except InvalidParameterError:
+                        pass
+            for pa_, pb in pairs:
+                for n in (pa_, pb):
+                    if n not in targets:
+                        targets[n] = res.resolve(n)
+                self.contrast_pairs.append((f"{pa_}{CONTRAST_JOIN}{pb}", pa_, pb))
+        self.comparison_names = []
+        if cfg.selectivity:
+            comp = cfg.comparison if cfg.comparison else res.area_columns
+            for n in comp:
+                if n not in targets:
+                    targets[n] = res.resolve(n)
+                self.comparison_names.append(n)
+            if not self.comparison_names:
+                raise InvalidParameterError("selectivity needs a comparison set; the table has no area column and "
+                                            "comparison= was not given")
+        self.targets = list(targets.values())
+        self.tindex = {t.name: i for i, t in enumerate(self.targets)}
+        self.ranked = np.array([self.tindex[t.name] for t in ranked], dtype=np.int64)
+        self.ranked_names = [t.name for t in ranked]
+        self.columns = [c for c in self.roi_columns if any(c in t.members for t in self.targets)]
+        # selectivity exclusions: comparison entries whose areas overlap the target's areas
+        self.comp_idx = np.array([self.tindex[n] for n in self.comparison_names], dtype=np.int64)
+        self.sel_excl = []
+        for t in ranked:
+            ex = [i for i, n in enumerate(self.comparison_names)
+                  if n == t.name or (t.areas & self.targets[self.tindex[n]].areas)]
+            self.sel_excl.append(np.array(ex, dtype=np.int64))
+
+    # -- main ------------------------------------------------------------------------------------
+    def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        cfg = self.cfg
+        self.image_ids, self.subjects, self.n_rows = self._scan_keys()
+        self.progress(f"scan 0: {self.n_rows} rows, {len(self.image_ids)} images, subjects {self.subjects}")
+        self._resolve()
+        rng = np.random.default_rng(cfg.seed)
+        n_img = len(self.image_ids)
+        pick = np.arange(n_img) if n_img <= cfg.n_null else np.sort(rng.choice(n_img, cfg.n_null, replace=False))
+        self.null_ids = pc.take(self.image_ids, pa.array(pick, pa.int64()))
+        self._scan1()
+        self.progress("scan 1 done")
+        self.rows = {c: [] for c in RANKINGS_SCHEMA.names}
+        self.sets: list[dict] = []
+        self._emit_topk()
+        if self.contrast_pairs or cfg.selectivity or (cfg.consensus and self.real_subjects):
+            self._scan2()
+        rows = _concat(self.rows)
+        sets = pd.DataFrame(self.sets, columns=SETS_SCHEMA.names)
+        return rows, sets
+
+    @property
+    def real_subjects(self):
+        return [s for s in self.subjects if s != MEAN_SUBJECT]
+
+    def _scan1(self):
+        cfg = self.cfg
+        ev = _Evaluator(self.targets, self.columns)
+        nt, nr = len(self.targets), len(self.ranked)
+        self.stats = {s: RunningStats(nt) for s in self.subjects}
+        self.top = {s: TopK(nr, cfg.top_k, True) for s in self.subjects}
+        self.bottom = {s: TopK(nr, cfg.bottom_k, False) for s in self.subjects}
+        null_vals = {s: [] for s in self.subjects}
+        null_ids = {s: [] for s in self.subjects}
+        for b in self._scan(self.columns):
+            x = _batch_matrix(b, self.columns)
+            ids, subj = _ids_subjects(b)
+            in_null = pc.is_in(b.column("image_id").cast(pa.string()), value_set=self.null_ids).to_numpy(zero_copy_only=False)
+            for s, rows in _by_subject(subj):
+                t = ev(x[rows], s)
+                self.stats[s].update(t)
+                tr = t[:, self.ranked]
+                self.top[s].update(tr, ids[rows])
+                self.bottom[s].update(tr, ids[rows])
+                m = in_null[rows]
+                if m.any():
+                    null_vals[s].append(t[m].astype(np.float32))
+                    null_ids[s].append(ids[rows][m])
+        self.null_t = {s: (np.concatenate(v) if v else np.empty((0, nt), np.float32)) for s, v in null_vals.items()}
+        self.null_img = {s: (np.concatenate(v) if v else np.empty(0, object)) for s, v in null_ids.items()}
+        self.mu = {s: st.mean_or_nan for s, st in self.stats.items()}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.sd = {s: np.where(st.std > 0, st.std, np.nan) for s, st in self.stats.items()}
+
+    def _z(self, s, t, idx=slice(None)):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (t - self.mu[s][idx]) / self.sd[s][idx]
+
+    # -- the set-level null (RNC): mean of k random images, null_draws times ----------------------
+    def _draws(self, n: int, k: int) -> np.ndarray:
+        key = (n, k)
+        if key not in self._draw_cache:
+            rng = np.random.default_rng([self.cfg.seed, n, k])
+            self._draw_cache[key] = rng.integers(0, n, size=(self.cfg.null_draws, k), dtype=np.int64)
+        return self._draw_cache[key]
+
+    def _null_means(self, null: np.ndarray, ks) -> np.ndarray | None:
+        """Set-null means ``(null_draws, columns)``: for each column of ``null`` (rows = null-sample
+        images), the mean of ``ks[j]`` images drawn at random, ``null_draws`` times. NaN columns
+        where nothing can be drawn; ``None`` when the set null is disabled.
+
+        Columns without NaN that share ``k`` are gathered together (one index matrix per (n, k)).
+        """
+        m = null.shape[1]
+        if self.cfg.null_draws == 0:
+            return None
+        out = np.full((self.cfg.null_draws, m), np.nan)
+        if null.shape[0] == 0:
+            return out
+        null = null.astype(np.float32)
+        allfin = np.isfinite(null).all(axis=0)
+        for k in sorted(set(int(x) for x in ks if x > 0)):
+            cols = np.array([j for j in range(m) if ks[j] == k and allfin[j]], dtype=np.int64)
+            if cols.size:
+                idx = self._draws(null.shape[0], k)
+                sub = np.ascontiguousarray(null[:, cols])
+                acc = np.zeros((idx.shape[0], cols.size), np.float32)
+                for i in range(k):
+                    acc += np.take(sub, idx[:, i], axis=0)
+                out[:, cols] = acc / k
+            for j in range(m):
+                if ks[j] == k and not allfin[j]:
+                    col = null[:, j][np.isfinite(null[:, j])]
+                    if col.size:
+                        out[:, j] = col[self._draws(col.size, k)].mean(axis=1, dtype=np.float64)
+        return out
+
+    def _emit_list(self, kind, names, subject, tops, null_matrix, stats, payload_fn, n_topk_fn=None):
+        """Emit one kind for one subject: ``tops`` is a TopK over the columns of ``null_matrix``.
+
+        ``stats`` = (n_images, mean, std) per column of the ranked score over the screened set.
+        """
+        cfg = self.cfg
+        largest = tops.sign > 0
+        m = len(names)
+        results = [tops.result(j) for j in range(m)]
+        ks = np.array([len(r[1]) for r in results])
+        null_matrix = np.asarray(null_matrix, dtype=np.float64)
+        # single-image null, per column: sorted finite sample and its quantile
+        srt = np.sort(null_matrix, axis=0)  # NaN last
+        nfin = np.isfinite(null_matrix).sum(axis=0)
+        q = cfg.null_quantile
+        qv = _col_quantile(null_matrix, q if largest else 1.0 - q)
+        # set-level null, vectorised over columns
+        means = self._null_means(null_matrix, ks)
+        set_score = np.array([np.mean(r[0]) if len(r[0]) else np.nan for r in results])
+        if means is not None:
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mq = _col_quantile(means, q if largest else 1.0 - q)
+                mmean = np.nanmean(means, axis=0)
+                ok = np.isfinite(means).all(axis=0) & np.isfinite(set_score)
+                if largest:
+                    smargin = set_score - mq
+                    sp = (1.0 + (means >= set_score).sum(axis=0)) / (1.0 + means.shape[0])
+                else:
+                    smargin = mq - set_score
+                    sp = (1.0 + (means <= set_score).sum(axis=0)) / (1.0 + means.shape[0])
+            mq, mmean, smargin, sp = (np.where(ok, a, np.nan) for a in (mq, mmean, smargin, sp))
+        else:
+            mq = mmean = smargin = sp = np.full(m, np.nan)
+        R = self.rows
+        for j, name in enumerate(names):
+            v, ids, pl = results[j]
+            k = len(ids)
+            resp, z = payload_fn(j, v, pl)
+            col = srt[: nfin[j], j]
+            if nfin[j] == 0:
+                margin = p = np.full(k, np.nan)
+            elif largest:
+                margin = v - qv[j]
+                p = (1.0 + nfin[j] - np.searchsorted(col, v, side="left")) / (1.0 + nfin[j])
+            else:
+                margin = qv[j] - v
+                p = (1.0 + np.searchsorted(col, v, side="right")) / (1.0 + nfin[j])
+            R["roi"].append(np.full(k, name, dtype=object))
+            R["subject"].append(np.full(k, subject, dtype=object))
+            R["rank"].append(np.arange(1, k + 1, dtype=np.int32))
+            R["image_id"].append(np.asarray(ids, dtype=object))
+            R["response"].append(np.asarray(resp, np.float64))
+            R["z"].append(np.asarray(z, np.float64))
+            R["margin"].append(np.asarray(margin, np.float64))
+            R["p_null"].append(np.asarray(p, np.float64))
+            R["kind"].append(np.full(k, kind, dtype=object))
+            R["score"].append(np.asarray(v, np.float64))
+            nt = np.full(k, -1, np.int16) if n_topk_fn is None else np.asarray(n_topk_fn(j, ids), np.int16)
+            R["n_subjects_topk"].append(nt)
+            self.sets.append({
+                "roi": name, "subject": subject, "kind": kind, "k": k, "n_images": int(stats[0][j]),
+                "mean": float(stats[1][j]), "std": float(stats[2][j]), "set_score": float(set_score[j]),
+                "null_mean": float(mmean[j]), "null_q": float(mq[j]), "set_margin": float(smargin[j]),
+                "set_p_null": float(sp[j]), "n_null": int(nfin[j]),
+                "null_draws": cfg.null_draws if means is not None else 0,
+            })
+
+    def _emit_topk(self):
+        for s in self.subjects:
+            st = self.stats[s]
+            null = self.null_t[s][:, self.ranked]
+            names = [self.targets[ti].name for ti in self.ranked]
+            stats = (st.n[self.ranked], self.mu[s][self.ranked], self.sd[s][self.ranked])
+            for buf in (self.top[s], self.bottom[s]):
+                if buf.k == 0:
+                    continue
+                kind = "topk" if buf.sign > 0 else "bottomk"
+                self._emit_list(kind, names, s, buf, null, stats,
+                                lambda j, v, pl, s=s: (v, self._z(s, v, self.ranked[j])))
+
+    # -- scan 2 ----------------------------------------------------------------------------------
+    def _chunks(self):
+        cfg = self.cfg
+        nr = len(self.ranked)
+        if not (cfg.consensus and self.real_subjects):
+            return [np.arange(0)]
+        per_target = max(1, len(self.image_ids)) * 9  # float32 sum z + float32 sum response + uint8 count
+        size = int(max(1, min(nr, cfg.memory_budget_mb * 2**20 // per_target)))
+        return [np.arange(i, min(nr, i + size)) for i in range(0, nr, size)] or [np.arange(0)]
+
+    def _scan2(self):
+        cfg = self.cfg
+        chunks = self._chunks()
+        image_index = pd.Index(self.image_ids.to_numpy(zero_copy_only=False).astype(object))
+        do_cons = cfg.consensus and bool(self.real_subjects)
+        for ci, chunk in enumerate(chunks):
+            first = ci == 0
+            sel = first and cfg.selectivity
+            con_pairs = self.contrast_pairs if first else []
+            need = set(self.ranked[chunk].tolist()) if do_cons else set()
+            if sel:
+                need |= set(self.ranked.tolist()) | set(self.comp_idx.tolist())
+            for _, a, b in con_pairs:
+                need |= {self.tindex[a], self.tindex[b]}
+            if not need:
+                continue
+            tsub = np.array(sorted(need), dtype=np.int64)
+            loc = {g: i for i, g in enumerate(tsub)}
+            sub_targets = [self.targets[i] for i in tsub]
+            cols = [c for c in self.columns if any(c in t.members for t in sub_targets)]
+            ev = _Evaluator(sub_targets, cols)
+            ncon = len(con_pairs)
+            con_top = {s: TopK(ncon, cfg.top_k, True) for s in self.subjects} if ncon else {}
+            sel_top = {s: TopK(len(self.ranked), cfg.top_k, True) for s in self.subjects} if sel else {}
+            sel_stats = {s: RunningStats(len(self.ranked)) for s in self.subjects} if sel else {}
+            con_stats = {s: RunningStats(ncon) for s in self.subjects} if ncon else {}
+            if do_cons and chunk.size:
+                n_img = len(image_index)
+                acc_z = np.zeros((n_img, chunk.size), np.float32)
+                acc_r = np.zeros((n_img, chunk.size), np.float32)
+                acc_n = np.zeros((n_img, chunk.size), np.uint8)
+                cl = np.array([loc[g] for g in self.ranked[chunk]], dtype=np.int64)
+            for b in self._scan(cols):
+                x = _batch_matrix(b, cols)
+                ids, subj = _ids_subjects(b)
+                for s, rows in _by_subject(subj):
+                    t = ev(x[rows], s)
+                    z = self._z(s, t, tsub)
+                    if ncon:
+                        sc, pl = self._contrast_scores(t, z, loc, con_pairs)
+                        con_stats[s].update(sc)
+                        con_top[s].update(sc, ids[rows], pl)
+                    if sel:
+                        sc, pl = self._selectivity_scores(t, z, loc)
+                        sel_stats[s].update(sc)
+                        sel_top[s].update(sc, ids[rows], pl)
+                    if do_cons and chunk.size and s != MEAN_SUBJECT:
+                        where = image_index.get_indexer(ids[rows])
+                        zc, tc = z[:, cl], t[:, cl]
+                        fin = np.isfinite(zc)
+                        acc_z[where] += np.where(fin, zc, 0.0).astype(np.float32)
+                        acc_r[where] += np.where(fin, tc, 0.0).astype(np.float32)
+                        acc_n[where] += fin.astype(np.uint8)
+            if ncon:
+                self._emit_contrasts(con_pairs, con_top, con_stats)
+            if sel:
+                self._emit_selectivity(sel_top, sel_stats)
+            if do_cons and chunk.size:
+                self._emit_consensus(chunk, acc_z, acc_r, acc_n, image_index)
+                del acc_z, acc_r, acc_n
+            self.progress(f"scan 2 chunk {ci + 1}/{len(chunks)} done")
+
+    def _contrast_scores(self, t, z, loc, pairs):
+        ia = np.array([loc[self.tindex[a]] for _, a, _ in pairs])
+        ib = np.array([loc[self.tindex[b]] for _, _, b in pairs])
+        dr, dz = t[:, ia] - t[:, ib], z[:, ia] - z[:, ib]
+        score = dz if self.cfg.contrast_by == "z" else dr
+        return score, np.stack([dr, dz], axis=2)
+
+    def _selectivity_scores(self, t, z, loc):
+        zc = z[:, [loc[i] for i in self.comp_idx]]
+        fin = np.isfinite(zc)
+        zf = np.where(fin, zc, 0.0)
+        tot, cnt = zf.sum(axis=1), fin.sum(axis=1)
+        rl = np.array([loc[i] for i in self.ranked])
+        score = np.empty((t.shape[0], len(self.ranked)))
+        for j, ex in enumerate(self.sel_excl):
+            s_ = tot - zf[:, ex].sum(axis=1) if ex.size else tot
+            c_ = cnt - fin[:, ex].sum(axis=1) if ex.size else cnt
+            with np.errstate(invalid="ignore", divide="ignore"):
+                score[:, j] = z[:, rl[j]] - np.where(c_ > 0, s_ / c_, np.nan)
+        return score, np.stack([t[:, rl], z[:, rl]], axis=2)
+
+    def _null_z(self, s):
+        return self._z(s, self.null_t[s].astype(np.float64))
+
+    def _emit_contrasts(self, pairs, tops, stats):
+        def payload(j, v, pl):
+            pl = pl if pl is not None else np.empty((0, 2))
+            return pl[:, 0], pl[:, 1]
+
+        for s in self.subjects:
+            zn, tn = self._null_z(s), self.null_t[s].astype(np.float64)
+            ia = [self.tindex[a] for _, a, _ in pairs]
+            ib = [self.tindex[b] for _, _, b in pairs]
+            null = (zn[:, ia] - zn[:, ib]) if self.cfg.contrast_by == "z" else (tn[:, ia] - tn[:, ib])
+            st = stats[s]
+            self._emit_list("contrast", [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+                            payload)
+
+    def _emit_selectivity(self, tops, stats):
+        def payload(j, v, pl):
+            pl = pl if pl is not None else np.empty((0, 2))
+            return pl[:, 0], pl[:, 1]
+
+        for s in self.subjects:
+            zn = self._null_z(s)
+            zc = zn[:, self.comp_idx]
+            fin = np.isfinite(zc)
+            zf = np.where(fin, zc, 0.0)
+            null = np.empty((zn.shape[0], len(self.ranked)))
+            for j, ti in enumerate(self.ranked):
+                ex = self.sel_excl[j]
+                s_ = zf.sum(1) - (zf[:, ex].sum(1) if ex.size else 0)
+                c_ = fin.sum(1) - (fin[:, ex].sum(1) if ex.size else 0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    null[:, j] = zn[:, ti] - np.where(c_ > 0, s_ / c_, np.nan)
+            st = stats[s]
+            self._emit_list("selectivity", self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+                            payload)
+
+    def _emit_consensus(self, chunk, acc_z, acc_r, acc_n, image_index):
+        k = self.cfg.top_k
+        ids_all = np.asarray(image_index, dtype=object)
+        subs = self.real_subjects
+        # null: the sampled images' mean z over subjects
+        nidx = pd.Index(self.null_ids.to_numpy(zero_copy_only=False).astype(object))
+        tis = self.ranked[chunk]
+        nz = np.zeros((len(nidx), len(tis)))
+        nn = np.zeros((len(nidx), len(tis)))
+        for s in subs:
+            if not len(self.null_img[s]):
+                continue
+            w = nidx.get_indexer(self.null_img[s])
+            z = self._null_z(s)[:, tis]
+            fin = np.isfinite(z)
+            np.add.at(nz, w, np.where(fin, z, 0.0))
+            np.add.at(nn, w, fin)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            null_cons = np.where(nn > 0, nz / nn, np.nan)
+            score = np.where(acc_n > 0, acc_z.astype(np.float64) / acc_n, np.nan)
+            resp = np.where(acc_n > 0, acc_r.astype(np.float64) / acc_n, np.nan)
+        buf = TopK(len(chunk), k, True)
+        buf.update(score, ids_all, resp[:, :, None])
+        fin = np.isfinite(score)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stats = (fin.sum(0), np.nanmean(np.where(fin, score, np.nan), 0) if fin.any() else np.full(len(chunk), np.nan),
+                     np.nanstd(np.where(fin, score, np.nan), 0) if fin.any() else np.full(len(chunk), np.nan))
+
+        def n_topk(j, ids):
+            counts = Counter()
+            for s in subs:
+                counts.update(self.top[s].result(chunk[j])[1].tolist())
+            return [counts.get(i, 0) for i in ids]
+
+        def payload(j, v, pl):
+            pl = pl if pl is not None else np.empty((0, 1))
+            return pl[:, 0], v
+
+        names = [self.targets[ti].name for ti in tis]
+        self._emit_list("consensus", names, CONSENSUS_SUBJECT, buf, null_cons, stats, payload, n_topk)

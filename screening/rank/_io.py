@@ -1,0 +1,69 @@
+"""Local / s3:// access for ranking and reporting (pyarrow.dataset over an fsspec filesystem)."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from screening.exceptions import InvalidParameterError, StoreError
+
+
+def filesystem_for(uri: str, *, endpoint_url=None, anonymous=False):
+    """Return ``(fs, path)``: an fsspec filesystem and the path inside it (scheme stripped)."""
+    uri = os.fspath(uri)
+    if uri.startswith("s3://"):
+        try:
+            import s3fs
+        except ImportError as exc:  # pragma: no cover - s3fs is a declared dependency
+            raise StoreError(f"reading {uri!r} needs s3fs: {exc}") from exc
+        kwargs = {"anon": bool(anonymous)}
+        if endpoint_url:
+            kwargs["client_kwargs"] = {"endpoint_url": endpoint_url}
+        return s3fs.S3FileSystem(**kwargs), uri[len("s3://"):].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise InvalidParameterError(f"path {uri!r} has an unsupported scheme; valid: a local path, file:// or s3://")
+    import fsspec
+
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return fsspec.filesystem("file"), os.path.abspath(path)
+
+
+def open_responses(uri, *, endpoint_url=None, anonymous=False) -> tuple[ds.Dataset, object, str]:
+    """Open a responses table (a directory of Parquet files or one file) as a dataset."""
+    fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+    if not fs.exists(path):
+        raise InvalidParameterError(f"responses={uri!r} does not exist")
+    try:
+        dataset = ds.dataset(path, format="parquet", filesystem=fs)
+    except Exception as exc:
+        raise InvalidParameterError(f"responses={uri!r} is not a readable Parquet table: {exc}") from exc
+    return dataset, fs, path
+
+
+def read_json(fs, path):
+    """Parsed JSON at ``path``, or ``None`` if there is no such file."""
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read().decode())
+
+
+def find_manifest(fs, responses_path: str):
+    """The run's ``manifest.json``: beside the responses directory (``RUN/responses`` -> ``RUN/manifest.json``)."""
+    parent = posixpath.dirname(responses_path.rstrip("/"))
+    for cand in (posixpath.join(parent, "manifest.json"), posixpath.join(responses_path, "manifest.json")):
+        m = read_json(fs, cand)
+        if m is not None:
+            return m
+    return None
+
+
+def write_table(table, fs, path: str) -> None:
+    """Write one Parquet file through ``fs`` (parents created)."""
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
