@@ -1,0 +1,550 @@
+"""``screening ingest SRC OUT``: turn images into Parquet image shards the pipeline reads.
+
+Sources (``SRC``)
+-----------------
+- a folder (local or ``s3://bucket/prefix``), walked recursively; files are taken by extension
+  (:data:`IMAGE_EXTENSIONS`, any case) in sorted order of their relative path; hidden files and
+  folders (name starting with ``.``, e.g. macOS ``._x.jpg``) are skipped; other files are counted
+  as ``skipped`` and reported in the summary;
+- a tar archive (``.tar``, ``.tar.gz``, ``.tgz``; local or ``s3://``), streamed in archive order
+  (same archive -> same order), members filtered as for folders; ``source`` is the fsspec URL of
+  the member, ``tar://<member>::<archive>``;
+- a list file: ``.csv`` (header row; the column named ``path``, else ``uri``, else the first) or
+  ``.txt``/``.lst`` (one entry per line; blank lines and ``#`` comments ignored). Entries are
+  local paths (relative ones resolve against the list file's folder) or ``s3://`` URIs, taken in
+  list order;
+- a single image file.
+
+Rows (the *image shards* table of ``docs/contracts.md``)
+-------------------------------------------------------
+``image_id`` string, ``image`` binary (the original encoded bytes, untouched), ``source`` string,
+``width`` int32, ``height`` int32 (declared in the header, before EXIF orientation).
+
+``image_id`` is content-addressed: the first 16 hex digits (64 bits) of the SHA-256 of the bytes.
+It is stable across machines, paths and re-ingests. Identical bytes get the same id: the first
+occurrence is kept, later ones are listed in ``OUT/ingest_duplicates.parquet``. Two different
+files whose ids collide (chance about n**2 / 2**65) are detected with the full digest and the
+second is reported as an error rather than merged.
+
+What ingest checks
+------------------
+Each file is read and its header parsed (:func:`screening.preprocess.image_size`): files that
+cannot be read, and files whose header cannot be parsed (empty, text, random bytes, unknown
+format), go to ``OUT/ingest_errors.parquet`` (``source``, ``error``) and the summary, never
+dropped silently. Pixel data is *not* decoded here: a truncated JPEG or a decompression bomb with
+a valid header is ingested, and the pipeline decodes it and reports it in its errors table.
+
+Output (``OUT``, local or ``s3://bucket/prefix``)
+-------------------------------------------------
+``shard-00000.parquet``, ``shard-00001.parquet`` ... of ``shard_rows`` rows each (row groups of
+``row_group_rows``), then ``ingest_errors.parquet``, ``ingest_duplicates.parquet`` and, last,
+``_manifest.json`` (shards with rows, bytes and sha256; counts). The same input gives byte-identical
+files (no timestamps; deterministic order). Each file is written atomically: locally to a temporary
+name then renamed, on S3 as one object upload (visible only when complete). A reader should trust
+the shards listed in ``_manifest.json``; an ``OUT`` without it is an interrupted ingest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import hashlib
+import io
+import json
+import os
+import posixpath
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
+
+__all__ = [
+    "ingest",
+    "IngestResult",
+    "filesystem_for",
+    "image_id_for",
+    "IMAGE_EXTENSIONS",
+    "SHARD_SCHEMA_FIELDS",
+    "configure_parser",
+    "run_from_args",
+]
+
+#: File extensions taken from folders and archives (compared lower-case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_LIST_SUFFIXES = (".csv", ".txt", ".lst")
+
+#: Column names and Arrow types of an image shard.
+SHARD_SCHEMA_FIELDS = (("image_id", "string"), ("image", "binary"), ("source", "string"),
+                       ("width", "int32"), ("height", "int32"))
+
+MANIFEST_NAME = "_manifest.json"
+ERRORS_NAME = "ingest_errors.parquet"
+DUPLICATES_NAME = "ingest_duplicates.parquet"
+_ID_HEX = 16
+_READ_WINDOW = 32  # files read ahead by the I/O threads; bounds memory to ~32 images
+
+
+def filesystem_for(uri, endpoint_url: str | None = None, anonymous: bool | None = None):
+    """Return ``(fsspec filesystem, path)`` for a local path, ``file://`` or ``s3://`` URI.
+
+    A thin front for :func:`screening.store._fs.filesystem_for` (the one place that builds
+    filesystems; its docstring has the credential and endpoint rules), imported lazily.
+    """
+    from screening.store._fs import filesystem_for as _filesystem_for
+
+    return _filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+
+
+def image_id_for(data: bytes) -> str:
+    """The content-addressed id: first 16 hex digits of ``sha256(data)``."""
+    return hashlib.sha256(data).hexdigest()[:_ID_HEX]
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest` wrote.
+
+    Attributes
+    ----------
+    out : str
+        The output location as given.
+    shards : list of str
+        Shard locations (``s3://...`` or absolute local paths), in order.
+    rows : int
+        Rows written over all shards (unique images).
+    errors : list of (str, str)
+        ``(source, error)`` for files that could not be read or whose header did not parse.
+    duplicates : list of (str, str, str)
+        ``(source, image_id, duplicate_of)``: files with the same bytes as an earlier one.
+    skipped : int
+        Files in a folder or archive passed over for their extension.
+    manifest : str
+        Location of ``_manifest.json``.
+    """
+
+    out: str
+    shards: list[str] = field(default_factory=list)
+    rows: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)
+    skipped: int = 0
+    manifest: str = ""
+
+    def summary(self) -> str:
+        """A few lines for humans."""
+        lines = [f"ingested {self.rows} images into {len(self.shards)} shard(s) at {self.out}"]
+        if self.skipped:
+            lines.append(f"skipped {self.skipped} file(s) without an image extension "
+                         f"({', '.join(IMAGE_EXTENSIONS)})")
+        if self.duplicates:
+            lines.append(f"{len(self.duplicates)} duplicate file(s) (same bytes as an earlier one; "
+                         f"first kept), listed in {DUPLICATES_NAME}")
+        if self.errors:
+            lines.append(f"{len(self.errors)} unreadable file(s), listed in {ERRORS_NAME}:")
+            for source, error in self.errors[:10]:
+                lines.append(f"  {source}: {error}")
+            if len(self.errors) > 10:
+                lines.append(f"  ... and {len(self.errors) - 10} more")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    source: str
+    read: Callable[[], bytes]
+
+
+def _has_image_ext(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _is_hidden(relpath: str) -> bool:
+    return any(part.startswith(".") for part in relpath.split("/") if part)
+
+
+def _display(fs, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"s3://{path}" if protocol in ("s3", "s3a") else path
+
+
+class _Sources:
+    """Resolves ``src`` into an ordered stream of items; counts skipped files."""
+
+    def __init__(self, src: str, endpoint_url, anonymous):
+        self.src = src
+        self.endpoint_url = endpoint_url
+        self.anonymous = anonymous
+        self.skipped = 0
+        self.total: int | None = None
+        self.fs, self.path = filesystem_for(src, endpoint_url=endpoint_url, anonymous=anonymous)
+        lower = src.lower().rstrip("/")
+        if lower.endswith(_TAR_SUFFIXES):
+            self.kind = "tar"
+        elif lower.endswith(_LIST_SUFFIXES):
+            self.kind = "list"
+        elif self.fs.isdir(self.path):
+            self.kind = "folder"
+        elif self.fs.isfile(self.path) and _has_image_ext(lower):
+            self.kind = "file"
+        elif not self.fs.exists(self.path):
+            raise InvalidParameterError(f"SRC {src!r} does not exist")
+        else:
+            raise InvalidParameterError(
+                f"SRC {src!r} is not a folder, an image, a tar archive ({', '.join(_TAR_SUFFIXES)}) "
+                f"or a list file ({', '.join(_LIST_SUFFIXES)})")
+
+    def _reader(self, fs, path: str) -> Callable[[], bytes]:
+        return lambda: fs.cat_file(path)
+
+    def items(self) -> Iterator[_Item]:
+        return getattr(self, f"_{self.kind}")()
+
+    def _file(self) -> Iterator[_Item]:
+        self.total = 1
+        yield _Item(_display(self.fs, self.path), self._reader(self.fs, self.path))
+
+    def _folder(self) -> Iterator[_Item]:
+        root = self.path.rstrip("/")
+        rels = []
+        for p in self.fs.find(root):
+            rel = p[len(root):].lstrip("/")
+            if _is_hidden(rel):
+                continue
+            if _has_image_ext(rel):
+                rels.append(rel)
+            else:
+                self.skipped += 1
+        rels.sort()
+        self.total = len(rels)
+        for rel in rels:
+            p = f"{root}/{rel}"
+            yield _Item(_display(self.fs, p), self._reader(self.fs, p))
+
+    def _tar(self) -> Iterator[_Item]:
+        archive = _display(self.fs, self.path)
+        with self.fs.open(self.path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:  # streaming: archive order, works on gzip and S3 streams
+                if not member.isfile():
+                    continue
+                name = member.name
+                if _is_hidden(name):
+                    continue
+                if not _has_image_ext(name):
+                    self.skipped += 1
+                    continue
+                fobj = tar.extractfile(member)
+                data = fobj.read() if fobj is not None else b""
+                yield _Item(f"tar://{name}::{archive}", (lambda d=data: d))
+
+    def _list_entries(self) -> list[str]:
+        text = self.fs.cat_file(self.path).decode("utf-8-sig")
+        if self.path.lower().endswith(".csv"):
+            rows = list(csv.reader(io.StringIO(text)))
+            if not rows:
+                return []
+            header = [h.strip().lower() for h in rows[0]]
+            col = header.index("path") if "path" in header else header.index("uri") if "uri" in header else 0
+            return [r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()]
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+    def _list(self) -> Iterator[_Item]:
+        entries = self._list_entries()
+        self.total = len(entries)
+        remote_list = "://" in self.src
+        base = posixpath.dirname(self.path) if remote_list else os.path.dirname(self.path)
+        for entry in entries:
+            if "://" in entry:
+                # fsspec caches filesystem instances, so one per entry costs nothing.
+                fs, path = filesystem_for(entry, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+                yield _Item(entry, self._reader(fs, path))
+            elif remote_list:  # a relative entry in a remote list is relative to the list's prefix
+                path = posixpath.normpath(posixpath.join(base, entry))
+                yield _Item(_display(self.fs, path), self._reader(self.fs, path))
+            else:
+                path = os.path.abspath(os.path.join(base, os.path.expanduser(entry)))
+                yield _Item(path, self._reader(self.fs, path))
+
+
+# ----------------------------------------------------------------------------------------------
+# reading, checking, sharding
+# ----------------------------------------------------------------------------------------------
+
+def _load(item: _Item) -> tuple[str, bytes | None, str | None, tuple[int, int] | None, str | None]:
+    """(source, data, sha256 hex, (w, h), error) — runs on an I/O thread."""
+    from screening.preprocess import image_size
+
+    try:
+        data = item.read()
+    except Exception as e:  # noqa: BLE001 — any failure to read is reported per file, by design
+        return item.source, None, None, None, f"read failed: {type(e).__name__}: {e}"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        size = image_size(data)
+    except ImageDecodeError as e:
+        return item.source, None, None, None, str(e)
+    return item.source, data, digest, size, None
+
+
+def _ordered_prefetch(fn, items: Iterable[_Item], workers: int) -> Iterator:
+    """``map(fn, items)`` on a thread pool, in order, at most ``_READ_WINDOW`` in flight."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-read") as pool:
+        window: collections.deque = collections.deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= _READ_WINDOW:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, typ)()) for name, typ in SHARD_SCHEMA_FIELDS])
+
+
+def _parquet_bytes(table, row_group_rows: int, *, binary_column: str | None = None) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    # Encoded images do not compress: store them plain and without min/max statistics (which
+    # would copy image bytes into the footer); the small columns get zstd.
+    compression = {name: ("none" if name == binary_column else "zstd") for name in table.column_names}
+    stats = [n for n in table.column_names if n != binary_column]
+    pq.write_table(table, buf, row_group_size=row_group_rows, compression=compression,
+                   use_dictionary=False, write_statistics=stats)
+    return buf.getvalue()
+
+
+class _Writer:
+    """Atomic whole-file writes to a local folder or an S3 prefix."""
+
+    def __init__(self, out: str, endpoint_url, anonymous):
+        self.fs, self.root = filesystem_for(out, endpoint_url=endpoint_url, anonymous=anonymous)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+
+    def location(self, name: str) -> str:
+        return _display(self.fs, f"{self.root.rstrip('/')}/{name}")
+
+    def write(self, name: str, data: bytes) -> str:
+        path = f"{self.root.rstrip('/')}/{name}"
+        if self.local:
+            tmp = os.path.join(self.root, f".{name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            # One PUT (or one multipart upload above 100 MB): S3 shows the object only when complete.
+            self.fs.pipe_file(path, data)
+        return self.location(name)
+
+    def existing(self) -> list[str]:
+        try:
+            names = [posixpath.basename(p) for p in self.fs.ls(self.root, detail=False)]
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n == MANIFEST_NAME or (n.startswith("shard-") and n.endswith(".parquet")))
+
+    def remove(self, name: str) -> None:
+        path = f"{self.root.rstrip('/')}/{name}"
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
+           endpoint_url: str | None = None, anonymous: bool | None = None, overwrite: bool = False,
+           workers: int = 8, progress: bool | None = None) -> IngestResult:
+    """Write the images of ``src`` as Parquet image shards under ``out``.
+
+    Parameters
+    ----------
+    src : str or path-like
+        A folder, a tar archive, a ``.csv``/``.txt``/``.lst`` list of paths or ``s3://`` URIs, or one
+        image; local or ``s3://``. See the module docstring for the rules of each.
+    out : str or path-like
+        Output folder, local or ``s3://bucket/prefix``.
+    shard_rows : int, default=1000
+        Rows per shard (about 100 MB of typical photos).
+    row_group_rows : int, default=128
+        Rows per Parquet row group: the unit a reader fetches, ~13 MB at ~100 kB per image.
+    endpoint_url : str, optional
+        S3-compatible endpoint for ``s3://`` locations (MinIO, moto, ...).
+    anonymous : bool, optional
+        Unsigned S3 requests; ``None`` signs when credentials are configured.
+    overwrite : bool, default=False
+        Replace an earlier ingest in ``out``. Without it, an ``out`` holding shards or a manifest
+        is refused, so two datasets never mix.
+    workers : int, default=8
+        Threads reading files (I/O bound; decoding is not done here).
+    progress : bool, optional
+        tqdm bar on stderr; ``None`` shows it when stderr is a terminal.
+
+    Returns
+    -------
+    IngestResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Bad ``src`` / ``out`` / sizes, or ``out`` already holds an ingest and ``overwrite`` is False.
+    """
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    src, out = os.fspath(src), os.fspath(out)
+    shard_rows = _check_positive_int("shard_rows", shard_rows)
+    row_group_rows = _check_positive_int("row_group_rows", row_group_rows)
+    workers = _check_positive_int("workers", workers)
+    sources = _Sources(src, endpoint_url, anonymous)
+    writer = _Writer(out, endpoint_url, anonymous)
+    old = writer.existing()
+    if old and not overwrite:
+        raise InvalidParameterError(
+            f"OUT {out!r} already holds an ingest ({', '.join(old[:3])}{' ...' if len(old) > 3 else ''}); "
+            "pass overwrite=True (--overwrite) to replace it, or choose an empty OUT")
+    if MANIFEST_NAME in old:
+        writer.remove(MANIFEST_NAME)  # first: a crash from here on leaves no valid manifest
+
+    result = IngestResult(out=out, manifest=writer.location(MANIFEST_NAME))
+    schema = _schema()
+    seen: dict[str, tuple[str, str]] = {}  # image_id -> (full sha256, first source)
+    columns: dict[str, list] = {name: [] for name, _ in SHARD_SCHEMA_FIELDS}
+    shard_meta: list[dict] = []
+
+    def flush() -> None:
+        n = len(columns["image_id"])
+        if n == 0:
+            return
+        table = pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()},
+                         schema=schema)
+        name = f"shard-{len(shard_meta):05d}.parquet"
+        data = _parquet_bytes(table, row_group_rows, binary_column="image")
+        result.shards.append(writer.write(name, data))
+        shard_meta.append({"path": name, "rows": n, "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()})
+        result.rows += n
+        for v in columns.values():
+            v.clear()
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    items = sources.items()
+    first = next(items, None)  # lists and folders know their size once the first item is out
+    chained = items if first is None else _chain(first, items)
+    with tqdm(total=sources.total, unit="img", desc="ingest", file=sys.stderr, disable=not show) as bar:
+        for source, data, digest, size, error in _ordered_prefetch(_load, chained, workers):
+            bar.update(1)
+            if error is not None:
+                result.errors.append((source, error))
+                continue
+            image_id = digest[:_ID_HEX]
+            if image_id in seen:
+                full, first_source = seen[image_id]
+                if full == digest:
+                    result.duplicates.append((source, image_id, first_source))
+                else:
+                    result.errors.append((source, f"image_id {image_id} collides with {first_source} "
+                                                  "(different bytes, same 64-bit id prefix)"))
+                continue
+            seen[image_id] = (digest, source)
+            columns["image_id"].append(image_id)
+            columns["image"].append(data)
+            columns["source"].append(source)
+            columns["width"].append(size[0])
+            columns["height"].append(size[1])
+            if len(columns["image_id"]) >= shard_rows:
+                flush()
+        flush()
+    result.skipped = sources.skipped
+
+    errors = pa.table({"source": pa.array([s for s, _ in result.errors], pa.string()),
+                       "error": pa.array([e for _, e in result.errors], pa.string())})
+    writer.write(ERRORS_NAME, _parquet_bytes(errors, 4096))
+    dups = pa.table({"source": pa.array([d[0] for d in result.duplicates], pa.string()),
+                     "image_id": pa.array([d[1] for d in result.duplicates], pa.string()),
+                     "duplicate_of": pa.array([d[2] for d in result.duplicates], pa.string())})
+    writer.write(DUPLICATES_NAME, _parquet_bytes(dups, 4096))
+    for name in old:  # shards of an earlier, larger ingest
+        if name != MANIFEST_NAME and name not in {m["path"] for m in shard_meta}:
+            writer.remove(name)
+
+    from screening import __version__
+
+    manifest = {
+        "format": "screening-image-shards",
+        "engine_version": __version__,
+        "source": src,
+        "image_id": f"sha256[:{_ID_HEX}] of the encoded bytes",
+        "schema": {name: typ for name, typ in SHARD_SCHEMA_FIELDS},
+        "shards": shard_meta,
+        "counts": {"images": result.rows, "errors": len(result.errors),
+                   "duplicates": len(result.duplicates), "skipped": result.skipped},
+        "errors": ERRORS_NAME,
+        "duplicates": DUPLICATES_NAME,
+    }
+    writer.write(MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return result
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add ``screening ingest`` arguments to ``parser``."""
+    parser.add_argument("src", metavar="SRC",
+                        help="folder, .tar/.tar.gz archive, .csv/.txt list of paths or s3:// URIs, "
+                             "or one image; local or s3://")
+    parser.add_argument("out", metavar="OUT", help="output folder, local or s3://bucket/prefix")
+    parser.add_argument("--shard-rows", type=int, default=1000, help="rows per shard (default 1000)")
+    parser.add_argument("--row-group-rows", type=int, default=128,
+                        help="rows per Parquet row group (default 128)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+    anon = parser.add_mutually_exclusive_group()
+    anon.add_argument("--anonymous", dest="anonymous", action="store_true", default=None,
+                      help="unsigned S3 requests (public buckets)")
+    anon.add_argument("--no-anonymous", dest="anonymous", action="store_false",
+                      help="always sign S3 requests")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier ingest in OUT")
+    parser.add_argument("--workers", type=int, default=8, help="reader threads (default 8)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``screening ingest``; 0 on success, 1 when nothing could be ingested, 2 on bad arguments."""
+    try:
+        result = ingest(args.src, args.out, shard_rows=args.shard_rows, row_group_rows=args.row_group_rows,
+                        endpoint_url=args.endpoint_url, anonymous=args.anonymous, overwrite=args.overwrite,
+                        workers=args.workers, progress=False if args.quiet else None)
+    except ScreeningError as e:
+        print(f"screening ingest: error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary(), file=sys.stderr)
+    return 0 if result.rows or not result.errors else 1
