@@ -18,3 +18,22 @@ def visual_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("visual-store")
     make_store(root, variant="visual", seed=0, width=16)
     return root
+
+
+# Fake credentials for the loopback S3 server, given to Ray workers at start (a worker's environment is fixed when the
+# local cluster starts, so a test's monkeypatch cannot reach it).
+TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private in-process local Ray (2 CPUs, no dashboard) for one test module; never joins another cluster."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": dict(TEST_AWS_ENV)})
+    yield ray
+    ray.shutdown()

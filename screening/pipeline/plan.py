@@ -169,8 +169,9 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
     if isinstance(rois, str):
         rois = [r for r in rois.split(",") if r]
     names = None if rois is None else list(rois)
-    if names is None and composites:
-        names = default_roi_names(variant) + list(composites)
+    if composites:  # composites are screened too: appended after the named ROIs unless listed there
+        names = default_roi_names(variant) if names is None else names
+        names += [c for c in composites if c not in names]
     roi_set = build_roi_set(variant, names, composites=composites, custom=custom_rois)
     nv = n_vertices(roi_set, subjects)
 

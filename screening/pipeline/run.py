@@ -22,6 +22,9 @@ from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, c
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
 
 
+DECODE_TASK_MEMORY = 256 * 2**20
+
+
 @dataclass
 class ScreeningResult:
     """What a run produced. Readers only see committed units."""
@@ -190,12 +193,17 @@ def build_dataset(plan: ScreeningPlan, res):
     import ray
     from ray.data import ActorPoolStrategy
 
+    from screening.io.image_source import PATH_COLUMN
     from screening.pipeline.stages import EncoderActor, decode_batch
 
     in_fs, _ = filesystem_for(plan.images, endpoint_url=plan.endpoint_url, anonymous=plan.anonymous)
     ds = ray.data.read_parquet([s.path for s in plan.pending], filesystem=arrow_filesystem(in_fs),
-                               columns=plan.spec.read_columns, include_paths=True)
+                               include_paths=True)
+    ds = ds.select_columns(list(plan.spec.read_columns) + [PATH_COLUMN])  # pushed down into the Parquet read
+    # ``memory`` is the decode task's working set (a full-resolution decode); it also keeps Ray Data from fusing
+    # decode into the encoder actors on CPU clusters, so decoding stays in separate, elastic CPU tasks.
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size, num_cpus=1,
+                        memory=DECODE_TASK_MEMORY,
                         fn_kwargs={"spec": plan.spec, "units": {s.path: s.unit for s in plan.pending},
                                    "fast": plan.fast_decode})
     ds = ds.map_batches(

@@ -1,0 +1,78 @@
+"""``screening run``: screen Parquet image shards on Ray Data (a thin layer over :func:`screening.pipeline.screen`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _json_arg(value: str | None, name: str):
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{") and os.path.exists(value):
+        with open(value) as f:
+            text = f.read()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        from screening.exceptions import InvalidParameterError
+
+        raise InvalidParameterError(f"{name} must be JSON (inline or a file path); got {value!r}: {exc}") from None
+    return obj
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", help="Parquet shard file, directory or glob (local or s3://)")
+    parser.add_argument("--store", required=True, help="model store location (path or s3://)")
+    parser.add_argument("--out", required=True, help="output root (path or s3://)")
+    parser.add_argument("--model-id", default=None, help="default: the store's only model, else the published 'all'")
+    parser.add_argument("--subjects", default="all", help="'all' or comma-separated sub-01..sub-08")
+    parser.add_argument("--rois", default=None, help="comma-separated ROI names (default: all areas + groups)")
+    parser.add_argument("--composites", default=None, help='JSON {"name": ["FFC", ...]} or a JSON file')
+    parser.add_argument("--custom-rois", default=None, help='JSON {"name": [grayordinate, ...]} or a JSON file')
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--num-encoders", type=int, default=None)
+    parser.add_argument("--num-gpus-per-encoder", type=float, default=None,
+                        help="default: 1 when the cluster has GPUs, else 0")
+    parser.add_argument("--num-cpus-per-encoder", type=float, default=1.0)
+    parser.add_argument("--fast-decode", action="store_true", help="JPEG DCT-domain downscale while decoding")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--id-column", default="image_id")
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// paths")
+    parser.add_argument("--anonymous", action="store_true", help="unsigned S3 requests (public buckets)")
+    parser.add_argument("--address", default=None,
+                        help="Ray address to connect to (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--no-progress", action="store_true")
+    # Tests only: sleep this long per encoder batch, so a run stays in flight long enough to be killed.
+    parser.add_argument("--test-throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from screening.exceptions import ScreeningError
+    from screening.pipeline.run import screen
+
+    try:
+        composites = _json_arg(args.composites, "--composites")
+        custom = _json_arg(args.custom_rois, "--custom-rois")
+        if args.address:
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(address=args.address)
+        result = screen(
+            args.images, args.store, args.out, model_id=args.model_id, subjects=args.subjects,
+            rois=args.rois, composites=composites, custom_rois=custom, batch_size=args.batch_size,
+            precision=args.precision, num_encoders=args.num_encoders,
+            num_gpus_per_encoder=args.num_gpus_per_encoder, num_cpus_per_encoder=args.num_cpus_per_encoder,
+            fast_decode=args.fast_decode, image_column=args.image_column, id_column=args.id_column,
+            endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
+            progress=not args.no_progress, _throttle_s=args.test_throttle_s)
+    except ScreeningError as exc:
+        print(f"screening run: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary(), flush=True)
+    return 0
