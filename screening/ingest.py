@@ -22,7 +22,7 @@ Rows (the *image shards* table of ``docs/contracts.md``)
 
 ``image_id`` is content-addressed: the first 16 hex digits (64 bits) of the SHA-256 of the bytes.
 It is stable across machines, paths and re-ingests. Identical bytes get the same id: the first
-occurrence is kept, later ones are listed in ``OUT/ingest_duplicates.parquet``. Two different
+occurrence is kept, later ones are listed in ``OUT/ingest_duplicates.csv``. Two different
 files whose ids collide (chance about n**2 / 2**65) are detected with the full digest and the
 second is reported as an error rather than merged.
 
@@ -30,15 +30,15 @@ What ingest checks
 ------------------
 Each file is read and its header parsed (:func:`screening.preprocess.image_size`): files that
 cannot be read, and files whose header cannot be parsed (empty, text, random bytes, unknown
-format), go to ``OUT/ingest_errors.parquet`` (``source``, ``error``) and the summary, never
+format), go to ``OUT/ingest_errors.csv`` (``source``, ``error``) and the summary, never
 dropped silently. Pixel data is *not* decoded here: a truncated JPEG or a decompression bomb with
 a valid header is ingested, and the pipeline decodes it and reports it in its errors table.
 
 Output (``OUT``, local or ``s3://bucket/prefix``)
 -------------------------------------------------
 ``shard-00000.parquet``, ``shard-00001.parquet`` ... of ``shard_rows`` rows each (row groups of
-``row_group_rows``), then ``ingest_errors.parquet``, ``ingest_duplicates.parquet`` and, last,
-``_manifest.json`` (shards with rows, bytes and sha256; counts). The same input gives byte-identical
+``row_group_rows``), then ``ingest_errors.csv``, ``ingest_duplicates.csv`` (CSV so that the only
+``.parquet`` files in ``OUT`` are image shards) and, last, ``_manifest.json`` (shards with rows, bytes and sha256; counts). The same input gives byte-identical
 files (no timestamps; deterministic order). Each file is written atomically: locally to a temporary
 name then renamed, on S3 as one object upload (visible only when complete). A reader should trust
 the shards listed in ``_manifest.json``; an ``OUT`` without it is an interrupted ingest.
@@ -83,8 +83,9 @@ SHARD_SCHEMA_FIELDS = (("image_id", "string"), ("image", "binary"), ("source", "
                        ("width", "int32"), ("height", "int32"))
 
 MANIFEST_NAME = "_manifest.json"
-ERRORS_NAME = "ingest_errors.parquet"
-DUPLICATES_NAME = "ingest_duplicates.parquet"
+# CSV, not Parquet: a reader that globs OUT for *.parquet must see only image shards.
+ERRORS_NAME = "ingest_errors.csv"
+DUPLICATES_NAME = "ingest_duplicates.csv"
 _ID_HEX = 16
 _READ_WINDOW = 32  # files read ahead by the I/O threads; bounds memory to ~32 images
 
@@ -168,7 +169,8 @@ def _has_image_ext(name: str) -> bool:
 
 
 def _is_hidden(relpath: str) -> bool:
-    return any(part.startswith(".") for part in relpath.split("/") if part)
+    # "./a.jpg" (tar archives made with `tar -cf x.tar .`) is not hidden; "a/.b.jpg" is.
+    return any(part.startswith(".") for part in relpath.split("/") if part not in ("", ".", ".."))
 
 
 def _display(fs, path: str) -> str:
@@ -478,13 +480,8 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
         flush()
     result.skipped = sources.skipped
 
-    errors = pa.table({"source": pa.array([s for s, _ in result.errors], pa.string()),
-                       "error": pa.array([e for _, e in result.errors], pa.string())})
-    writer.write(ERRORS_NAME, _parquet_bytes(errors, 4096))
-    dups = pa.table({"source": pa.array([d[0] for d in result.duplicates], pa.string()),
-                     "image_id": pa.array([d[1] for d in result.duplicates], pa.string()),
-                     "duplicate_of": pa.array([d[2] for d in result.duplicates], pa.string())})
-    writer.write(DUPLICATES_NAME, _parquet_bytes(dups, 4096))
+    writer.write(ERRORS_NAME, _csv_bytes(("source", "error"), result.errors))
+    writer.write(DUPLICATES_NAME, _csv_bytes(("source", "image_id", "duplicate_of"), result.duplicates))
     for name in old:  # shards of an earlier, larger ingest
         if name != MANIFEST_NAME and name not in {m["path"] for m in shard_meta}:
             writer.remove(name)
@@ -505,6 +502,14 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
     }
     writer.write(MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return result
+
+
+def _csv_bytes(header: tuple[str, ...], rows) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
 
 
 def _chain(first, rest):
