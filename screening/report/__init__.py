@@ -239,7 +239,7 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
         slug = _slug(roi)
         top, bottom = lst("topk", roi, subject, top_k), lst("bottomk", roi, subject, bottom_k)
         sheet = f"sheet_{slug}.png"
-        make_contact_sheet(top, bottom, images, title=f"{roi} — subject {subject}: top-{len(top)} / bottom-{len(bottom)}"
+        make_contact_sheet(top, bottom, images, title=f"{roi} - subject {subject}: top-{len(top)} / bottom-{len(bottom)}"
                            " (score = ROI response)", out_png=out / sheet)
         parts = [f"<h2 id='roi-{H.esc(slug)}'>{H.esc(roi)}</h2>",
                  f"<p><img src='{H.esc(sheet)}' alt='contact sheet {H.esc(roi)}'></p><div class='row'>"]
