@@ -57,7 +57,6 @@ NOTE = ("SYNTHETIC STORE: random weights in the published MOSAIC CNN8 checkpoint
 BANNER = ("*" * 78 + "\n*  SYNTHETIC WEIGHTS: this store holds random weights in the published format.\n"
           "*  Responses computed from it are NOT brain predictions.\n" + "*" * 78)
 MANIFEST = "synthetic.json"
-_NC_KEYS = [f"{part}_{kind}_noiseceiling" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1")]
 _CHUNK = 8192
 
 
@@ -184,15 +183,12 @@ def _noise_ceilings(seed: int, subject_index: int) -> dict[str, np.ndarray]:
     level = np.where(np.isin(group, atlas.VISUAL_GROUPS), visual_level[area], other_level[area])
     base = level * rng.uniform(0.85, 1.15) + 60.0 * _smooth(rng.standard_normal(mapping.size), 25)
     out = {}
-    factors = {"test": 1.0, "train": 0.95, "artificial": 0.7}
-    for key in _NC_KEYS:
-        part, kind = key.split("_")[:2]
-        v = base * factors[part] + 6.0 * _smooth(rng.standard_normal(mapping.size), 9)
-        if kind == "n-1":
-            v = v * 0.4
-        arr = np.full(atlas.N_GRAYORDINATES, np.nan, dtype=np.float32)
-        arr[mapping] = np.clip(v, 0.0, 80.0)
-        out[key] = arr
+    for part, factor in (("test", 1.0), ("train", 0.95), ("artificial", 0.7)):
+        v = np.clip(base * factor + 6.0 * _smooth(rng.standard_normal(mapping.size), 9), 0.0, 80.0)
+        for kind, scale in (("n-avg", 1.0), ("n-1", 0.4)):  # single trials are less reliable
+            arr = np.full(atlas.N_GRAYORDINATES, np.nan, dtype=np.float32)
+            arr[mapping] = v * scale
+            out[f"{part}_{kind}_noiseceiling"] = arr
     return out
 
 
@@ -296,6 +292,8 @@ def make_store(root: str | os.PathLike, *, variant: str = "all", seed: int = 0, 
     pathlib.Path
         ``root``; open it with :func:`screening.store.open_store`.
     """
+    if variant not in ("all", "visual"):
+        raise InvalidParameterError(f"variant={variant!r} is not valid; valid variants: 'all', 'visual'")
     w = weights_for_variant(variant)
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise InvalidParameterError(f"width={width!r} is not valid; expected a positive int (published: 384)")
