@@ -149,7 +149,7 @@ def run_from_args(args) -> int:
         print(f"[1/5] using the model store {store}", flush=True)
     n_photos, notes = write_demo_images(out / "images")
     print(f"[2/5] {n_photos} packaged photographs + artificial stimuli in {out / 'images'}; ingesting ...", flush=True)
-    ingest(str(out / "images"), str(out / "shards"), shard_rows=16)
+    ingest(str(out / "images"), str(out / "shards"), shard_rows=16, overwrite=True)
     print("[3/5] screening on local Ray ...", flush=True)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,
                               precision=args.precision, endpoint_url=args.endpoint_url, anonymous=args.anonymous)
