@@ -331,11 +331,25 @@ def test_s3_inputs_outputs_and_store(ray_local, visual_store, tmp_path, monkeypa
 # --------------------------------------------------------------------------- failures mid-run
 
 def _encoder_pids():
-    """PIDs of this Ray session's encoder actors (from the state API)."""
-    from ray.util.state import list_actors
+    """PIDs of this session's encoder actors: children of our raylet titled ``ray::MapWorker(...EncoderActor)``.
 
-    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-            if "EncoderActor" in (a.class_name or "") and a.pid]
+    (``ray.util.state.list_actors`` needs the dashboard, which the in-process test cluster does not start.)
+    """
+    import ray._private.worker as rw
+
+    raylet = rw._global_node.all_processes["raylet"][0].process.pid
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().decode(errors="replace")
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if "EncoderActor" in cmd and "MapWorker" in cmd and ppid == raylet:
+            pids.append(int(d))
+    return pids
 
 
 @pytest.mark.timeout(300)

@@ -151,3 +151,20 @@ def extract_rows(table: pa.Table, spec: ColumnSpec, shard_path_column: str = PAT
         if v is None:
             ids[i] = derived_id(d) if d is not None else "sha256-null:" + derived_id(str(sources[i]).encode())
     return ids, [str(s) for s in sources], datas
+
+
+def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+    """``map_batches`` generator: rows ``{uri}`` -> Arrow tables of ``chunk_rows`` image rows plus the shard path.
+
+    One Ray task per shard (``from_items(..., override_num_blocks=len(shards))``) keeps a shard's rows together, so
+    shards finish (and commit) one after another instead of all at the end; chunks keep blocks bounded in size.
+    """
+    from screening.io._fs import filesystem_for
+
+    for uri in batch["uri"].to_pylist():
+        fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            for rb in pf.iter_batches(batch_size=chunk_rows, columns=spec.read_columns):
+                t = pa.Table.from_batches([rb])
+                yield t.append_column(PATH_COLUMN, pa.array([path] * t.num_rows, pa.string()))

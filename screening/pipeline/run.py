@@ -23,6 +23,7 @@ from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
 
 
 DECODE_TASK_MEMORY = 256 * 2**20
+READ_CHUNK_ROWS = 256
 
 
 @dataclass
@@ -193,15 +194,15 @@ def build_dataset(plan: ScreeningPlan, res):
     import ray
     from ray.data import ActorPoolStrategy
 
-    from screening.io.image_source import PATH_COLUMN
+    from screening.io.image_source import read_shards
     from screening.pipeline.stages import EncoderActor, decode_batch
 
-    in_fs, _ = filesystem_for(plan.images, endpoint_url=plan.endpoint_url, anonymous=plan.anonymous)
-    ds = ray.data.read_parquet([s.path for s in plan.pending], filesystem=arrow_filesystem(in_fs),
-                               include_paths=True)
-    ds = ds.select_columns(list(plan.spec.read_columns) + [PATH_COLUMN])  # pushed down into the Parquet read
-    # ``memory`` is the decode task's working set (a full-resolution decode); it also keeps Ray Data from fusing
-    # decode into the encoder actors on CPU clusters, so decoding stays in separate, elastic CPU tasks.
+    # One read task per shard (read_parquet in Ray 2.60 coalesces small files into one read task, which would make
+    # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
+    ds = ray.data.from_items([{"uri": s.uri} for s in plan.pending], override_num_blocks=len(plan.pending))
+    ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=1,
+                        fn_kwargs={"spec": plan.spec, "endpoint_url": plan.endpoint_url, "anonymous": plan.anonymous,
+                                   "chunk_rows": READ_CHUNK_ROWS})
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size, num_cpus=1,
                         memory=DECODE_TASK_MEMORY,
                         fn_kwargs={"spec": plan.spec, "units": {s.path: s.unit for s in plan.pending},
