@@ -22,7 +22,7 @@ from screening.exceptions import (CheckpointError, IntegrityError, InvalidParame
                                   ModelNotFoundError, StoreError, UnsafePickleError)
 from screening.models._weights import PREFIX, SUBJECTS, get_weights, save_checkpoint
 from screening.models.encoder import CNN8Multihead
-from screening.store import ModelStore, _cache, normalize_subject, open_store
+from screening.store import _cache, normalize_subject, open_store
 from screening.store._unpickle import load_metadata_npy
 from tests.s3server import boto3_client, dummy_credentials, s3_server, upload_dir
 
@@ -42,6 +42,13 @@ def vis_paths(visual_store):
     return root, root / w.checkpoint_relpath, root / w.store_dir / "metadata" / "NSD"
 
 
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem
+        shutil.copyfile(src, dst)
+
+
 def _copy_store(vis_paths, dst: Path, checkpoint_sd=None, metadata: dict | None = None) -> Path:
     """A store in ``dst`` that hard-links the session store's files, with optional replacements."""
     root, ckpt, meta_dir = vis_paths
@@ -50,7 +57,7 @@ def _copy_store(vis_paths, dst: Path, checkpoint_sd=None, metadata: dict | None 
     (dst / w.store_dir / "metadata" / "NSD").mkdir(parents=True)
     target = dst / w.checkpoint_relpath
     if checkpoint_sd is None:
-        os.link(ckpt, target)
+        _link(ckpt, target)
     else:
         save_checkpoint(checkpoint_sd, target)
     for s in SUBJECTS:
@@ -58,7 +65,7 @@ def _copy_store(vis_paths, dst: Path, checkpoint_sd=None, metadata: dict | None 
         if metadata is not None and s in metadata:
             np.save(t, metadata[s], allow_pickle=True)
         else:
-            os.link(meta_dir / f"{s}.npy", t)
+            _link(meta_dir / f"{s}.npy", t)
     return dst
 
 
