@@ -104,17 +104,21 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
     bounds = np.searchsorted(inverse[order], np.arange(len(atoms) + 1))
     atom_sets = np.unpackbits(atoms, axis=1, count=n_r).astype(bool)  # (A, R)
     with torch.no_grad():
-        atom_sums = torch.empty(len(atoms), f.shape[1] * s.shape[1], dtype=torch.float32, device=f.device)
+        perm = torch.as_tensor(used[order], device=f.device)
+        f_sorted, s_sorted = f[perm], s[perm]  # one gather; each atom is then a contiguous slice
+        atom_sums = torch.empty(len(atoms), f.shape[1], s.shape[1], dtype=torch.float32, device=f.device)
         for a in range(len(atoms)):
-            idx = torch.as_tensor(used[order[bounds[a]:bounds[a + 1]]], device=f.device)
-            atom_sums[a] = torch.matmul(f[idx].T, s[idx]).flatten()
+            lo, hi = int(bounds[a]), int(bounds[a + 1])
+            torch.matmul(f_sorted[lo:hi].T, s_sorted[lo:hi], out=atom_sums[a])
+        atom_sums = atom_sums.flatten(1)
         w = torch.empty(n_r, atom_sums.shape[1], dtype=torch.float32, device=f.device)
         b = torch.empty(n_r, dtype=torch.float32, device=f.device)
         bias = bias.detach().float()
         for r, idx in enumerate(vertex_sets):
             parts = torch.as_tensor(np.flatnonzero(atom_sets[:, r]), device=f.device)
-            torch.sum(atom_sums[parts], dim=0, out=w[r])
-            w[r].div_(len(idx))
+            # a (1, k) @ (k, C·P) product: torch's column-sum kernel is ~50x slower here
+            coef = torch.full((1, parts.numel()), 1.0 / len(idx), device=f.device)
+            torch.mm(coef, atom_sums[parts], out=w[r:r + 1])
             b[r] = bias[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=f.device)].mean()
     return w, b
 
