@@ -212,7 +212,9 @@ class Ranker:
     # -- scans -----------------------------------------------------------------------------------
     def _scan(self, columns):
         cols = list(KEY_COLUMNS) + [c for c in columns if c not in KEY_COLUMNS]
-        return self.ds.to_batches(columns=cols, batch_size=self.cfg.batch_size)
+        # bounded read-ahead: the default (16 batches, 4 files) can buffer gigabytes of wide row groups
+        return self.ds.to_batches(columns=cols, batch_size=self.cfg.batch_size, batch_readahead=1,
+                                  fragment_readahead=1)
 
     def _scan_keys(self):
         ids_chunks, subjects, n_rows = [], set(), 0
