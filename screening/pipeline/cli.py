@@ -44,6 +44,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", default="image_id")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// paths")
     parser.add_argument("--anonymous", action="store_true", help="unsigned S3 requests (public buckets)")
+    parser.add_argument("--reliability-threshold", type=float, default=None,
+                        help="keep, per subject, ROI vertices whose noise ceiling is >= this (store metadata units)")
+    parser.add_argument("--noise-ceiling", default="test_n-avg",
+                        help="which noise ceiling: {test,train,artificial}_{n-avg,n-1} (default test_n-avg)")
     parser.add_argument("--address", default=None,
                         help="Ray address to connect to (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--no-progress", action="store_true")
@@ -70,7 +74,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             num_gpus_per_encoder=args.num_gpus_per_encoder, num_cpus_per_encoder=args.num_cpus_per_encoder,
             fast_decode=args.fast_decode, image_column=args.image_column, id_column=args.id_column,
             endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
-            progress=not args.no_progress, _throttle_s=args.test_throttle_s)
+            progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
+            noise_ceiling=args.noise_ceiling, _throttle_s=args.test_throttle_s)
     except ScreeningError as exc:
         print(f"screening run: error: {exc}", file=sys.stderr)
         return 2

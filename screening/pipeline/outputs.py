@@ -151,7 +151,8 @@ def committed_files(out, *, endpoint_url=None, anonymous=None) -> dict[str, list
     return files
 
 
-def build_manifest(*, engine_version, config, model, rois, shards, markers, layout: OutputLayout, run=None) -> dict:
+def build_manifest(*, engine_version, config, model, rois, shards, markers, layout: OutputLayout, run=None,
+                   reliability=None) -> dict:
     counts = {"images": 0, "responses_rows": 0, "errors": 0}
     for m in markers.values():
         counts["images"] += m["rows"]
@@ -161,7 +162,7 @@ def build_manifest(*, engine_version, config, model, rois, shards, markers, layo
     for unit in sorted(markers):
         for kind, rel in markers[unit]["files"].items():
             files[kind].append(rel)
-    return {
+    manifest = {
         "engine_version": engine_version,
         "created": utcnow(),
         "config": config,
@@ -173,3 +174,9 @@ def build_manifest(*, engine_version, config, model, rois, shards, markers, layo
         "files": files,
         "run": run or {},
     }
+    if reliability is not None:
+        # threshold, noise ceiling; the per-subject vertex counts that survived are in rois[name]["n_vertices"]
+        manifest["reliability"] = {k: v for k, v in reliability.items() if k != "note"}
+        if reliability.get("note"):
+            manifest["reliability_note"] = reliability["note"]
+    return manifest

@@ -24,6 +24,9 @@ from screening.pipeline.outputs import OutputLayout, check_compatible
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_BATCH_SIZE = {"cpu": 64, "gpu": 256}
 DECODE_BATCH_SIZE = 32
+NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
+SYNTHETIC_RELIABILITY_NOTE = ("noise ceilings of a synthetic store are synthetic: reliability filtering is "
+                              "meaningless here")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class ScreeningPlan:
     config: Mapping
     config_key: str
     throttle_s: float = 0.0
+    reliability: Mapping | None = None
+
+    @property
+    def reliability_threshold(self) -> float | None:
+        return None if self.reliability is None else self.reliability["threshold"]
 
     @property
     def layout(self) -> OutputLayout:
@@ -131,10 +139,52 @@ def resolve_model_id(store, model_id) -> str:
     return model_id
 
 
+def check_reliability_args(reliability_threshold, noise_ceiling) -> tuple[float | None, str]:
+    """Validate ``reliability_threshold`` (a finite number or None) and ``noise_ceiling`` (one of NOISE_CEILINGS)."""
+    if not isinstance(noise_ceiling, str) or noise_ceiling not in NOISE_CEILINGS:
+        raise InvalidParameterError(f"noise_ceiling={noise_ceiling!r} is not valid; valid noise ceilings: "
+                                    f"{', '.join(NOISE_CEILINGS)}")
+    if reliability_threshold is None:
+        return None, noise_ceiling
+    if (isinstance(reliability_threshold, (bool, np.bool_))
+            or not isinstance(reliability_threshold, (int, float, np.integer, np.floating))
+            or not np.isfinite(reliability_threshold)):
+        raise InvalidParameterError(f"reliability_threshold must be a finite number (noise-ceiling units, as in the "
+                                    f"store's metadata) or None; got {reliability_threshold!r}")
+    return float(reliability_threshold), noise_ceiling
+
+
+def reliability_rois(store, model_id: str, variant: str, roi_set, subjects, threshold: float, noise_ceiling: str,
+                     synthetic: bool):
+    """Per-subject reliability-filtered ROI columns (name -> {subject -> columns}) and the manifest record."""
+    from screening.rois import reliability_filter
+
+    if not hasattr(store, "metadata"):
+        raise InvalidParameterError(f"reliability_threshold needs the store's metadata (noise ceilings); "
+                                    f"{type(store).__name__} has no .metadata()")
+    key = f"{noise_ceiling}_noiseceiling"
+    ncs = {}
+    for s in subjects:
+        table = store.metadata(model_id, s).get("noise_ceiling") or {}
+        if key not in table:
+            raise InvalidParameterError(f"the store's metadata for {model_id} / {s} has no noise ceiling {key!r}; "
+                                        f"it has: {', '.join(sorted(table)) or '(none)'}")
+        ncs[s] = np.asarray(table[key])
+    record = {"threshold": threshold, "noise_ceiling": noise_ceiling, "metadata_key": key,
+              "rule": "per subject, keep ROI vertices with noise ceiling >= threshold"}
+    if synthetic:
+        import warnings
+
+        record["note"] = SYNTHETIC_RELIABILITY_NOTE
+        warnings.warn(SYNTHETIC_RELIABILITY_NOTE, UserWarning, stacklevel=4)
+    return reliability_filter(roi_set, ncs, threshold, variant), record
+
+
 def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
                batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
                num_cpus_per_encoder=1, fast_decode=False, image_column="image", id_column="image_id",
-               endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0) -> ScreeningPlan:
+               endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
+               noise_ceiling="test_n-avg") -> ScreeningPlan:
     """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
     from screening import __version__
     from screening.rois import build_roi_set, default_roi_names, n_vertices
@@ -161,6 +211,7 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         if not isinstance(v, str) or not v:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {v!r}")
     subjects = resolve_subjects(subjects)
+    reliability_threshold, noise_ceiling = check_reliability_args(reliability_threshold, noise_ceiling)
 
     store = resolve_store(store, endpoint_url=endpoint_url, anonymous=anonymous)
     model_id = resolve_model_id(store, model_id)
@@ -173,6 +224,11 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         names = default_roi_names(variant) if names is None else names
         names += [c for c in composites if c not in names]
     roi_set = build_roi_set(variant, names, composites=composites, custom=custom_rois)
+    reliability = None
+    if reliability_threshold is not None:
+        # Per subject, keep the ROI vertices whose noise ceiling passes; the collapse stays exact (one matmul).
+        roi_set, reliability = reliability_rois(store, model_id, variant, roi_set, subjects, reliability_threshold,
+                                                noise_ceiling, bool(fingerprint.get("synthetic")))
     nv = n_vertices(roi_set, subjects)
 
     # Inputs: list shards, read footers (row counts), check columns on the first schema.
@@ -196,13 +252,16 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
         "batch_size": batch_size, "num_encoders": num_encoders, "num_gpus_per_encoder": num_gpus_per_encoder,
         "num_cpus_per_encoder": num_cpus_per_encoder, "engine_version": __version__,
+        "reliability_threshold": reliability_threshold, "noise_ceiling": noise_ceiling,
     }
     key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
                "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
-                                                       np.concatenate(list(v.values()))).tobytes()).hexdigest()
+                                                       np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
                             for n, v in roi_set.items()},
                "precision": precision, "fast_decode": fast_decode, "image_column": image_column,
                "id_column": id_column}
+    if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
+        key_src["reliability"] = [reliability_threshold, noise_ceiling]
     config_key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
@@ -215,7 +274,8 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         n_vertices=nv, precision=precision, batch_size=batch_size, decode_batch_size=DECODE_BATCH_SIZE,
         fast_decode=fast_decode, num_encoders=num_encoders, num_gpus_per_encoder=num_gpus_per_encoder,
         num_cpus_per_encoder=num_cpus_per_encoder, endpoint_url=endpoint_url, anonymous=anonymous,
-        progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s))
+        progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s),
+        reliability=reliability)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class ScreeningResult:
 def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
            batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=1,
            fast_decode=False, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
-           progress=True, _throttle_s=0.0) -> ScreeningResult:
+           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", _throttle_s=0.0) -> ScreeningResult:
     """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
 
     Parameters
@@ -129,6 +129,14 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
     endpoint_url, anonymous :
         S3 options for the inputs, the outputs and (when given as a location) the store.
     progress : bool, default=True
+    reliability_threshold : float, optional
+        Keep, per subject, only the ROI vertices whose noise ceiling (store metadata, 91k space) is
+        ``>= reliability_threshold``; the ROI mean is then over those vertices (still exact: same readout collapse).
+        An ROI left with no vertex for a subject raises. The ``mean`` row averages subject means over different
+        vertex sets. On a synthetic store the noise ceilings are synthetic and the filter is meaningless (warned,
+        and noted in the manifest).
+    noise_ceiling : str, default="test_n-avg"
+        Which noise ceiling: ``{test,train,artificial}_{n-avg,n-1}``.
 
     Returns
     -------
@@ -143,7 +151,8 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
                       custom_rois=custom_rois, batch_size=batch_size, precision=precision, num_encoders=num_encoders,
                       num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
                       fast_decode=fast_decode, image_column=image_column, id_column=id_column,
-                      endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s)
+                      endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s,
+                      reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling)
     return execute(plan)
 
 
@@ -164,7 +173,7 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
     layout.prepare()
     rois_manifest = {n: {"n_vertices": v} for n, v in plan.n_vertices.items()}
     manifest_args = dict(engine_version=__version__, config=dict(plan.config), model=dict(plan.fingerprint),
-                         rois=rois_manifest, shards=plan.shards, layout=layout)
+                         rois=rois_manifest, shards=plan.shards, layout=layout, reliability=plan.reliability)
     stats = None
     if plan.pending:
         ray = _ensure_ray()

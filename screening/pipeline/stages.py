@@ -63,8 +63,9 @@ class EncoderActor:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         model, _info = store.load_model(model_id)
-        # Arrays arrive read-only (zero-copy from the object store); per-subject mappings are kept as they are.
-        rois = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in rois.items()}
+        # Arrays arrive read-only (zero-copy from the object store); per-subject (reliability-filtered) mappings too.
+        rois = {k: (np.array(v) if isinstance(v, np.ndarray) else {s: np.array(c) for s, c in v.items()})
+                for k, v in rois.items()}
         self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device)
         del model
         gc.collect()
