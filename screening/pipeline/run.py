@@ -22,7 +22,9 @@ from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, c
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
 
 
-DECODE_TASK_MEMORY = 256 * 2**20
+# A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_shards' chunks
+# up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
+DECODE_TASK_MEMORY = 512 * 2**20
 READ_CHUNK_ROWS = 256
 
 
