@@ -24,7 +24,8 @@ BANNER = """\
    https://mosaicfmri.s3.amazonaws.com/brain_optimized_checkpoints/model-CNN8_framework-multihead_subjects-NSD_vertices-all.pth
 ================================================================================"""
 
-DEFAULT_ROIS = ("FFC", "PHA1-3", "V1", "early_visual", "group_04")
+# Shown when present (the visual variant has no PHA1-3: it lies in Glasser group 13).
+DEFAULT_ROIS = ("FFC", "PHA1-3", "V1", "early_visual", "faces", "group_04")
 
 
 def packaged_photos() -> dict[str, tuple[np.ndarray, str]]:
@@ -156,13 +157,16 @@ def run_from_args(args) -> int:
     print("[4/5] ranking ...", flush=True)
     rank(str(out / "run" / "responses"), str(out / "run" / "rankings"), top_k=5)
     print("[5/5] report ...", flush=True)
+    from screening.rank import read_rankings
     from screening.report import write_report
 
-    index = write_report(str(out / "run"), rois=list(DEFAULT_ROIS))
+    ranked = set(read_rankings(str(out / "run" / "rankings"))["roi"])
+    index = write_report(str(out / "run"), rois=[r for r in DEFAULT_ROIS if r in ranked] or None)
     if synthetic:
         print(BANNER)
     print(f"photo licences: {'; '.join(notes)}")
-    print(f"done in {time.perf_counter() - t0:.0f}s: {result}")
+    print(result.summary())
+    print(f"demo done in {time.perf_counter() - t0:.0f}s")
     print(f"open {index}")
     return 0
 

@@ -247,6 +247,7 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
 
     config = {
         "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
+        "store": str(getattr(store, "location", store)), "endpoint_url": endpoint_url, "anonymous": anonymous,
         "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
         "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": fast_decode,
         "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,

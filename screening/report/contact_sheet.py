@@ -33,7 +33,14 @@ def fetch_images(images, image_ids, *, filesystem=None, id_column="image_id") ->
     ids = sorted({str(i) for i in image_ids})
     if not ids:
         return {}
-    dataset = images if isinstance(images, ds.Dataset) else ds.dataset(images, format="parquet", filesystem=filesystem)
+    if isinstance(images, ds.Dataset):
+        dataset = images
+    else:  # the same shard listing the pipeline reads (only *.parquet: ingest writes CSV reports beside them)
+        from screening.io.image_source import list_shards
+        from screening.store._fs import filesystem_for
+
+        fs, path = (filesystem, str(images)) if filesystem is not None else filesystem_for(str(images))
+        dataset = ds.dataset(list_shards(fs, path), format="parquet", filesystem=fs)
     value_set = pa.array(ids, pa.string())
     field = ds.field(id_column)
     id_type = dataset.schema.field(id_column).type
