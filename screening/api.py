@@ -25,7 +25,7 @@ from screening._validation import (check_choice, check_device, check_positive_in
                                    check_subjects, _is_int)
 from screening.exceptions import InvalidParameterError
 from screening.models._weights import CheckpointInfo, EncoderWeights, get_weights
-from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_vertices,
+from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_vertices, core_features,
                                       default_batch_size)
 from screening.models.fast import fold_batchnorm
 
@@ -77,12 +77,7 @@ class EncodingModel:
     @torch.inference_mode()
     def features(self, images_u8: np.ndarray) -> torch.Tensor:
         x = Normalize().to(self.device)(torch.from_numpy(np.ascontiguousarray(images_u8)).to(self.device))
-        if self.precision == "bf16":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                f = self.core(x.contiguous(memory_format=torch.channels_last))
-        else:
-            f = self.core(x)
-        return f.float().flatten(2)  # (N, C, P)
+        return core_features(self.core, x, self.precision).float().flatten(2)  # (N, C, P)
 
     @torch.inference_mode()
     def vertices(self, feats: torch.Tensor, subject: str) -> torch.Tensor:

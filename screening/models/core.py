@@ -49,7 +49,8 @@ class CNN8Core(nn.Module):
         self.pool3 = nn.AvgPool2d(2, 2)
         self.pool4 = nn.AvgPool2d(2, stride=1)
 
-    def forward(self, x):
-        for name in _ORDER:
+    def forward(self, x, start: int = 0):
+        """Run the stages from ``start`` (0 = block1) to pool4."""
+        for name in _ORDER[start:]:
             x = getattr(self, name)(x)
         return x

@@ -37,6 +37,19 @@ def default_batch_size(device: str | torch.device, precision: str = "bf16") -> i
     return 1 << (n.bit_length() - 1)
 
 
+def core_features(core: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """Core output for normalised input; ``bf16`` = autocast + channels_last from block2 on.
+
+    block1 stays fp32: in bf16 the normalised pixels themselves would be rounded (~0.6 grey levels),
+    which cost more agreement (min per-ROI r 0.9993 → 0.9996 with it in fp32) than its 0.6% of the FLOPs.
+    """
+    if precision != "bf16":
+        return core(x)
+    x = core.block1(x.contiguous(memory_format=torch.channels_last))
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return core(x, start=1).float()
+
+
 class Normalize(nn.Module):
     """uint8 (or 0..255 float) RGB → ImageNet-normalised float32, inside the model so pipelines ship uint8."""
 
@@ -170,12 +183,7 @@ class RoiEncoder(nn.Module):
     @torch.inference_mode()
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images_u8)
-        if self.precision == "bf16":
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                feats = self.core(x)
-        else:
-            feats = self.core(x)
+        feats = core_features(self.core, x, self.precision)
         out = torch.addmm(self.roi_bias, feats.float().flatten(1), self.roi_weights_t)
         return out.view(x.shape[0], len(self.subjects), len(self.roi_names))
 
