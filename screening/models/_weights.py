@@ -11,9 +11,10 @@ import io
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import BinaryIO, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: the registry is read by torch-free processes (ingest)
+    import torch
 
 from screening.exceptions import CheckpointError, ModelNotFoundError
 
@@ -152,6 +153,8 @@ def validate_state_dict(sd: Mapping[str, torch.Tensor], expect_n_vertices: int |
     want = expected_shapes(width, n_vertices)
     missing = sorted(set(want) - set(sd))
     unexpected = sorted(set(sd) - set(want))
+    import torch
+
     misshaped = []
     for k in sorted(set(want) & set(sd)):
         v = sd[k]
@@ -186,6 +189,8 @@ def load_checkpoint(src: str | os.PathLike | bytes | BinaryIO, *, expect_n_verti
 
     Returns the prefix-stripped state_dict and what its shapes say (width, vertex count).
     """
+    import torch
+
     f = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
     try:
         sd = torch.load(f, map_location="cpu", weights_only=True, mmap=_can_mmap(f))
@@ -207,4 +212,6 @@ def _can_mmap(f) -> bool:
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike | BinaryIO) -> None:
     """Write a state_dict in the published format (``module.``-prefixed plain dict)."""
+    import torch
+
     torch.save({PREFIX + k: v.detach().contiguous() for k, v in state_dict.items()}, path)
