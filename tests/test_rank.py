@@ -327,3 +327,59 @@ def test_cli_reports_bad_roi(tmp_path, capsys):
     pq.write_table(pa.Table.from_pandas(_hand_table(), preserve_index=False), path)
     assert main(["rank", str(path), str(tmp_path / "out"), "--roi", "FFA"]) == 2
     assert "unknown ROI 'FFA'" in capsys.readouterr().err
+
+
+# -- pipeline runs, Parquet row groups, atlas groups --------------------------------------------------
+def test_pipeline_run_reads_committed_files_and_manifest(tmp_path):
+    rng = np.random.default_rng(7)
+    run = tmp_path / "run"
+    (run / "responses").mkdir(parents=True)
+    (run / "_committed").mkdir()
+    committed = _table(300, ["sub-01", "sub-02", "mean"], rng, columns=["L_FFC", "R_FFC", "L_V1", "R_V1"])
+    # several row groups, each larger than the batch: batches are cut inside row groups
+    pq.write_table(pa.Table.from_pandas(committed, preserve_index=False), run / "responses" / "u1.parquet",
+                   row_group_size=250)
+    # a unit without a marker (an interrupted run): its rows would win every list if they were read
+    leftover = committed.head(30).copy()
+    leftover["image_id"] = [f"zz{i:03d}" for i in range(30)]
+    leftover[["L_FFC", "R_FFC", "L_V1", "R_V1"]] = 1e6
+    pq.write_table(pa.Table.from_pandas(leftover, preserve_index=False), run / "responses" / "u2.parquet")
+    (run / "_committed" / "u1.json").write_text(json.dumps({
+        "unit": "u1", "files": {"responses": "responses/u1.parquet", "errors": "errors/u1.parquet"}}))
+    # manifest beside responses/: R_FFC has no vertex for any subject, so FFC == L_FFC
+    (run / "manifest.json").write_text(json.dumps({"rois": {
+        "L_FFC": {"n_vertices": {"sub-01": 10, "sub-02": 12, "mean": 11}},
+        "R_FFC": {"n_vertices": {"sub-01": 0, "sub-02": 0, "mean": 0}}}}))
+    kw = dict(rois=["FFC", "L_V1"], top_k=5, selectivity=False, consensus=False, **FAST)
+    rows = rank(str(run / "responses"), batch_size=64, **kw)
+    assert not rows.image_id.str.startswith("zz").any()
+    expected = rank(committed, manifest=json.loads((run / "manifest.json").read_text()), batch_size=64, **kw)
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected.reset_index(drop=True))
+    top = _sel(rows, "topk", "FFC", "sub-01")
+    exp = committed[committed.subject == "sub-01"].sort_values("L_FFC", ascending=False).head(5)
+    assert top.image_id.tolist() == exp.image_id.tolist()
+    np.testing.assert_allclose(top.response, exp.L_FFC, rtol=1e-6)
+    # the same folder without markers is read whole (not a pipeline run)
+    (run / "_committed" / "u1.json").unlink()
+    (run / "_committed").rmdir()
+    assert rank(str(run / "responses"), **kw).image_id.str.startswith("zz").any()
+
+
+def test_pipeline_run_without_committed_units_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    (run / "responses").mkdir(parents=True)
+    (run / "_committed").mkdir()
+    pq.write_table(pa.Table.from_pandas(_hand_table(), preserve_index=False), run / "responses" / "u.parquet")
+    with pytest.raises(InvalidParameterError, match="no committed unit"):
+        rank(str(run / "responses"))
+
+
+def test_atlas_area_group():
+    assert atlas.area_group("V1") == atlas.area_group("L_V1") == atlas.area_group("R_V1") == 1
+    assert atlas.area_group("FFC") == 4
+    for name, g in atlas.roi_grayordinates().items():  # agrees with the vertices' groups
+        if g.size:
+            k = np.searchsorted(atlas.vertex_mapping_all(), g[0])
+            assert atlas.glasser_group_id()[k] == atlas.area_group(name)
+    with pytest.raises(InvalidParameterError, match="'FFA' is not an HCP-MMP1.0 area; valid: .*FFC"):
+        atlas.area_group("FFA")

@@ -84,6 +84,34 @@ def _area_groups() -> dict[int, int]:
 
 
 @lru_cache(maxsize=1)
+def _area_group_by_name() -> dict[str, int]:
+    """Bilateral area name (``V1``) -> Glasser group, from the label table (no vertex needed)."""
+    names = _labels()[1]
+    groups = _area_groups()
+    return {str(names[i])[2:]: groups[i] for i in range(1, 181)}
+
+
+def area_group(name: str) -> int:
+    """Glasser group (1..22) of an MMP area: ``FFC``, ``L_FFC`` or ``R_FFC`` (both hemispheres share it).
+
+    Taken from the label table, so it is defined for every one of the 180 areas, including those with no
+    model vertex.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``name`` is not an area name; the message lists the valid ones.
+    """
+    table = _area_group_by_name()
+    base = name[2:] if isinstance(name, str) and name[:2] in ("L_", "R_") else name
+    if isinstance(base, str) and base in table:
+        return int(table[base])
+    raise InvalidParameterError(
+        f"area {name!r} is not an HCP-MMP1.0 area; valid: one of these 180 names, optionally with an L_ or R_ "
+        f"prefix: {', '.join(sorted(table))}")
+
+
+@lru_cache(maxsize=1)
 def vertex_mapping_all() -> np.ndarray:
     """The 57,051 grayordinates of the model's output columns, ascending (read-only)."""
     label_id, _ = _labels()

@@ -125,7 +125,8 @@ def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(
     ----------
     responses : str, os.PathLike, pyarrow.Table, pyarrow.dataset.Dataset or pandas.DataFrame
         The responses table (``image_id``, ``subject``, one float column per ROI); a path is a
-        directory of Parquet files or one file, local or ``s3://``.
+        directory of Parquet files or one file, local or ``s3://``. A pipeline run's ``RUN/responses``
+        (``RUN/_committed/`` exists) is read as its committed files only.
     out : str or os.PathLike, optional
         Directory to write ``rankings.parquet`` and ``_sets.parquet`` into (local or ``s3://``).
     rois : list of str, optional
@@ -217,7 +218,8 @@ def read_rankings(path, *, endpoint_url=None, anonymous=False) -> pd.DataFrame:
 # -- CLI -------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``screening rank`` arguments."""
-    parser.add_argument("responses", help="responses table: directory of Parquet files or a file (local or s3://)")
+    parser.add_argument("responses", help="responses table: directory of Parquet files or a file (local or s3://); "
+                             "a pipeline run's RUN/responses is read as its committed files only")
     parser.add_argument("out", help="output directory for rankings.parquet and _sets.parquet (local or s3://)")
     parser.add_argument("--roi", action="append", dest="rois", metavar="NAME",
                         help="ROI to rank (repeatable): L_FFC, FFC (bilateral), group_04, faces, L_faces ...; "

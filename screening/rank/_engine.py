@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
@@ -25,6 +26,9 @@ from screening.rank._stream import RunningStats, TopK
 KEY_COLUMNS = ("image_id", "subject")
 MEAN_SUBJECT = "mean"
 CONSENSUS_SUBJECT = "consensus"
+#: columns decoded per read of a Parquet row group (see ``Ranker._scan_row_groups``)
+SCAN_COLUMN_GROUP = 64
+SCAN_THREADS = True
 
 RANKINGS_SCHEMA = pa.schema([
     ("roi", pa.string()),
@@ -143,11 +147,27 @@ class _Evaluator:
         return out
 
 
-def _batch_matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
-    if not columns:
-        return np.empty((batch.num_rows, 0))
-    return np.column_stack([
-        batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for c in columns])
+def _batch_matrix(batch: pa.RecordBatch, columns: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """``(rows, columns)`` float64 of ``batch`` (all rows, or those at ``rows``), filled column by column
+    so no per-column float64 copies are held at once; nulls become NaN."""
+    n = batch.num_rows if rows is None else len(rows)
+    out = np.empty((n, len(columns)), dtype=np.float64)
+    for j, c in enumerate(columns):
+        a = batch.column(c).to_numpy(zero_copy_only=False)  # a view for float32 without nulls
+        out[:, j] = a if rows is None else a[rows]
+    return out
+
+
+def _subject_blocks(batch: pa.RecordBatch, columns: list[str], subj: np.ndarray):
+    """Yield ``(subject, rows, matrix)`` per subject of a batch; the float64 matrix holds that subject's rows only,
+    so a batch never exists as one ``(batch_size, columns)`` float64 array."""
+    for s, rows in _by_subject(subj):
+        if rows.size == batch.num_rows:
+            yield s, rows, _batch_matrix(batch, columns)
+        elif rows.size and rows[-1] - rows[0] + 1 == rows.size:  # contiguous: slice, no gather
+            yield s, rows, _batch_matrix(batch.slice(int(rows[0]), int(rows.size)), columns)
+        else:
+            yield s, rows, _batch_matrix(batch, columns, rows)
 
 
 def _ids_subjects(batch):
@@ -211,10 +231,41 @@ class Ranker:
 
     # -- scans -----------------------------------------------------------------------------------
     def _scan(self, columns):
+        """Record batches of at most ``batch_size`` rows holding only ``image_id``, ``subject`` and ``columns``.
+
+        Only the projected columns are decoded. Parquet files are read one row group at a time
+        (:meth:`_scan_row_groups`); other datasets (in-memory tables) through a scan without read-ahead.
+        """
         cols = list(KEY_COLUMNS) + [c for c in columns if c not in KEY_COLUMNS]
-        # bounded read-ahead: the default (16 batches, 4 files) can buffer gigabytes of wide row groups
-        return self.ds.to_batches(columns=cols, batch_size=self.cfg.batch_size, batch_readahead=1,
+        if isinstance(self.ds, ds.FileSystemDataset) and isinstance(self.ds.format, ds.ParquetFileFormat):
+            return self._scan_row_groups(cols)
+        return self.ds.to_batches(columns=cols, batch_size=self.cfg.batch_size, batch_readahead=0,
                                   fragment_readahead=1)
+
+    def _scan_row_groups(self, cols):
+        """One row group in memory at a time, decoded ``SCAN_COLUMN_GROUP`` columns per read.
+
+        A dataset scan keeps decoding the next row groups while a batch is processed (observed: four 65k-row
+        groups, ~390 MB of Arrow memory, with ``batch_readahead=0``); and decoding all columns of a group at once
+        holds every column's decompression buffers together (~2.4x the decoded size). Reading column groups of
+        a row group keeps Arrow memory near the decoded row group (~100 MB for 65,536 rows x 382 float32).
+        Memory still grows with the writer's row-group size; the pipeline writes ~65,536-row groups.
+        """
+        opts = ds.ParquetFragmentScanOptions(pre_buffer=False)
+        schema = self.ds.schema
+        for frag in self.ds.get_fragments():
+            for rg in frag.split_by_row_group():
+                parts = [rg.to_table(schema=schema, columns=cols[i:i + SCAN_COLUMN_GROUP],
+                                     fragment_scan_options=opts, use_threads=SCAN_THREADS)
+                         for i in range(0, len(cols), SCAN_COLUMN_GROUP)]
+                arrays, names = [], []
+                for t in parts:
+                    arrays.extend(t.columns)
+                    names.extend(t.column_names)
+                table = pa.Table.from_arrays(arrays, names=names)
+                del parts, arrays
+                yield from table.combine_chunks().to_batches(max_chunksize=self.cfg.batch_size)
+                del table
 
     def _scan_keys(self):
         ids_chunks, subjects, n_rows = [], set(), 0
@@ -307,24 +358,36 @@ class Ranker:
         self.stats = {s: RunningStats(nt) for s in self.subjects}
         self.top = {s: TopK(nr, cfg.top_k, True) for s in self.subjects}
         self.bottom = {s: TopK(nr, cfg.bottom_k, False) for s in self.subjects}
-        null_vals = {s: [] for s in self.subjects}
-        null_ids = {s: [] for s in self.subjects}
+        # null-sample responses, preallocated: row i is null image i (sorted ids), so the null is independent of
+        # file and batch order and is never concatenated from pieces (n_null x targets x subjects float32)
+        n_null = len(self.null_ids)
+        null_t = {s: np.full((n_null, nt), np.nan, np.float32) for s in self.subjects}
+        seen = {s: np.zeros(n_null, bool) for s in self.subjects}
         for b in self._scan(self.columns):
-            x = _batch_matrix(b, self.columns)
             ids, subj = _ids_subjects(b)
-            in_null = pc.is_in(b.column("image_id").cast(pa.string()), value_set=self.null_ids).to_numpy(zero_copy_only=False)
-            for s, rows in _by_subject(subj):
-                t = ev(x[rows], s)
+            pos = pc.index_in(b.column("image_id").cast(pa.string()), value_set=self.null_ids)
+            pos = pos.fill_null(-1).to_numpy(zero_copy_only=False)
+            for s, rows, xs in _subject_blocks(b, self.columns, subj):
+                t = ev(xs, s)
+                del xs
                 self.stats[s].update(t)
                 tr = t[:, self.ranked]
                 self.top[s].update(tr, ids[rows])
                 self.bottom[s].update(tr, ids[rows])
-                m = in_null[rows]
+                p = pos[rows]
+                m = p >= 0
                 if m.any():
-                    null_vals[s].append(t[m].astype(np.float32))
-                    null_ids[s].append(ids[rows][m])
-        self.null_t = {s: (np.concatenate(v) if v else np.empty((0, nt), np.float32)) for s, v in null_vals.items()}
-        self.null_img = {s: (np.concatenate(v) if v else np.empty(0, object)) for s, v in null_ids.items()}
+                    null_t[s][p[m]] = t[m]
+                    seen[s][p[m]] = True
+            b = t = None  # drop the batch before the next row group is read
+        all_null = self.null_ids.to_numpy(zero_copy_only=False).astype(object)
+        self.null_t, self.null_img = {}, {}
+        for s in self.subjects:
+            if seen[s].all():
+                self.null_t[s], self.null_img[s] = null_t[s], all_null
+            else:
+                self.null_t[s], self.null_img[s] = null_t[s][seen[s]], all_null[seen[s]]
+            del null_t[s]
         self.mu = {s: st.mean_or_nan for s, st in self.stats.items()}
         with np.errstate(invalid="ignore", divide="ignore"):
             self.sd = {s: np.where(st.std > 0, st.std, np.nan) for s, st in self.stats.items()}
@@ -496,10 +559,10 @@ class Ranker:
                 acc_n = np.zeros((n_img, chunk.size), np.uint8)
                 cl = np.array([loc[g] for g in self.ranked[chunk]], dtype=np.int64)
             for b in self._scan(cols):
-                x = _batch_matrix(b, cols)
                 ids, subj = _ids_subjects(b)
-                for s, rows in _by_subject(subj):
-                    t = ev(x[rows], s)
+                for s, rows, xs in _subject_blocks(b, cols, subj):
+                    t = ev(xs, s)
+                    del xs
                     z = self._z(s, t, tsub)
                     if ncon:
                         sc, pl = self._contrast_scores(t, z, loc, con_pairs)
@@ -516,6 +579,7 @@ class Ranker:
                         acc_z[where] += np.where(fin, zc, 0.0).astype(np.float32)
                         acc_r[where] += np.where(fin, tc, 0.0).astype(np.float32)
                         acc_n[where] += fin.astype(np.uint8)
+                b = t = z = None  # drop the batch before the next row group is read
             if ncon:
                 self._emit_contrasts(con_pairs, con_top, con_stats)
             if sel:
@@ -533,9 +597,9 @@ class Ranker:
         return score, np.stack([dr, dz], axis=2)
 
     def _selectivity_scores(self, t, z, loc):
-        zc = z[:, [loc[i] for i in self.comp_idx]]
-        fin = np.isfinite(zc)
-        zf = np.where(fin, zc, 0.0)
+        zf = z[:, [loc[i] for i in self.comp_idx]]  # a copy; zeroed in place where undefined
+        fin = np.isfinite(zf)
+        zf[~fin] = 0.0
         tot, cnt = zf.sum(axis=1), fin.sum(axis=1)
         rl = np.array([loc[i] for i in self.ranked])
         score = np.empty((t.shape[0], len(self.ranked)))
@@ -546,19 +610,22 @@ class Ranker:
                 score[:, j] = z[:, rl[j]] - np.where(c_ > 0, s_ / c_, np.nan)
         return score, np.stack([t[:, rl], z[:, rl]], axis=2)
 
-    def _null_z(self, s):
-        return self._z(s, self.null_t[s].astype(np.float64))
+    def _null_z(self, s, idx):
+        """z of the null-sample images for target columns ``idx`` (only those are converted to float64)."""
+        return self._z(s, self.null_t[s][:, idx].astype(np.float64), idx)
 
     def _emit_contrasts(self, pairs, tops, stats):
         def payload(j, v, pl):
             pl = pl if pl is not None else np.empty((0, 2))
             return pl[:, 0], pl[:, 1]
 
+        ia = np.array([self.tindex[a] for _, a, _ in pairs], dtype=np.int64)
+        ib = np.array([self.tindex[b] for _, _, b in pairs], dtype=np.int64)
         for s in self.subjects:
-            zn, tn = self._null_z(s), self.null_t[s].astype(np.float64)
-            ia = [self.tindex[a] for _, a, _ in pairs]
-            ib = [self.tindex[b] for _, _, b in pairs]
-            null = (zn[:, ia] - zn[:, ib]) if self.cfg.contrast_by == "z" else (tn[:, ia] - tn[:, ib])
+            if self.cfg.contrast_by == "z":
+                null = self._null_z(s, ia) - self._null_z(s, ib)
+            else:
+                null = self.null_t[s][:, ia].astype(np.float64) - self.null_t[s][:, ib].astype(np.float64)
             st = stats[s]
             self._emit_list("contrast", [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
@@ -569,17 +636,19 @@ class Ranker:
             return pl[:, 0], pl[:, 1]
 
         for s in self.subjects:
-            zn = self._null_z(s)
-            zc = zn[:, self.comp_idx]
-            fin = np.isfinite(zc)
-            zf = np.where(fin, zc, 0.0)
-            null = np.empty((zn.shape[0], len(self.ranked)))
-            for j, ti in enumerate(self.ranked):
+            zr = self._null_z(s, self.ranked)
+            zf = self._null_z(s, self.comp_idx)  # (n_null, comparison), zeroed in place where undefined
+            fin = np.isfinite(zf)
+            zf[~fin] = 0.0
+            tot, cnt = zf.sum(1), fin.sum(1)
+            null = np.empty((zf.shape[0], len(self.ranked)))
+            for j in range(len(self.ranked)):
                 ex = self.sel_excl[j]
-                s_ = zf.sum(1) - (zf[:, ex].sum(1) if ex.size else 0)
-                c_ = fin.sum(1) - (fin[:, ex].sum(1) if ex.size else 0)
+                s_ = tot - (zf[:, ex].sum(1) if ex.size else 0)
+                c_ = cnt - (fin[:, ex].sum(1) if ex.size else 0)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    null[:, j] = zn[:, ti] - np.where(c_ > 0, s_ / c_, np.nan)
+                    null[:, j] = zr[:, j] - np.where(c_ > 0, s_ / c_, np.nan)
+            del zf, fin
             st = stats[s]
             self._emit_list("selectivity", self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
@@ -597,7 +666,7 @@ class Ranker:
             if not len(self.null_img[s]):
                 continue
             w = nidx.get_indexer(self.null_img[s])
-            z = self._null_z(s)[:, tis]
+            z = self._null_z(s, tis)
             fin = np.isfinite(z)
             np.add.at(nz, w, np.where(fin, z, 0.0))
             np.add.at(nn, w, fin)

@@ -33,15 +33,47 @@ def filesystem_for(uri: str, *, endpoint_url=None, anonymous=False):
 
 
 def open_responses(uri, *, endpoint_url=None, anonymous=False) -> tuple[ds.Dataset, object, str]:
-    """Open a responses table (a directory of Parquet files or one file) as a dataset."""
+    """Open a responses table (a directory of Parquet files or one file) as a dataset.
+
+    A pipeline run's ``RUN/responses`` folder (``RUN/_committed/`` exists) is opened as the committed files only.
+    """
     fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
     if not fs.exists(path):
         raise InvalidParameterError(f"responses={uri!r} does not exist")
+    source = committed_responses(fs, path, endpoint_url=endpoint_url, anonymous=anonymous)
+    if source is not None and not source:
+        raise InvalidParameterError(
+            f"responses={uri!r} belongs to a pipeline run with no committed unit yet (no marker in "
+            f"{posixpath.join(posixpath.dirname(path.rstrip('/')), '_committed')}); nothing to rank")
     try:
-        dataset = ds.dataset(path, format="parquet", filesystem=fs)
+        dataset = ds.dataset(path if source is None else source, format="parquet", filesystem=fs)
     except Exception as exc:
         raise InvalidParameterError(f"responses={uri!r} is not a readable Parquet table: {exc}") from exc
     return dataset, fs, path
+
+
+def committed_responses(fs, path: str, *, endpoint_url=None, anonymous=False) -> list[str] | None:
+    """Paths (inside ``fs``) of the committed response files when ``path`` is a pipeline run's ``responses``
+    folder, i.e. its parent holds ``_committed/`` markers; ``None`` otherwise.
+
+    A file under ``responses/`` whose unit has no marker is a leftover of an interrupted run (docs/pipeline.md),
+    so only :func:`screening.pipeline.outputs.committed_files` of the run are read.
+    """
+    path = path.rstrip("/")
+    if posixpath.basename(path) != "responses":
+        return None
+    run = posixpath.dirname(path)
+    try:
+        if not fs.isdir(posixpath.join(run, "_committed")):
+            return None
+    except (OSError, ValueError):
+        return None
+    from screening.pipeline.outputs import RESPONSES, committed_files  # lazy: the pipeline package pulls in Ray
+
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    run_uri = f"s3://{run}" if protocol in ("s3", "s3a") else run
+    uris = committed_files(run_uri, endpoint_url=endpoint_url, anonymous=anonymous)[RESPONSES]
+    return [filesystem_for(u, endpoint_url=endpoint_url, anonymous=anonymous)[1] for u in uris]
 
 
 def read_json(fs, path):

@@ -109,31 +109,18 @@ def validate_composites(data, *, source="composites") -> dict[str, tuple[str, ..
 
 
 @lru_cache(maxsize=1)
-def _atlas_area_info() -> tuple[dict[str, int], dict[str, int]]:
-    """Area column -> (model vertex count, Glasser group)."""
-    mapping = atlas.vertex_mapping_all()
-    groups = atlas.glasser_group_id()
-    counts, group_of = {}, {}
-    for name, g in atlas.roi_grayordinates().items():
-        counts[name] = int(g.size)
-        if g.size:
-            group_of[name] = int(groups[np.searchsorted(mapping, g[0])])
-    # areas with no model vertex: take the group from the label table instead
-    label_id, names = atlas._labels()
-    area_groups = atlas._area_groups()
-    for i, name in enumerate(names[1:361], start=1):
-        group_of.setdefault(str(name), area_groups[i if i <= 180 else i - 180])
-    return counts, group_of
+def _atlas_vertex_counts() -> dict[str, int]:
+    return {name: int(g.size) for name, g in atlas.roi_grayordinates().items()}
 
 
 def area_vertex_counts() -> dict[str, int]:
     """Area column (``L_FFC``) -> number of model vertices (grayordinates kept by MOSAIC)."""
-    return dict(_atlas_area_info()[0])
+    return dict(_atlas_vertex_counts())
 
 
 def area_group(name: str) -> int:
-    """Glasser group (1..22) of an area column."""
-    return _atlas_area_info()[1][name]
+    """Glasser group (1..22) of an area column (:func:`screening.atlas.area_group`)."""
+    return atlas.area_group(name)
 
 
 class RoiResolver:
