@@ -68,7 +68,7 @@ def _as_dataset(responses, endpoint_url, anonymous):
 def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
                    selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000,
                    null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
-                   batch_size=65_536, memory_budget_mb=512.0, endpoint_url=None, anonymous=False,
+                   batch_size=65_536, memory_budget_mb=512.0, endpoint_url=None, anonymous=None,
                    progress=None):
     """Like :func:`rank`, but return ``(rankings, sets)``; ``sets`` is the per-(roi, subject, kind) summary.
 
@@ -118,7 +118,7 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
 def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
          selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000, null_quantile=0.95,
          seed=0, composites=None, roi_config=None, manifest=None, batch_size=65_536, memory_budget_mb=512.0,
-         endpoint_url=None, anonymous=False, progress=None) -> pd.DataFrame:
+         endpoint_url=None, anonymous=None, progress=None) -> pd.DataFrame:
     """Rank the screened images per ROI, streaming the responses table.
 
     Parameters
@@ -207,7 +207,7 @@ def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(
     return rows
 
 
-def read_rankings(path, *, endpoint_url=None, anonymous=False) -> pd.DataFrame:
+def read_rankings(path, *, endpoint_url=None, anonymous=None) -> pd.DataFrame:
     """Read a rankings directory (or file) written by :func:`rank`."""
     fs, p = filesystem_for(path, endpoint_url=endpoint_url, anonymous=anonymous)
     if not fs.exists(p):

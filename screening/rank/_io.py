@@ -9,30 +9,11 @@ import posixpath
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from screening.exceptions import InvalidParameterError, StoreError
+from screening.exceptions import InvalidParameterError
+from screening.store._fs import filesystem_for  # noqa: F401  (the one implementation, re-exported)
 
 
-def filesystem_for(uri: str, *, endpoint_url=None, anonymous=False):
-    """Return ``(fs, path)``: an fsspec filesystem and the path inside it (scheme stripped)."""
-    uri = os.fspath(uri)
-    if uri.startswith("s3://"):
-        try:
-            import s3fs
-        except ImportError as exc:  # pragma: no cover - s3fs is a declared dependency
-            raise StoreError(f"reading {uri!r} needs s3fs: {exc}") from exc
-        kwargs = {"anon": bool(anonymous)}
-        if endpoint_url:
-            kwargs["client_kwargs"] = {"endpoint_url": endpoint_url}
-        return s3fs.S3FileSystem(**kwargs), uri[len("s3://"):].rstrip("/")
-    if "://" in uri and not uri.startswith("file://"):
-        raise InvalidParameterError(f"path {uri!r} has an unsupported scheme; valid: a local path, file:// or s3://")
-    import fsspec
-
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    return fsspec.filesystem("file"), os.path.abspath(path)
-
-
-def open_responses(uri, *, endpoint_url=None, anonymous=False) -> tuple[ds.Dataset, object, str]:
+def open_responses(uri, *, endpoint_url=None, anonymous=None) -> tuple[ds.Dataset, object, str]:
     """Open a responses table (a directory of Parquet files or one file) as a dataset.
 
     A pipeline run's ``RUN/responses`` folder (``RUN/_committed/`` exists) is opened as the committed files only.
@@ -52,7 +33,7 @@ def open_responses(uri, *, endpoint_url=None, anonymous=False) -> tuple[ds.Datas
     return dataset, fs, path
 
 
-def committed_responses(fs, path: str, *, endpoint_url=None, anonymous=False) -> list[str] | None:
+def committed_responses(fs, path: str, *, endpoint_url=None, anonymous=None) -> list[str] | None:
     """Paths (inside ``fs``) of the committed response files when ``path`` is a pipeline run's ``responses``
     folder, i.e. its parent holds ``_committed/`` markers; ``None`` otherwise.
 
