@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from screening.models.core import CNN8Core  # noqa: E402
+from screening.store.synthetic import _init_and_calibrate_core  # noqa: E402
 from screening.models.encoder import Normalize, core_features  # noqa: E402
 from screening.models.fast import fold_batchnorm  # noqa: E402
-from tests._models import random_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
-    core = random_model(1, width=384, subjects=["sub-01"]).core  # BN stats non-trivial, so folding is tested
+    core = CNN8Core().eval()
+    with torch.no_grad():
+        _init_and_calibrate_core(core, 0, 384)  # the synthetic store's calibrated weights: real BN statistics
     folded = fold_batchnorm(core)
     folded_cl = fold_batchnorm(core).to(memory_format=torch.channels_last)
     x = Normalize()(torch.randint(0, 256, (args.batch, 3, 224, 224), dtype=torch.uint8,
