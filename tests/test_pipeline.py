@@ -466,7 +466,12 @@ def test_ray_job_submit_runs_jobs_screen(visual_store, tmp_path):
     # (rather than `ray stop`, which would also stop every other Ray instance on this machine).
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                             f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+                             # the ray_local fixture's node already holds the default agent ports (52365, ...):
+                             # a second node on them has no job agent ("No available agent to submit job")
+                             f"--dashboard-agent-listen-port={free_port()}",
+                             f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}", f"--ray-client-server-port={free_port()}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         import urllib.request
@@ -489,7 +494,8 @@ def test_ray_job_submit_runs_jobs_screen(visual_store, tmp_path):
                  "--", "python", "jobs/screen.py", str(root), "--store", str(visual_store), "--out", str(out),
                  "--model-id", MODEL_ID, "--rois", ",".join(ROIS), "--subjects", "sub-04", "--no-progress"],
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-            if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > agent_deadline:
+            if job.returncode == 0 or "No available agent" not in job.stdout + job.stderr \
+                    or time.time() > agent_deadline:
                 break
             time.sleep(2)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
