@@ -341,17 +341,9 @@ class _Writer:
         return _display(self.fs, f"{self.root.rstrip('/')}/{name}")
 
     def write(self, name: str, data: bytes) -> str:
-        path = f"{self.root.rstrip('/')}/{name}"
-        if self.local:
-            tmp = os.path.join(self.root, f".{name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            # One PUT (or one multipart upload above 100 MB): S3 shows the object only when complete.
-            self.fs.pipe_file(path, data)
+        from screening.store._fs import write_atomic
+
+        write_atomic(self.fs, f"{self.root.rstrip('/')}/{name}", data)
         return self.location(name)
 
     def existing(self) -> list[str]:

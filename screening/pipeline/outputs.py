@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from screening.exceptions import InvalidParameterError
 from screening.io._fs import filesystem_for, to_uri
+from screening.store._fs import write_atomic
 
 RESPONSES = "responses"
 ERRORS = "errors"
@@ -89,14 +90,7 @@ class OutputLayout:
     def write_json(self, path: str, obj: dict) -> None:
         data = json.dumps(obj, indent=1, sort_keys=False).encode()
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        if _is_local(self.fs):
-            tmp = path + ".tmp"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, path)
-        else:
-            with self.fs.open(path, "wb") as f:
-                f.write(data)
+        write_atomic(self.fs, path, data)  # a marker must never be seen half-written
 
     def remove_leftovers(self, units) -> int:
         """Delete data files of units without a marker (an interrupted run's partial output)."""
@@ -119,11 +113,6 @@ class OutputLayout:
             return None
         with self.fs.open(p, "rb") as f:
             return json.loads(f.read().decode())
-
-
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> None:

@@ -77,16 +77,11 @@ def read_sidecar(path: str | os.PathLike) -> str | None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    from fsspec.implementations.local import LocalFileSystem
+
+    from screening.store._fs import write_atomic
+
+    write_atomic(LocalFileSystem(), str(path), text.encode())
 
 
 def _fsync_dir(d: Path) -> None:

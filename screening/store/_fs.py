@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from screening.exceptions import InvalidParameterError
 
-__all__ = ["filesystem_for", "is_remote", "resolve_anonymous", "resolve_endpoint_url", "join"]
+__all__ = ["filesystem_for", "is_remote", "resolve_anonymous", "resolve_endpoint_url", "join", "write_atomic"]
 
 #: Public buckets whose region we know, so anonymous access needs no region lookup.
 KNOWN_BUCKET_REGIONS = {"brain-encoding-response-generator": "us-west-2", "mosaicfmri": "us-east-1"}
@@ -115,3 +115,28 @@ def filesystem_for(uri: str | os.PathLike, *, endpoint_url: str | None = None, a
         return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     raise InvalidParameterError(
         f"unsupported location {uri!r}; valid forms: a local path, file://…, s3://bucket/prefix")
+
+
+def write_atomic(fs, path: str, data: bytes) -> None:
+    """Write ``data`` so that no reader ever sees a partial file at ``path``.
+
+    Local: a uniquely named temp file beside it, fsynced, then ``os.replace`` (atomic rename).
+    S3 and other object stores: one PUT (or one multipart upload), which is visible only when complete.
+    """
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        fs.pipe_file(path, data)
+        return
+    import contextlib
+    import uuid
+
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
