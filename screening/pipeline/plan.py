@@ -59,6 +59,7 @@ class ScreeningPlan:
     config_key: str
     throttle_s: float = 0.0
     reliability: Mapping | None = None
+    encoder_stage: str = "model"   # "null": benchmarks only (stages.NullEncoderActor)
 
     @property
     def reliability_threshold(self) -> float | None:
@@ -184,7 +185,7 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
                batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
                num_cpus_per_encoder=1, fast_decode=False, image_column="image", id_column="image_id",
                endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
-               noise_ceiling="test_n-avg") -> ScreeningPlan:
+               noise_ceiling="test_n-avg", encoder_stage="model") -> ScreeningPlan:
     """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
     from screening import __version__
     from screening.rois import build_roi_set, default_roi_names, n_vertices
@@ -276,7 +277,7 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         fast_decode=fast_decode, num_encoders=num_encoders, num_gpus_per_encoder=num_gpus_per_encoder,
         num_cpus_per_encoder=num_cpus_per_encoder, endpoint_url=endpoint_url, anonymous=anonymous,
         progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s),
-        reliability=reliability)
+        reliability=reliability, encoder_stage=encoder_stage)
 
 
 @dataclass(frozen=True)

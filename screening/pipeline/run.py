@@ -98,7 +98,8 @@ class ScreeningResult:
 def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
            batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=1,
            fast_decode=False, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
-           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", _throttle_s=0.0) -> ScreeningResult:
+           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", _throttle_s=0.0,
+           _encoder_stage="model") -> ScreeningResult:
     """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
 
     Parameters
@@ -154,7 +155,8 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
                       num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
                       fast_decode=fast_decode, image_column=image_column, id_column=id_column,
                       endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s,
-                      reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling)
+                      reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling,
+                      encoder_stage=_encoder_stage)
     return execute(plan)
 
 
@@ -206,7 +208,10 @@ def build_dataset(plan: ScreeningPlan, res):
     from ray.data import ActorPoolStrategy
 
     from screening.io.image_source import read_shards
-    from screening.pipeline.stages import EncoderActor, decode_batch
+    from screening.pipeline import stages
+    from screening.pipeline.stages import decode_batch
+
+    encoder_cls = stages.NullEncoderActor if plan.encoder_stage == "null" else stages.EncoderActor
 
     # One read task per shard (read_parquet in Ray 2.60 coalesces small files into one read task, which would make
     # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
@@ -219,7 +224,7 @@ def build_dataset(plan: ScreeningPlan, res):
                         fn_kwargs={"spec": plan.spec, "units": {s.path: s.unit for s in plan.pending},
                                    "fast": plan.fast_decode})
     ds = ds.map_batches(
-        EncoderActor, batch_format="numpy", batch_size=res.batch_size,
+        encoder_cls, batch_format="numpy", batch_size=res.batch_size,
         compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,

@@ -98,3 +98,21 @@ class EncoderActor:
                         stage[i], error[i] = "encode", f"{type(exc).__name__}: {exc}"
         return {"unit": batch["unit"], "image_id": batch["image_id"], "source": batch["source"],
                 "stage": stage, "error": error, "roi": roi}
+
+
+class NullEncoderActor:
+    """Test/benchmark-only encoder stage that costs nothing: random ROI means in the encoder's output contract.
+
+    ``benchmarks/pipeline_scale.py`` runs the real plan with it, so what is measured is everything but the model.
+    """
+
+    def __init__(self, *, subjects, rois, seed: int = 0, **_ignored):
+        self.shape = (len(subjects) + 1, len(rois))
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["stage"])
+        roi = self.rng.standard_normal((n,) + self.shape, dtype=np.float32)
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out["roi"] = roi
+        return out

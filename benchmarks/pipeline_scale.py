@@ -1,0 +1,203 @@
+"""What the pipeline costs besides the model: the real plan with a zero-cost encoder stage, at scale.
+
+    nice -n 10 python benchmarks/pipeline_scale.py --rows 1000000 --workdir /tmp/scale     # the 1M-row run
+    python benchmarks/pipeline_scale.py --rows 20000                                       # a few minutes
+
+The plan is ``screening.pipeline.screen`` exactly as ``screening run`` builds it (read tasks, decode tasks, the encoder
+actor pool, the write path, the commits), except that the encoder stage is ``stages.NullEncoderActor``: random ROI
+means of the real output shape, 8 subjects + ``mean`` x 379 ROIs (the published ``all`` variant's default set). No
+checkpoint is loaded, so the store is a stand-in object with the published fingerprint shape (``synthetic``).
+
+Inputs: ``--rows`` rows of small JPEGs (``--image-size``, default 16 px: decode then costs ~0.4 ms, nearly all of it
+the 224x224 resize) in shards of ``--shard-rows``.
+
+Reports, from one run:
+- end-to-end images/s (wall of ``screen()``);
+- driver CPU seconds per image: user + system time of the driver process (all its threads: the Ray Data executor,
+  the core worker, our commit loop) over the run, divided by the images;
+- driver and worker memory at every 10% of committed rows (RSS and private, see ``pipeline_cpu.py``'s sampler);
+- the part files written (count, median rows), from the markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipeline_cpu import MB, Sampler  # noqa: E402
+
+MODEL_ID = "fmri-mosaic-CNN8_multihead_subNSD_verticesAll"
+
+
+class StandInStore:
+    """Enough of ``ModelStore`` for planning; ``load_model`` is never called with the null encoder stage."""
+
+    location = "stand-in (no checkpoint; null encoder stage)"
+
+    def model_ids(self):
+        return [MODEL_ID]
+
+    def fingerprint(self, model_id):
+        return {"model_id": model_id, "variant": "all", "checkpoint_sha256": "0" * 64, "synthetic": True,
+                "width": 0}
+
+    def load_model(self, model_id):  # pragma: no cover - a bug if reached
+        raise RuntimeError("the null encoder stage must not load a model")
+
+
+def tiny_jpegs(n, size, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def write_inputs(in_dir, rows, shard_rows, size):
+    os.makedirs(in_dir, exist_ok=True)
+    stamp = os.path.join(in_dir, f"_complete-{rows}-{shard_rows}-{size}")
+    if os.path.exists(stamp):
+        return
+    shutil.rmtree(in_dir)
+    os.makedirs(in_dir)
+    imgs = tiny_jpegs(min(shard_rows, 2000), size)
+    col = pa.array([imgs[i % len(imgs)] for i in range(shard_rows)], pa.binary())
+    n_shards = -(-rows // shard_rows)
+    for s in range(n_shards):
+        k = min(shard_rows, rows - s * shard_rows)
+        ids = pa.array([f"s{s:05d}-{i:06d}" for i in range(k)], pa.string())
+        pq.write_table(pa.table({"image_id": ids, "image": col.slice(0, k)}),
+                       os.path.join(in_dir, f"part-{s:05d}.parquet"))
+    open(stamp, "w").close()
+
+
+def cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except Exception:  # noqa: BLE001
+        return platform.processor() or "unknown CPU"
+
+
+def part_stats(out):
+    sizes = []
+    for f in os.listdir(os.path.join(out, "_committed")):
+        with open(os.path.join(out, "_committed", f)) as fh:
+            m = json.load(fh)
+        parts = m.get("parts")
+        if parts is None:  # the driver-side sink's layout: one file per unit
+            sizes.append(m["responses_rows"])
+        else:
+            sizes += [p["responses_rows"] for p in parts]
+    return len(sizes), (statistics.median(sizes) if sizes else 0), (min(sizes) if sizes else 0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--shard-rows", type=int, default=10_000)
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the commit)")
+    ap.add_argument("--json", default=None, help="write the figures (and raw samples) here")
+    args = ap.parse_args()
+
+    import psutil
+    import ray
+
+    from screening.pipeline import screen
+
+    work = args.workdir or tempfile.mkdtemp(prefix="scalebench")
+    in_dir = os.path.join(work, "in")
+    t = time.perf_counter()
+    write_inputs(in_dir, args.rows, args.shard_rows, args.image_size)
+    print(f"inputs: {args.rows} rows in {-(-args.rows // args.shard_rows)} shards ({time.perf_counter() - t:.0f} s)",
+          flush=True)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    import ray._private.worker as rw
+
+    out = os.path.join(work, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    n_units = -(-args.rows // args.shard_rows)
+    sampler = Sampler(rw._global_node.all_processes["raylet"][0].process.pid, os.path.join(out, "_committed"),
+                      args.shard_rows)
+    sampler.start()
+    me = psutil.Process()
+    c0 = me.cpu_times()
+    t0 = time.perf_counter()
+    r = screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
+               num_cpus_per_encoder=0, progress=False, _encoder_stage="null")
+    wall = time.perf_counter() - t0
+    c1 = me.cpu_times()
+    sampler.stop.set()
+    sampler.join()
+    drv_cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    images = r.counts["images"]
+    assert images == args.rows and r.counts["errors"] == 0, r.counts
+    n_parts, med_part, min_part = part_stats(out)
+
+    buckets = {}
+    for x in sampler.samples:
+        b = min(9, int(10 * x["units"] / n_units))
+        d = buckets.setdefault(b, [0, 0, 0, 0, 0])
+        d[0] = max(d[0], x["driver"][0])
+        d[1] = max(d[1], x["driver"][1])
+        if x["workers"]:
+            d[2] = max(d[2], max(v[1] for v in x["workers"].values()))
+            d[3] = max(d[3], max(v[2] for v in x["workers"].values()))
+            d[4] = max(d[4], sum(v[2] for v in x["workers"].values()))
+    fig = {"label": args.label, "cpu": cpu_name(), "cores": os.cpu_count(), "rows": images, "units": n_units,
+           "wall_s": round(wall, 1), "images_per_s": round(images / wall, 1),
+           "driver_cpu_s": round(drv_cpu, 1), "driver_cpu_us_per_image": round(1e6 * drv_cpu / images, 2),
+           "driver_capacity_images_per_s": round(images / drv_cpu) if drv_cpu else None,
+           "part_files": n_parts, "median_part_rows": med_part, "min_part_rows": min_part,
+           "load_avg_end": round(os.getloadavg()[0], 1)}
+    print(f"\n{args.label or 'run'}: {images} rows, {n_units} units, image {args.image_size} px; {fig['cpu']}, "
+          f"{fig['cores']} cores, Ray num_cpus={args.num_cpus}; load avg at end {fig['load_avg_end']}")
+    print("| metric | value |\n|---|---|")
+    print(f"| end-to-end images/s | {fig['images_per_s']} |")
+    print(f"| driver CPU s (user+sys, all threads) | {fig['driver_cpu_s']} |")
+    print(f"| driver CPU per image (us) | {fig['driver_cpu_us_per_image']} |")
+    print(f"| driver capacity (images / driver CPU s) | {fig['driver_capacity_images_per_s']} |")
+    print(f"| response part files / median rows / smallest | {n_parts} / {med_part:.0f} / {min_part} |")
+    print("\n| rows committed | driver RSS | driver private | largest worker RSS | largest worker private "
+          "| workers private sum |\n|---|---|---|---|---|---|")
+    for b in sorted(buckets):
+        d = buckets[b]
+        print(f"| {10 * b}-{10 * b + 10}% | " + " | ".join(f"{v / MB:.0f}" for v in d) + " |")
+    fig["per_10pct_MiB"] = {f"{10 * b}-{10 * b + 10}%": [round(v / MB) for v in buckets[b]] for b in sorted(buckets)}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(fig, f, indent=1)
+    ray.shutdown()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
