@@ -18,8 +18,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--store", required=True, help="BERG root (dir or s3://) or checkpoint https URL")
     p.add_argument("--model-id", default=None, help="default: the store's only model, else verticesAll")
-    p.add_argument("--subject", default="all", help="1..8, comma list, or 'all'")
-    p.add_argument("--roi", action="append", default=None, help="ROI name (repeatable); default all areas + groups")
+    p.add_argument("--subject", default="all",
+                   help="1..8 (or 01, sub-01, sub01, subj01, s1), a comma list of those, or 'all' (default)")
+    p.add_argument("--roi", action="append", default=None,
+                   help="ROI name (repeatable or comma list; `screening rois` lists them); default all areas + groups")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet); default print a summary")
     p.add_argument("--endpoint-url", default=None)
@@ -27,29 +29,58 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _files(paths: list[str]) -> list[Path]:
+    """Image files named or found under the folders named; a missing path or an image-less folder is an error."""
+    from screening.exceptions import InvalidParameterError
+
     out = []
     for p in map(Path, paths):
-        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InvalidParameterError(f"folder {str(p)!r} holds no image files (looked for "
+                                            f"{', '.join(sorted(IMAGE_SUFFIXES))}, any case, in subfolders too)")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InvalidParameterError(f"image path {str(p)!r} does not exist")
     return out
+
+
+def _check_out(out: str | None) -> None:
+    from screening.exceptions import InvalidParameterError
+
+    if out is None:
+        return
+    p = Path(out)
+    if p.is_dir():
+        raise InvalidParameterError(f"--out {out!r} is a folder; give a file name ending in .csv or .parquet")
+    if not p.resolve().parent.is_dir():
+        raise InvalidParameterError(f"--out {out!r}: folder {str(p.resolve().parent)!r} does not exist")
 
 
 def run_from_args(args) -> int:
     import pandas as pd
 
+    from screening._validation import parse_subjects
     from screening.api import BERG
     from screening.exceptions import ImageDecodeError
     from screening.models._weights import DEFAULT_MODEL_ID
     from screening.preprocess import preprocess_bytes
 
+    # every check on the user's arguments before the (slow) model load
+    subject = list(parse_subjects(args.subject, name="--subject"))
+    rois = [r.strip() for arg in args.roi for r in arg.split(",") if r.strip()] if args.roi else None
+    paths = _files(args.images)
+    _check_out(args.out)
     berg = BERG(args.store, endpoint_url=args.endpoint_url, anonymous=args.anonymous)
     present = berg.store.model_ids()
     model_id = args.model_id or (present[0] if len(present) == 1 else DEFAULT_MODEL_ID)
-    subject = args.subject if args.subject == "all" else [int(s) for s in args.subject.split(",")]
-    selection = {"roi": args.roi} if args.roi else None
+    selection = {"roi": rois} if rois else None
     model = berg.get_encoding_model(model_id, subject=subject, selection=selection, device="auto",
                                     precision=args.precision)
     files, images = [], []
-    for f in _files(args.images):
+    for f in paths:
         try:
             images.append(preprocess_bytes(f.read_bytes()))
             files.append(str(f))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import re
 import warnings
 from typing import Iterable
 
@@ -22,30 +23,69 @@ def _is_int(x) -> bool:
     return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def check_subjects(subject) -> list[str]:
-    """1..8, a list of those, ``"all"``, or canonical ``"sub-0N"`` ids → canonical ids, in the given order."""
-    valid = "1, 2, 3, 4, 5, 6, 7, 8, a list of those, or 'all'"
-    if isinstance(subject, str):
-        if subject == "all":
-            return list(SUBJECTS)
-        if subject in SUBJECTS:
-            return [subject]
-        raise InvalidParameterError(f"subject={subject!r} is not valid; valid values: {valid}")
-    items = list(subject) if isinstance(subject, (list, tuple, np.ndarray)) else [subject]
+# Spellings of one NSD subject: 1, "1", "01", "sub-1", "sub-01", "sub01", "sub_01", "subj01", "subject01",
+# "s1", "S01", "NSD-01" (the BERG visual card's form), any case, surrounding spaces ignored.
+_SUBJECT_RE = re.compile(r"^(?:(?:sub(?:j|ject)?|s|nsd)[-_ ]?)?0*(\d+)$", re.IGNORECASE)
+SUBJECT_SPELLINGS = "1..8 (also '1', '01', 'sub-01', 'sub01', 'subj01', 's1', 'NSD-01')"
+_VALID_SUBJECTS = ("1, 2, 3, 4, 5, 6, 7, 8 (also written '01', 'sub-01', 'sub01', 'subj01', 's1', 'NSD-01'), "
+                   "a list or comma-separated string of those, or 'all'")
+
+
+def _one_subject(item) -> str | None:
+    """Canonical ``sub-0N`` of one spelling, or None if it is not one."""
+    if _is_int(item):
+        n = int(item)
+    elif isinstance(item, str):
+        m = _SUBJECT_RE.match(item.strip())
+        if not m:
+            return None
+        n = int(m.group(1))
+    else:
+        return None
+    return SUBJECTS[n - 1] if 1 <= n <= len(SUBJECTS) else None
+
+
+def parse_subjects(value, *, name: str = "subject") -> tuple[str, ...]:
+    """Every way a user writes NSD subjects → canonical ids ``("sub-01", ...)``, in the given order.
+
+    Accepted: an int 1..8; a string spelling of one (``"1"``, ``"01"``, ``"sub-1"``, ``"sub-01"``,
+    ``"sub01"``, ``"sub_01"``, ``"subj01"``, ``"subject01"``, ``"s1"``, ``"NSD-01"``; any case); a
+    comma-separated string of those (``"1,3"``, ``"sub-01, sub-03"``); a list/tuple/array of those;
+    ``"all"`` (any case) for the eight subjects. ``name`` is the parameter named in errors.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an empty value, an unknown spelling, a subject outside 1..8 or one given twice; the
+        message names the bad value and the valid ones.
+    """
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return tuple(SUBJECTS)
+    if isinstance(value, str):
+        items, whole = [p for p in (x.strip() for x in value.split(",")) if p], "," in value
+    elif isinstance(value, (list, tuple, range, np.ndarray)):
+        items, whole = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value), True
+    else:
+        items, whole = [value], False
     if not items:
-        raise InvalidParameterError(f"subject=[] is empty; valid values: {valid}")
-    out = []
-    for s in items:
-        if isinstance(s, str) and s in SUBJECTS:
-            sid = s
-        elif _is_int(s) and 1 <= int(s) <= 8:
-            sid = SUBJECTS[int(s) - 1]
-        else:
-            raise InvalidParameterError(f"subject {s!r} is not valid; valid values: {valid}")
+        raise InvalidParameterError(f"{name}={value!r} is empty; valid values: {_VALID_SUBJECTS}")
+    out: list[str] = []
+    for item in items:
+        sid = _one_subject(item)
+        if sid is None:
+            # a str value is shown with '=' (subject='x'), other values as written (subject 9)
+            what = f"{name} {item!r} in {value!r}" if whole else (
+                f"{name}={item!r}" if isinstance(item, str) else f"{name} {item!r}")
+            raise InvalidParameterError(f"{what} is not valid; valid values: {_VALID_SUBJECTS}")
         if sid in out:
-            raise InvalidParameterError(f"subject {s!r} is given twice in {subject!r}")
+            raise InvalidParameterError(f"{name} {item!r} is given twice in {value!r} (both mean {sid})")
         out.append(sid)
-    return out
+    return tuple(out)
+
+
+def check_subjects(subject) -> list[str]:
+    """:func:`parse_subjects` as a list (what the API used before)."""
+    return list(parse_subjects(subject))
 
 
 def check_device(device: str) -> str:

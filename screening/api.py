@@ -7,24 +7,26 @@
     responses = berg.encode(model, stimulus)              # {"NaturalScenesDataset": {"sub-01": (N, V)}}
     roi_means = berg.encode(model, stimulus, reduce="roi_mean")   # (N, R), columns model.roi_names
 
-Unlike the reference: input is streamed in batches, only the selected vertices are computed, nothing is
-cast silently, and ``show_progress`` shows progress.
+The rest of BERG's public surface is here too: ``get_model_catalog``, ``list_models``, ``describe`` and
+``get_model_variants``. Unlike the reference: input is streamed in batches, only the selected vertices are
+computed, nothing is cast silently, and ``show_progress`` shows progress (README: "Where we differ from BERG").
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from screening import atlas, rois as roi_lib
-from screening._validation import (check_choice, check_device, check_positive_int, check_stimulus,
-                                   check_subjects, _is_int)
-from screening.exceptions import InvalidParameterError
-from screening.models._weights import CheckpointInfo, EncoderWeights, get_weights
+from screening._validation import (DEVICES, check_choice, check_device, check_positive_int, check_stimulus,
+                                   parse_subjects, _is_int)
+from screening.exceptions import InvalidParameterError, ModelNotFoundError
+from screening.models._weights import PUBLISHED, CheckpointInfo, EncoderWeights, get_weights
 from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_vertices, core_features,
                                       default_batch_size)
 from screening.models.fast import fold_batchnorm
@@ -32,6 +34,28 @@ from screening.models.fast import fold_batchnorm
 SELECTION_KEYS = ("roi", "glasser_group", "voxel_index")
 REDUCTIONS = (None, "roi_mean")
 _VERTEX_CHUNK = 4096
+
+
+class UnknownModelIdError(ModelNotFoundError, InvalidParameterError):
+    """A model id that is not one of the CNN8 models: BERG raises ModelNotFoundError, our rule says
+    InvalidParameterError; this is both, so either ``except`` catches it."""
+
+
+def _weights(model_id) -> EncoderWeights:
+    if not isinstance(model_id, str) or model_id not in PUBLISHED:  # a list or None is unknown, not a TypeError
+        raise UnknownModelIdError(f"model_id={model_id!r} is not a known model; valid model ids: "
+                                  f"{', '.join(sorted(PUBLISHED))}")
+    return get_weights(model_id)
+
+
+# What BERG's model registry and YAML cards say of the CNN8 models (modality / training dataset as the
+# registry files them); describe() builds the rest from EncoderWeights and the atlas.
+_CATALOG = {"modality": "fMRI", "training_dataset": "MOSAIC (NSD)",
+            "model_architecture": "CNN8 (8-layer convolutional network), one factorised linear readout per NSD subject",
+            "creator": "MOSAIC Team (Lahner et al., 2025)"}
+_REFERENCES = ("MOSAIC paper (Lahner et al., 2025): https://www.biorxiv.org/content/10.64898/2025.11.28.690060v1",
+               "MOSAIC repository: https://github.com/murtylab/mosaic-dataset",
+               "Natural Scenes Dataset (Allen et al., 2022): https://registry.opendata.aws/nsd/")
 
 
 @dataclass
@@ -112,11 +136,51 @@ class BERG:
 
     # -- metadata ---------------------------------------------------------------------------------
     def get_model_metadata(self, model_id: str, subject=1):
-        """Metadata dict of one subject, or ``{"sub-0N": dict}`` for several."""
-        get_weights(model_id)
-        subjects = check_subjects(subject)
+        """Metadata dict of one subject, or ``{"sub-0N": dict}`` for several (as BERG: ``[1]`` is one subject)."""
+        _weights(model_id)
+        subjects = parse_subjects(subject)
         metas = {s: self.store.metadata(model_id, s) for s in subjects}
-        return metas[subjects[0]] if _single_subject(subject) else metas
+        return metas[subjects[0]] if len(subjects) == 1 else metas
+
+    # -- catalog (what BERG's registry answers; no store access) ---------------------------------
+    def list_models(self, expand_brainscore_vision: bool = False, expand_brainscore_language: bool = False) -> list[str]:
+        """Sorted ids of the models this class serves: the two CNN8 models, whether or not the store holds them
+        (``self.store.model_ids()`` says which it does). The BrainScore flags of BERG are accepted and do nothing."""
+        return sorted(PUBLISHED)
+
+    def get_model_catalog(self, print_format: bool = False) -> dict[str, list[str]]:
+        """``{modality: [training datasets]}`` as BERG returns it: ``{"fMRI": ["MOSAIC (NSD)"]}``.
+
+        ``print_format=True`` also prints the tree modality → training dataset → model ids.
+        """
+        tree: dict[str, dict[str, list[str]]] = {}
+        for model_id in self.list_models():
+            tree.setdefault(_CATALOG["modality"], {}).setdefault(_CATALOG["training_dataset"], []).append(model_id)
+        if print_format:
+            print("Available Modalities and Datasets:")
+            print("=================================")
+            for modality, datasets in sorted(tree.items()):
+                print(f"• {modality.upper()}")
+                for dataset, ids in sorted(datasets.items()):
+                    print(f"  └─ {dataset}")
+                    for i, model_id in enumerate(ids):
+                        print(f"       {'└─' if i == len(ids) - 1 else '├─'} {model_id}")
+                print()
+        return {modality: sorted(datasets) for modality, datasets in tree.items()}
+
+    def get_model_variants(self, model_id: str) -> list[str]:
+        """Pretrained variants of ``model_id`` (BERG: HuggingFace repo ids); the CNN8 models have none: ``[]``."""
+        _weights(model_id)
+        return []
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        """Print and return the model's description, with the keys BERG's ``describe`` returns:
+        ``model_id``, ``model_info``, ``description``, ``input``, ``output``, ``parameters``,
+        ``parameters_by_function``, ``performance``, ``example_usage``."""
+        w = _weights(model_id)
+        info = _describe(w)
+        _print_description(info, list(_REFERENCES) + [f"Published weights: {w.url}"])
+        return info
 
     # -- model ------------------------------------------------------------------------------------
     def get_encoding_model(self, model_id: str, subject=1, selection: Mapping | None = None, device: str = "auto",
@@ -140,13 +204,14 @@ class BERG:
         fold_bn : bool, default=True
             Fold BatchNorm into the convolutions (same fp32 numbers within rounding, fewer kernels).
         """
-        weights = get_weights(model_id)
-        subjects = check_subjects(subject)
+        weights = _weights(model_id)
+        subjects = list(parse_subjects(subject))
         dev = check_device(device)
         check_choice("precision", precision, PRECISIONS)
         batch_size = check_positive_int("batch_size", batch_size) or default_batch_size(dev, precision)
+        # the selection is checked before the load: a typo should not wait for a 2 GB download
+        columns, roi_sets = resolve_selection(selection, weights.variant, weights.n_vertices)
         model, info = self.store.load_model(model_id)
-        columns, roi_sets = resolve_selection(selection, weights.variant, info.n_vertices)
         heads = {}
         idx = torch.as_tensor(columns)
         for s in subjects:
@@ -201,8 +266,116 @@ class BERG:
         return responses
 
 
-def _single_subject(subject) -> bool:
-    return _is_int(subject) or (isinstance(subject, str) and subject != "all")
+def _describe(w: EncoderWeights) -> dict[str, Any]:
+    """BERG's describe() dictionary for one CNN8 model, from what the engine knows of it."""
+    areas = [n for n in roi_lib.default_roi_names(w.variant) if not n.startswith("group_")]
+    groups = sorted(int(g[-2:]) for g in roi_lib._group_columns(w.variant))
+    cortex = "visual cortex (Glasser groups 1-5)" if w.variant == "visual" else "cortex (Glasser groups 1-22)"
+    description = (
+        f"A brain-optimised 8-layer CNN (MOSAIC CNN8, width {w.width}) with one factorised linear readout per "
+        f"Natural Scenes Dataset subject, predicting fMRI responses of {w.n_vertices:,} fsLR32k vertices of {cortex} "
+        f"for 8 NSD subjects. Input: centre crop to square, resize to {w.input_size}x{w.input_size} "
+        f"({w.interpolation}), ImageNet normalisation. Vertices are a subset of the 91,282 HCP grayordinates: "
+        "expand with metadata['encoding_models']['vertex_mapping_all'] (screening.atlas.expand_to_91k).")
+    g = "get_encoding_model"
+    parameters = {
+        "subject": {"type": "int, list[int], or str", "required": True, "function": g, "example": 1,
+                    "valid_values": list(range(1, 9)) + ["all"],
+                    "description": "NSD subject(s): 1..8 (also '01', 'sub-01', 'sub01', 'subj01', 's1'), a list or "
+                                   "comma-separated string of those, or 'all'."},
+        "selection": {"type": "dict", "required": False, "function": g,
+                      "description": "Outputs to include; roi, glasser_group and voxel_index are unioned, columns in "
+                                     "ascending grayordinate order. Default: every vertex.",
+                      "properties": {
+                          "roi": {"type": "list[str]", "valid_values": areas, "example": ["L_FFC", "R_FFC"],
+                                  "description": "MMP1.0 areas (L_/R_ prefixed), bilateral names (FFC) or group_NN."},
+                          "glasser_group": {"type": "int, list[int]", "valid_values": groups, "example": groups[0],
+                                            "description": "Glasser group(s)."},
+                          "voxel_index": {"type": "numpy.ndarray", "example": "[0, 0, ..., 1, 1, 0]",
+                                          "description": f"0/1 vector of length {w.n_vertices:,} over the model's "
+                                                         "vertices (not the 91k grayordinates)."}}},
+        "device": {"type": "str", "required": False, "function": g, "default": "auto", "valid_values": list(DEVICES),
+                   "description": "'auto' uses CUDA when torch sees it, else the CPU."},
+        "precision": {"type": "str", "required": False, "function": g, "default": "fp32", "valid_values": list(PRECISIONS),
+                      "description": "fp32 reproduces the published maths; bf16 runs the core under autocast."},
+        "batch_size": {"type": "int", "required": False, "function": g, "default": None,
+                       "description": "Images per forward; default 16 on CPU, from free memory on CUDA."},
+        "fold_bn": {"type": "bool", "required": False, "function": g, "default": True,
+                    "description": "Fold BatchNorm into the convolutions (same fp32 numbers within rounding)."},
+        "stimulus": {"type": "numpy.ndarray", "required": True, "function": "encode",
+                     "example": "An array of shape [100, 3, 224, 224] of integers in 0..255",
+                     "description": "RGB images (N, 3, H, W), H == W, integer values 0..255; nothing is cast."},
+        "return_metadata": {"type": "bool", "required": False, "function": "encode", "default": False,
+                            "description": "Also return the subjects' metadata."},
+        "show_progress": {"type": "bool", "required": False, "function": "encode", "default": False,
+                          "description": "tqdm progress bar on stderr."},
+        "reduce": {"type": "str", "required": False, "function": "encode", "default": None,
+                   "valid_values": [r for r in REDUCTIONS if r],
+                   "description": "'roi_mean': (N, R) means of the selection's ROIs (exact readout collapse)."},
+    }
+    by_function: dict[str, dict] = {}
+    for name, p in parameters.items():
+        by_function.setdefault(p["function"], {})[name] = p
+    example = textwrap.dedent(f"""\
+        from screening import BERG
+
+        berg = BERG("path/or/s3://brain-encoding-response-generator")
+        model = berg.get_encoding_model("{w.model_id}", subject=1, selection={{"roi": ["L_FFC", "R_FFC"]}})
+        responses = berg.encode(model, stimulus)  # {{"{w.dataset}": {{"sub-01": (N, V)}}}}""")
+    return {
+        "model_id": w.model_id,
+        "model_info": dict(_CATALOG),
+        "description": description,
+        "input": {"type": "numpy.ndarray", "shape": ["batch_size", 3, "height", "width"],
+                  "description": "A batch of RGB images.",
+                  "constraints": ["Integer values in 0..255 (floats are refused, not cast).",
+                                  "Square images (height == width).",
+                                  f"{w.input_size}x{w.input_size} or larger (smaller ones warn and are upsampled)."]},
+        "output": {"type": "dict", "shape": f"{{'{w.dataset}': {{'sub-01': [batch_size, n_vertices], ...}}}}",
+                   "description": f"{{'{w.dataset}': {{'sub-0N': float32 array}}}} for each subject asked for.",
+                   "dimensions": [{"name": "batch_size", "description": "Number of stimuli."},
+                                  {"name": "n_vertices", "description": f"Selected vertices (up to {w.n_vertices:,})."}]},
+        "parameters": parameters,
+        "parameters_by_function": by_function,
+        "performance": {"accuracy_plots": [f"brain-encoding-response-generator/{w.store_dir}/encoding_models_accuracy"]},
+        "example_usage": example,
+    }
+
+
+def _print_description(info: dict, references: list[str]) -> None:
+    print("=" * 80)
+    print(f"Model: {info['model_id']}")
+    print("=" * 80)
+    for key, value in info["model_info"].items():
+        print(f"{key.replace('_', ' ').capitalize()}: {value}")
+    print("\nDescription:")
+    print(textwrap.fill(info["description"], width=80))
+    for title, part in (("Input", info["input"]), ("Output", info["output"])):
+        print(f"\n{title}:\n  Type: {part['type']}\n  Shape: {part['shape']}\n  Description: {part['description']}")
+        for c in part.get("constraints", []):
+            print(f"    • {c}")
+        for d in part.get("dimensions", []):
+            print(f"    • {d['name']}: {d['description']}")
+    for func, params in info["parameters_by_function"].items():
+        print(f"\nParameters for {func}():")
+        for name, p in params.items():
+            req = "required" if p.get("required") else f"optional, default={p.get('default')!r}"
+            print(f"\n• {name} ({p['type']}, {req})")
+            print(textwrap.fill(f"  ↳ {p['description']}", width=80, subsequent_indent="    "))
+            valid = p.get("valid_values")
+            if valid:
+                shown = ", ".join(map(str, valid[:12])) + (f", ... ({len(valid)} in all)" if len(valid) > 12 else "")
+                print(f"  ↳ Valid values: {shown}")
+            for sub, sp in p.get("properties", {}).items():
+                print(textwrap.fill(f"    • {sub} ({sp['type']}): {sp['description']}", width=80,
+                                    subsequent_indent="        "))
+    print(f"\nPerformance plots at: {info['performance']['accuracy_plots'][0]}")
+    print("\nReferences:")
+    for ref in references:
+        print(f"    • {ref}")
+    print("\nExample usage:\n")
+    print(info["example_usage"])
+    print("=" * 80)
 
 
 def _progress(total: int, enabled: bool, desc: str):

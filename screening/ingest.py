@@ -402,7 +402,8 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
     Raises
     ------
     InvalidParameterError
-        Bad ``src`` / ``out`` / sizes, or ``out`` already holds an ingest and ``overwrite`` is False.
+        Bad ``src`` / ``out`` / sizes, ``src`` holds no image (an empty folder, archive or list), or
+        ``out`` already holds an ingest and ``overwrite`` is False.
     """
     import pyarrow as pa
     from tqdm import tqdm
@@ -412,6 +413,15 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
     row_group_rows = _check_positive_int("row_group_rows", row_group_rows)
     workers = _check_positive_int("workers", workers)
     sources = _Sources(src, endpoint_url, anonymous)
+    items = sources.items()
+    first = next(items, None)  # lists and folders know their size once the first item is out
+    if first is None:  # nothing to read is a mistake in SRC, refused before OUT is touched
+        looked = {"folder": f"files ending in {', '.join(IMAGE_EXTENSIONS)} (any case, subfolders too, hidden "
+                            "files skipped)",
+                  "tar": f"members ending in {', '.join(IMAGE_EXTENSIONS)}",
+                  "list": "entries (one path or URI per line / in the path column)"}.get(sources.kind, "images")
+        other = f"; {sources.skipped} other file(s) were passed over" if sources.skipped else ""
+        raise InvalidParameterError(f"SRC {src!r} holds no images: looked for {looked}{other}")
     writer = _Writer(out, endpoint_url, anonymous)
     old = writer.existing()
     if old and not overwrite:
@@ -443,9 +453,7 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
             v.clear()
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    items = sources.items()
-    first = next(items, None)  # lists and folders know their size once the first item is out
-    chained = items if first is None else _chain(first, items)
+    chained = _chain(first, items)
     with tqdm(total=sources.total, unit="img", desc="ingest", file=sys.stderr, disable=not show) as bar:
         for source, data, digest, size, error in _ordered_prefetch(_load, chained, workers):
             bar.update(1)

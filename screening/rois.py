@@ -12,6 +12,7 @@ Reliability filtering keeps, per subject, the vertices whose noise ceiling passe
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 from typing import Iterable, Mapping
@@ -22,7 +23,24 @@ from screening import atlas
 from screening.exceptions import InvalidParameterError
 
 _GROUP_RE = re.compile(r"^group_(\d{1,2})$")
+# how users write a group: group4, Group-04, GlasserGroup_4 (MOSAIC's name), glasser_group 4
+_LOOSE_GROUP_RE = re.compile(r"^(?:glasser)?[-_ ]?group[-_ ]?0*(\d{1,2})$", re.IGNORECASE)
 PerSubject = Mapping[str, np.ndarray]
+
+#: Functional-localiser names users type, with the MMP1.0 names that stand for them (model-spec.md:
+#: faces ~ FFC, places ~ PHA1-3, early visual = V1..V4; Glasser et al. 2016's MT+ complex = MT, MST, V4t, FST).
+#: Only targets accepted in the context are suggested.
+LOCALIZER_ALIASES: dict[str, tuple[str, ...]] = {
+    "FFA": ("FFC", "faces"),
+    "PPA": ("PHA1-3", "places", "PHA1", "PHA2", "PHA3"),
+    "EVC": ("early_visual", "V1", "V2", "V3", "V4"),
+    "MT+": ("MT", "MST", "V4t", "FST"),
+    "hMT": ("MT", "MST", "V4t", "FST"),
+    "hMT+": ("MT", "MST", "V4t", "FST"),
+    "V5": ("MT",),
+    "hV4": ("V4",),
+    "LOC": ("LO1", "LO2", "LO3"),
+}
 
 
 @lru_cache(maxsize=4)
@@ -56,6 +74,61 @@ def valid_names_hint(variant: str) -> str:
             f"bilateral names like {', '.join(bilateral[:3])}, ..., groups {', '.join(sorted(_group_columns(variant)))}")
 
 
+def accepted_names(variant: str, composites: Mapping[str, Iterable[str]] | None = None) -> list[str]:
+    """Every name :func:`resolve_roi` accepts in ``variant``: areas, bilateral names, groups, then composites."""
+    areas = _area_columns(variant)
+    bilateral = sorted({n[2:] for n in areas} - set(areas))
+    plain = list(areas) + bilateral + sorted(_group_columns(variant))
+    known = set(plain)
+
+    def ok(c, seen=()):  # every member resolves in this variant; no resolve_roi call (it may be raising now)
+        members = list((composites or {}).get(c) or ())
+        return bool(members) and c not in seen and all(
+            m in known or (m in composites and ok(m, seen + (c,))) for m in members)
+
+    return plain + [c for c in (composites or {}) if c not in known and ok(c)]
+
+
+def suggest_names(name: str, accepted: Iterable[str], n: int = 5) -> list[str]:
+    """Up to ``n`` accepted names close to ``name``: same name in another case, localiser aliases
+    (:data:`LOCALIZER_ALIASES`, ``L_``/``R_`` kept), loose group spellings, then difflib matches (case-insensitive)."""
+    accepted = list(dict.fromkeys(accepted))
+    by_lower: dict[str, str] = {}
+    for a in accepted:
+        by_lower.setdefault(a.lower(), a)
+    key = str(name).strip()
+    out: list[str] = []
+
+    def add(cands):
+        for c in cands:
+            hit = by_lower.get(c.lower())
+            if hit is not None and hit not in out:
+                out.append(hit)
+
+    add([key])
+    hemi, base = (key[:2], key[2:]) if key[:2].upper() in ("L_", "R_") else ("", key)
+    for alias, targets in LOCALIZER_ALIASES.items():
+        if base.lower() == alias.lower():
+            # a hemisphere-prefixed alias suggests the same hemisphere where that exists
+            add([hemi.upper() + t for t in targets] if hemi else targets)
+            if hemi:
+                add(targets)
+    m = _LOOSE_GROUP_RE.match(key)
+    if m:
+        add([atlas.group_column(int(m.group(1)))] if 1 <= int(m.group(1)) <= 22 else [])
+    add(difflib.get_close_matches(key.lower(), list(by_lower), n=n, cutoff=0.6))
+    return out[:n]
+
+
+def did_you_mean(name: str, accepted: Iterable[str]) -> str:
+    """``"; did you mean 'FFC' or 'faces'?"`` for an error message, or ``""`` when nothing is close."""
+    hits = suggest_names(name, accepted)
+    if not hits:
+        return ""
+    quoted = [repr(h) for h in hits]
+    return "; did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
+
+
 def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]] | None = None,
                 _seen: tuple = ()) -> np.ndarray:
     """Model-column indices (ascending, unique) of one named ROI in ``variant``."""
@@ -80,13 +153,17 @@ def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]]
     hemis = [areas[h + name] for h in ("L_", "R_") if h + name in areas]
     if hemis:
         return np.unique(np.concatenate(hemis))
-    if name in atlas.roi_grayordinates() or (("L_" + name) in atlas.roi_grayordinates()):
+    # the suggestions cover every name that works here, this context's composites included
+    hint = did_you_mean(name, accepted_names(variant, composites))
+    if name in atlas.roi_grayordinates() or ("L_" + name) in atlas.roi_grayordinates():
         why = ("the visual variant keeps Glasser groups 1-5" if variant == "visual"
                else "MOSAIC excludes all its grayordinates")
         raise InvalidParameterError(f"ROI {name!r} exists in the atlas but has no vertices in variant {variant!r} "
-                                    f"({why})")
-    raise InvalidParameterError(f"Unknown ROI {name!r}; valid ROIs: {valid_names_hint(variant)}"
-                                + (f", composites {', '.join(composites)}" if composites else ""))
+                                    f"({why}){hint}")
+    where = f" (a member of composite {_seen[-1]!r})" if _seen else ""
+    raise InvalidParameterError(f"Unknown ROI {name!r}{where}; valid ROIs: {valid_names_hint(variant)}"
+                                + (f", composites {', '.join(composites)}" if composites else "")
+                                + f" (`screening rois` lists them all){hint}")
 
 
 def grayordinates_to_columns(grayordinates, variant: str, name: str = "custom") -> np.ndarray:

@@ -252,6 +252,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     def progress(msg):
         print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr)
 
+    if "://" not in str(args.out) and os.path.isfile(args.out):  # found only after the scans otherwise
+        raise InvalidParameterError(f"out={args.out!r} is a file; give a folder for {RANKINGS_FILE}")
     try:
         rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
                     contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,

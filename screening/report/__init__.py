@@ -338,6 +338,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``screening report``; returns the exit status."""
     t0 = time.perf_counter()
+    for flag, k in (("--top-k", args.top_k), ("--bottom-k", args.bottom_k)):
+        if k is not None and k < 0:  # head(-1) would silently drop the last image instead
+            raise InvalidParameterError(f"{flag} must be 0 or more; got {k}")
     try:
         path = write_report(args.run_dir, rois=args.rois, subject=args.subject, top_k=args.top_k,
                             bottom_k=args.bottom_k, flatmaps=not args.no_flatmaps,

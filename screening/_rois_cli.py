@@ -1,0 +1,89 @@
+"""``screening rois``: every ROI name the engine accepts for a variant, with its model vertex count.
+
+Areas (``L_FFC``), bilateral names (``FFC`` = ``L_FFC`` ∪ ``R_FFC``), Glasser groups (``group_04``) and the
+default composites of ``screening rank`` / ``screening report`` (``faces``, ``L_faces`` ...). Counts are model
+vertices of the variant, from :mod:`screening.rois` (the sets the engine averages over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+KINDS = ("area", "bilateral", "group", "composite")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", choices=("all", "visual"), default="all",
+                   help="all: 57,051 vertices, groups 1-22 (default); visual: 7,831 vertices, groups 1-5")
+    p.add_argument("--kind", choices=KINDS, action="append", default=None,
+                   help="list only this kind (repeatable); default all kinds")
+    p.add_argument("--tsv", action="store_true", help="tab-separated kind, name, vertices, detail (for scripts)")
+
+
+def roi_rows(variant: str) -> tuple[list[tuple[str, str, int, str]], list[tuple[str, str]]]:
+    """``(rows, refused)``: rows are ``(kind, name, n_vertices, detail)`` for every accepted name;
+    ``refused`` are ``(name, why)`` for atlas areas and default composites with no vertex in ``variant``."""
+    from screening import atlas, rois
+    from screening.rank._rois import DEFAULT_COMPOSITES
+
+    areas = rois._area_columns(variant)
+    groups = rois._group_columns(variant)
+    rows = []
+    for name in rois.default_roi_names(variant):
+        if name in areas:
+            g = atlas.area_group(name)
+            rows.append(("area", name, int(areas[name].size), f"group {g}: {atlas.GROUP_NAMES[g]}"))
+    for base in sorted({n[2:] for n in areas}):
+        sides = [h + base for h in ("L_", "R_") if h + base in areas]
+        detail = " + ".join(sides) if len(sides) == 2 else f"{sides[0]} only (the other side has no vertex)"
+        rows.append(("bilateral", base, int(rois.resolve_roi(base, variant).size), detail))
+    for name in sorted(groups):
+        rows.append(("group", name, int(groups[name].size), atlas.GROUP_NAMES[int(name[-2:])]))
+    refused = []
+    for comp, members in DEFAULT_COMPOSITES.items():
+        missing = [m for m in members if not any(h + m in areas for h in ("", "L_", "R_"))]
+        if missing:
+            refused.append((comp, f"composite: {', '.join(missing)} not in this variant"))
+            continue
+        cols = rois.resolve_roi(comp, variant, DEFAULT_COMPOSITES)
+        rows.append(("composite", comp, int(cols.size), ", ".join(members)))
+        for h in ("L_", "R_"):  # rank's hemisphere versions: the members' same-side areas
+            side = [areas[h + m] for m in members if h + m in areas]
+            if side:
+                n = int(len(set().union(*(c.tolist() for c in side))))
+                rows.append(("composite", h + comp, n, ", ".join(h + m for m in members if h + m in areas)))
+    refused += [(n, "no model vertex in this variant") for n in atlas.area_names() if n not in areas]
+    return rows, refused
+
+
+def run_from_args(args) -> int:
+    rows, refused = roi_rows(args.variant)
+    kinds = args.kind or list(KINDS)
+    rows = [r for r in rows if r[0] in kinds]
+    out = sys.stdout
+    if args.tsv:
+        print("kind\tname\tvertices\tdetail", file=out)
+        for r in rows:
+            print("\t".join(map(str, r)), file=out)
+        return 0
+    from screening.models._weights import weights_for_variant
+
+    w = weights_for_variant(args.variant)
+    print(f"ROI names accepted for variant {args.variant!r} ({w.model_id}, {w.n_vertices:,} vertices); "
+          "counts are model vertices", file=out)
+    titles = {"area": "areas (BERG selection['roi'], screening run --rois, rank, report)",
+              "bilateral": "bilateral names: left ∪ right (everywhere an area is accepted)",
+              "group": "Glasser groups (everywhere an area is accepted; BERG also takes selection['glasser_group'])",
+              "composite": "default composites (screening rank / report by name; screening run via --composites)"}
+    width = max((len(r[1]) for r in rows), default=4)
+    for kind in kinds:
+        part = [r for r in rows if r[0] == kind]
+        print(f"\n{titles[kind]}: {len(part)}", file=out)
+        for _, name, n, detail in part:
+            print(f"  {name:<{width}}  {n:>6,}  {detail}", file=out)
+    if refused:
+        shown = ", ".join(f"{n} ({why})" for n, why in refused[:8])
+        more = f" and {len(refused) - 8} more atlas areas outside this variant" if len(refused) > 8 else ""
+        print(f"\nnot accepted here: {shown}{more}", file=out)
+    return 0
