@@ -18,6 +18,9 @@ __all__ = [
     "UnsafePickleError",
     "IntegrityError",
     "ImageDecodeError",
+    "InputChangedError",
+    "RunLockedError",
+    "UnitsFailedError",
 ]
 
 
@@ -59,3 +62,15 @@ class IntegrityError(ScreeningError, RuntimeError):
 
 class ImageDecodeError(ScreeningError, ValueError):
     """Encoded image bytes could not be decoded into an RGB image."""
+
+
+class InputChangedError(InvalidParameterError):
+    """An output root holds committed results for an input shard that has changed (or is gone) since."""
+
+
+class RunLockedError(ScreeningError, RuntimeError):
+    """Another live run holds the output root's lock."""
+
+
+class UnitsFailedError(ScreeningError, RuntimeError):
+    """Some units of a run could not be committed (write failures, missing or duplicated rows); the rest were."""

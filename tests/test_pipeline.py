@@ -56,9 +56,11 @@ def read_run(out: Path):
     """(responses, errors) of committed units, read through the public helper."""
     from screening.pipeline import committed_files
 
+    from screening.pipeline.tables import ERROR_SCHEMA
+
     files = committed_files(str(out))
     resp = pa.concat_tables([pq.read_table(f) for f in files["responses"]]).to_pandas()
-    errs = pa.concat_tables([pq.read_table(f) for f in files["errors"]]).to_pandas()
+    errs = pa.concat_tables([ERROR_SCHEMA.empty_table()] + [pq.read_table(f) for f in files["errors"]]).to_pandas()
     return resp, errs
 
 
@@ -166,11 +168,19 @@ def test_local_end_to_end_partition_and_manifest(local_run):
     piv = resp[resp.subject != "mean"].groupby("image_id")[ROI_COLUMNS].mean()
     mean = resp[resp.subject == "mean"].set_index("image_id")[ROI_COLUMNS].loc[piv.index]
     np.testing.assert_allclose(mean.to_numpy(), piv.to_numpy(), rtol=1e-5, atol=1e-5)
-    # files: one per unit, deterministic names; markers last
+    # parts under responses/<unit>/ and errors/<unit>/, written by workers; each marker lists exactly what is there
     units = ["part-000", "part-001", "part-corpus", "part-empty"]
-    assert sorted(p.stem for p in (out / "responses").iterdir()) == units
-    assert sorted(p.stem for p in (out / "errors").iterdir()) == units
     assert sorted(p.stem for p in (out / "_committed").iterdir()) == units
+    on_disk = sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.parquet"))
+    listed = sorted(f for u in units for k in ("responses", "errors")
+                    for f in json.loads((out / "_committed" / f"{u}.json").read_text())["files"][k])
+    assert on_disk == listed and listed
+    assert sorted(p.name for p in (out / "responses").iterdir()) == units[:3]   # the empty shard has no part
+    assert sorted(p.name for p in (out / "errors").iterdir()) == ["part-corpus"]
+    marker = json.loads((out / "_committed" / "part-000.json").read_text())
+    assert marker["input"]["uri"].endswith("part-000.parquet") and marker["input"]["rows"] == 12
+    assert marker["input"]["size"] > 0 and marker["input"]["version"].startswith("mtime_ns:")
+    assert sum(p["rows"] for p in marker["parts"]) == 12
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["model_id"] == MODEL_ID and m["model"]["variant"] == "visual" and m["model"]["synthetic"]
     assert m["model"]["width"] == 16 and len(m["model"]["checkpoint_sha256"]) == 64
@@ -393,6 +403,7 @@ def test_killed_encoder_actor_is_restarted_and_no_row_is_lost(ray_local, visual_
 def _cli(images, store, out, *extra):
     return [sys.executable, "-m", "screening.cli", "run", str(images), "--store", str(store), "--out", str(out),
             "--model-id", MODEL_ID, "--rois", ",".join(ROIS), "--subjects", "sub-01,sub-02", "--batch-size", "32",
+            "--write-batch-size", "32",
             "--no-progress", "--address", "local", *extra]
 
 

@@ -1,1 +1,1 @@
-"""Pipeline I/O: reading image shards (``image_source``) and writing ROI tables (``roi_sink``)."""
+"""Pipeline input: finding, checking and reading image shards (``image_source``)."""

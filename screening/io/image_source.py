@@ -24,18 +24,49 @@ import pyarrow.parquet as pq
 
 from screening.exceptions import InvalidParameterError
 
-PATH_COLUMN = "path"  # what ray.data.read_parquet(include_paths=True) adds
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One input Parquet file = one unit of work."""
+    """One input Parquet file = one unit of work, with the identity its results are recorded against."""
 
-    path: str      # scheme-less path inside the filesystem (what Ray's ``path`` column holds)
+    path: str      # scheme-less path inside the filesystem
     uri: str       # as the user would write it (s3://bucket/key or a local path)
-    unit: str      # output file stem, deterministic per input path
+    unit: str      # output stem, deterministic per input path
     rows: int
+    size: int = -1
+    version: str = ""   # S3: the ETag; local: mtime in ns (see file_version)
+
+    def identity(self) -> dict:
+        return {"uri": self.uri, "size": self.size, "version": self.version, "rows": self.rows}
+
+
+def file_version(info: dict) -> str:
+    """What changes when a file is rewritten, read from a listing/HEAD at no extra cost.
+
+    S3: the ETag (content MD5 for single-part uploads, a hash of part hashes for multipart; any rewrite changes it).
+    Local: the modification time in nanoseconds. Together with the size and the footer's row count this is the
+    input's fingerprint recorded in each commit marker.
+    """
+    for key in ("ETag", "etag"):
+        if info.get(key):
+            return "etag:" + str(info[key]).strip('"')
+    mtime = info.get("mtime", info.get("LastModified"))
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"mtime_ns:{int(round(float(mtime or 0) * 1e9))}"
+
+
+def stat_shards(fs, paths: list[str], threads: int = 16) -> list[tuple[int, str]]:
+    """``(size, version)`` of each path, fetched in parallel (one HEAD per object on S3)."""
+
+    def one(p):
+        info = fs.info(p)
+        return int(info.get("size", -1)), file_version(info)
+
+    with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
+        return list(pool.map(one, paths))
 
 
 @dataclass(frozen=True)
@@ -125,7 +156,7 @@ def derived_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def extract_rows(table: pa.Table, spec: ColumnSpec, shard_path_column: str = PATH_COLUMN):
+def extract_rows(table: pa.Table, spec: ColumnSpec, default_source: str = ""):
     """``(ids, sources, datas)`` as Python lists; ``datas[i]`` is ``None`` where the bytes are null."""
     col = table.column(spec.image_column)
     if spec.image_is_struct:
@@ -136,8 +167,7 @@ def extract_rows(table: pa.Table, spec: ColumnSpec, shard_path_column: str = PAT
     else:
         datas = col.to_pylist()
         struct_paths = [None] * len(datas)
-    shard_paths = (table.column(shard_path_column).to_pylist() if shard_path_column in table.column_names
-                   else [""] * len(datas))
+    shard_paths = [default_source] * len(datas)
     if spec.source_column:
         sources = [s if s is not None else (sp or p) for s, sp, p in
                    zip(table.column(spec.source_column).to_pylist(), struct_paths, shard_paths)]
@@ -153,18 +183,78 @@ def extract_rows(table: pa.Table, spec: ColumnSpec, shard_path_column: str = PAT
     return ids, [str(s) for s in sources], datas
 
 
+READ_COLUMNS = ("unit", "row", "image_id", "source", "data", "read_error")
+
+
+def _rows_table(unit, rows, ids, sources, datas, read_error=None) -> pa.Table:
+    n = len(rows)
+    return pa.table({"unit": pa.array([unit] * n, pa.string()), "row": pa.array(rows, pa.int64()),
+                     "image_id": pa.array(ids, pa.string()), "source": pa.array(sources, pa.string()),
+                     "data": pa.array(datas, pa.binary()),
+                     "read_error": pa.array([read_error or ""] * n, pa.string())})
+
+
+def _unreadable(item: dict, rows, reason: str) -> pa.Table:
+    """Error rows for input rows that cannot be read: no id (null), the shard and row as the source."""
+    rows = list(rows)
+    return _rows_table(item["unit"], rows, [None] * len(rows), [f"{item['uri']}#row={r}" for r in rows],
+                       [None] * len(rows), reason)
+
+
+def read_shard(item: dict, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+    """Rows of one planned shard as ``READ_COLUMNS`` tables; what cannot be read becomes error rows, never a crash.
+
+    The shard is read only if it is still the file that was planned (same size and version); else, or if it is gone
+    or its footer no longer parses, every row is an error row (stage ``read``) naming the reason. A row group that
+    fails to decode makes error rows of its unread rows, and reading goes on with the next row group.
+    """
+    from screening.io._fs import filesystem_for
+
+    fs, path = filesystem_for(item["uri"], endpoint_url=endpoint_url, anonymous=anonymous)
+    n = int(item["rows"])
+    try:
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+    except FileNotFoundError:
+        yield _unreadable(item, range(n), "the shard was deleted after the run was planned")
+        return
+    size, version = int(info.get("size", -1)), file_version(info)
+    if (size, version) != (item["size"], item["version"]):
+        yield _unreadable(item, range(n), f"the shard changed after the run was planned (size {item['size']} -> "
+                                          f"{size}, version {item['version']} -> {version}); rerun to screen it")
+        return
+    try:
+        f = fs.open(path, "rb")
+        pf = pq.ParquetFile(f)
+        if pf.metadata.num_rows != n:
+            raise ValueError(f"it now has {pf.metadata.num_rows} rows, {n} were planned")
+    except Exception as exc:  # noqa: BLE001 - the shard's own problem: its rows become error rows
+        yield _unreadable(item, range(n), f"the shard is not readable Parquet: {type(exc).__name__}: {exc}")
+        return
+    with f:
+        start = 0
+        for g in range(pf.num_row_groups):
+            g_rows = pf.metadata.row_group(g).num_rows
+            done = start
+            try:
+                for rb in pf.iter_batches(batch_size=chunk_rows, row_groups=[g], columns=spec.read_columns):
+                    t = pa.Table.from_batches([rb])
+                    ids, sources, datas = extract_rows(t, spec, default_source=item["uri"])
+                    yield _rows_table(item["unit"], list(range(done, done + t.num_rows)), ids, sources, datas)
+                    done += t.num_rows
+                if done != start + g_rows:
+                    raise ValueError(f"row group {g} gave {done - start} of its {g_rows} rows")
+            except Exception as exc:  # noqa: BLE001
+                yield _unreadable(item, range(done, start + g_rows),
+                                  f"row group {g} is unreadable: {type(exc).__name__}: {exc}")
+            start += g_rows
+
+
 def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
-    """``map_batches`` generator: rows ``{uri}`` -> Arrow tables of ``chunk_rows`` image rows plus the shard path.
+    """``map_batches`` generator over planned shard items (``Shard`` fields): see :func:`read_shard`.
 
     One Ray task per shard (``from_items(..., override_num_blocks=len(shards))``) keeps a shard's rows together, so
     shards finish (and commit) one after another instead of all at the end; chunks keep blocks bounded in size.
     """
-    from screening.io._fs import filesystem_for
-
-    for uri in batch["uri"].to_pylist():
-        fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            for rb in pf.iter_batches(batch_size=chunk_rows, columns=spec.read_columns):
-                t = pa.Table.from_batches([rb])
-                yield t.append_column(PATH_COLUMN, pa.array([path] * t.num_rows, pa.string()))
+    for item in batch.to_pylist():
+        yield from read_shard(item, spec=spec, endpoint_url=endpoint_url, anonymous=anonymous, chunk_rows=chunk_rows)

@@ -34,6 +34,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--composites", default=None, help='JSON {"name": ["FFC", ...]} or a JSON file')
     parser.add_argument("--custom-rois", default=None, help='JSON {"name": [grayordinate, ...]} or a JSON file')
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--write-batch-size", type=int, default=None,
+                        help="images per part file (default 8192 on GPU encoders, 1024 on CPU)")
+    parser.add_argument("--redo-changed", action="store_true",
+                        help="OUT holds results for shards that changed since: screen them again (default: refuse)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--num-encoders", type=int, default=None)
     parser.add_argument("--num-gpus-per-encoder", type=float, default=None,
@@ -55,8 +59,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
+def _committed_count(out, args) -> int:
+    try:
+        from screening.pipeline.outputs import OutputLayout
+
+        return len(OutputLayout(out, endpoint_url=args.endpoint_url,
+                                anonymous=True if args.anonymous else None).markers())
+    except Exception:  # noqa: BLE001 - only for the interrupt message
+        return -1
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    from screening.exceptions import ScreeningError
+    from screening.exceptions import ScreeningError, UnitsFailedError
     from screening.pipeline.run import screen
 
     try:
@@ -75,8 +89,18 @@ def run_from_args(args: argparse.Namespace) -> int:
             fast_decode=args.fast_decode, image_column=args.image_column, id_column=args.id_column,
             endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
             progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
-            noise_ceiling=args.noise_ceiling, _throttle_s=args.test_throttle_s)
-    except ScreeningError as exc:
+            noise_ceiling=args.noise_ceiling, redo_changed=args.redo_changed, write_batch_size=args.write_batch_size,
+            _throttle_s=args.test_throttle_s)
+    except KeyboardInterrupt:
+        n = _committed_count(args.out, args)
+        done = f"{n} unit(s) are committed in {args.out}" if n >= 0 else f"committed units stay in {args.out}"
+        print(f"\nscreening run: interrupted; {done}. Rerun the same command to resume: only the missing units "
+              f"are screened.", file=sys.stderr)
+        return 130
+    except UnitsFailedError as exc:  # not the user's mistake: the run happened, some units did not commit
+        print(f"screening run: {exc}", file=sys.stderr)
+        return 1
+    except (ScreeningError, NotADirectoryError, FileExistsError, PermissionError) as exc:
         print(f"screening run: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary(), flush=True)

@@ -1,14 +1,16 @@
-"""Output layout, per-unit commit markers, resume and the manifest.
+"""Output layout, per-unit commit markers, cleanup on resume, and the manifest.
 
 Layout of ``OUT`` (local directory or ``s3://bucket/prefix``)::
 
-    OUT/responses/<unit>.parquet     one file per input shard (unit), long format (contracts.md)
-    OUT/errors/<unit>.parquet        one file per unit (zero rows when the unit had no errors)
-    OUT/_committed/<unit>.json       commit marker, written LAST; a unit is done iff its marker exists
-    OUT/manifest.json                written at start (shard states) and rewritten at the end
+    OUT/responses/<unit>/part-*.parquet   response parts, written by Ray workers (long format, contracts.md)
+    OUT/errors/<unit>/part-*.parquet      error parts (only where a batch had error rows)
+    OUT/_committed/<unit>.json            commit marker, written LAST by the driver; lists exactly the unit's parts
+    OUT/_lock.json                        the live run's lock (owner, heartbeat)
+    OUT/manifest.json                     written at start (shard states) and rewritten at the end
 
-Readers must use :func:`committed_files` (or the ``files`` list of a finished run's manifest): a data file whose unit
-has no marker is a leftover of an interrupted run and is overwritten when the unit is redone.
+A unit is done iff its marker exists, and its outputs are exactly the parts its marker lists. Readers must use
+:func:`committed_files` (or the ``files`` list of a finished run's manifest): any other file under ``responses/`` or
+``errors/`` is a leftover of a retried task or an interrupted run, removed when its unit commits or the run resumes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ RESPONSES = "responses"
 ERRORS = "errors"
 COMMITTED = "_committed"
 MANIFEST = "manifest.json"
+LOCK = "_lock.json"
+KINDS = (RESPONSES, ERRORS)
 
 
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def marker_files(marker: dict) -> dict[str, list[str]]:
+    """``{"responses": [...], "errors": [...]}`` (relative paths) of one marker; a single path is one part."""
+    files = marker.get("files") or {}
+    return {k: ([files[k]] if isinstance(files.get(k), str) else list(files.get(k) or [])) for k in KINDS}
 
 
 class OutputLayout:
@@ -51,17 +61,18 @@ class OutputLayout:
     def join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def rel_responses(self, unit: str) -> str:
-        return f"{RESPONSES}/{unit}.parquet"
-
-    def rel_errors(self, unit: str) -> str:
-        return f"{ERRORS}/{unit}.parquet"
+    def rel_part(self, kind: str, unit: str, name: str) -> str:
+        return f"{kind}/{unit}/{name}"
 
     def marker_path(self, unit: str) -> str:
         return self.join(COMMITTED, f"{unit}.json")
 
     def uri(self, rel: str) -> str:
         return to_uri(self.fs, self.join(rel))
+
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("file", "local")
 
     # -- markers ------------------------------------------------------------------------------
     def markers(self) -> dict[str, dict]:
@@ -84,24 +95,48 @@ class OutputLayout:
         return {m["unit"]: m for m in ms}
 
     def write_marker(self, unit: str, marker: dict) -> None:
-        """Small JSON, written atomically (S3 PUT is atomic; locally: temp file + rename)."""
+        """Small JSON, written atomically (S3 PUT is atomic; locally: temp file + fsync + rename)."""
         self.write_json(self.marker_path(unit), marker)
+
+    def remove_marker(self, unit: str) -> None:
+        p = self.marker_path(unit)
+        if self.fs.exists(p):
+            self.fs.rm(p)
 
     def write_json(self, path: str, obj: dict) -> None:
         data = json.dumps(obj, indent=1, sort_keys=False).encode()
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         write_atomic(self.fs, path, data)  # a marker must never be seen half-written
 
-    def remove_leftovers(self, units) -> int:
-        """Delete data files of units without a marker (an interrupted run's partial output)."""
-        n = 0
-        for unit in units:
-            for rel in (self.rel_responses(unit), self.rel_errors(unit)):
-                p = self.join(rel)
-                if self.fs.exists(p):
-                    self.fs.rm(p)
-                    n += 1
-        return n
+    # -- data files ---------------------------------------------------------------------------
+    def _files_under(self, rel_dir: str) -> list[str]:
+        d = self.join(rel_dir)
+        try:
+            self.fs.invalidate_cache(d)
+            return [p for p in self.fs.find(d) if not posixpath.basename(p).startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def unit_files(self, unit: str) -> list[str]:
+        """Every data file of ``unit`` on storage (listed parts or not), as paths inside ``self.fs``."""
+        return [p for kind in KINDS for p in self._files_under(f"{kind}/{unit}")]
+
+    def remove_unlisted(self, unit: str, keep: dict[str, list[str]] | None = None) -> int:
+        """Delete ``unit``'s data files that ``keep`` (a marker's files) does not list; all of them if None."""
+        listed = {self.join(rel) for rels in (keep or {}).values() for rel in rels}
+        gone = [p for p in self.unit_files(unit) if p not in listed]
+        for kind in KINDS:  # the single-file layout of engine versions before the part files
+            p = self.join(f"{kind}/{unit}.parquet")
+            if p not in listed and self.fs.exists(p):
+                gone.append(p)
+        for p in gone:
+            self.fs.rm(p)
+        return len(gone)
+
+    def remove_leftovers(self, units, markers: dict[str, dict]) -> int:
+        """Resume: drop every file no marker lists, for pending (``units``) and committed units alike."""
+        n = sum(self.remove_unlisted(u) for u in units)
+        return n + sum(self.remove_unlisted(u, marker_files(m)) for u, m in markers.items())
 
     def prepare(self) -> None:
         for d in (RESPONSES, ERRORS, COMMITTED):
@@ -126,22 +161,21 @@ def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> Non
 
 
 def committed_files(out, *, endpoint_url=None, anonymous=None) -> dict[str, list[str]]:
-    """``{"responses": [...], "errors": [...]}``: URIs of the data files of committed units only.
+    """``{"responses": [...], "errors": [...]}``: URIs of the parts of committed units only, as their markers list.
 
-    This is what every reader of a run (``ScreeningResult``, ``screening rank``) should open; files of units without
-    a commit marker are leftovers of an interrupted run.
+    This is what every reader of a run (``ScreeningResult``, ``screening rank``, ``screening report``) opens; any
+    other file under ``responses/`` or ``errors/`` is a leftover of a retried task or an interrupted run.
     """
     layout = out if isinstance(out, OutputLayout) else OutputLayout(out, endpoint_url=endpoint_url, anonymous=anonymous)
     markers = layout.markers()
     files = {RESPONSES: [], ERRORS: []}
     for unit in sorted(markers):
-        for kind, rel in markers[unit]["files"].items():
-            files[kind].append(layout.uri(rel))
+        for kind, rels in marker_files(markers[unit]).items():
+            files[kind] += [layout.uri(rel) for rel in rels]
     return files
 
 
-def build_manifest(*, engine_version, config, model, rois, shards, markers, layout: OutputLayout, run=None,
-                   reliability=None) -> dict:
+def build_manifest(*, engine_version, config, model, rois, shards, markers, run=None, reliability=None) -> dict:
     counts = {"images": 0, "responses_rows": 0, "errors": 0}
     for m in markers.values():
         counts["images"] += m["rows"]
@@ -149,15 +183,15 @@ def build_manifest(*, engine_version, config, model, rois, shards, markers, layo
         counts["errors"] += m["errors"]
     files = {RESPONSES: [], ERRORS: []}
     for unit in sorted(markers):
-        for kind, rel in markers[unit]["files"].items():
-            files[kind].append(rel)
+        for kind, rels in marker_files(markers[unit]).items():
+            files[kind] += rels
     manifest = {
         "engine_version": engine_version,
         "created": utcnow(),
         "config": config,
         "model": model,
         "rois": rois,
-        "shards": [{"path": s.uri, "unit": s.unit, "rows": s.rows,
+        "shards": [{"path": s.uri, "unit": s.unit, "rows": s.rows, "size": s.size, "version": s.version,
                     "state": "committed" if s.unit in markers else "pending"} for s in shards],
         "counts": counts,
         "files": files,

@@ -16,13 +16,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from screening.exceptions import InvalidParameterError
+from screening.exceptions import InputChangedError, InvalidParameterError
 from screening.io._fs import filesystem_for, to_uri
-from screening.io.image_source import ColumnSpec, Shard, column_spec, list_shards, read_footers, unit_names
+from screening.io.image_source import (ColumnSpec, Shard, column_spec, list_shards, read_footers, stat_shards,
+                                       unit_names)
 from screening.pipeline.outputs import OutputLayout, check_compatible
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_BATCH_SIZE = {"cpu": 64, "gpu": 256}
+# Images per part file: 8192 x 9 labels = 73,728 response rows (one row group) on GPU; CPU encoders fill parts
+# ~100x slower, so a smaller part keeps commits (restart points) minutes, not hours, apart.
+DEFAULT_WRITE_BATCH_SIZE = {"cpu": 1024, "gpu": 8192}
 DECODE_BATCH_SIZE = 32
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 SYNTHETIC_RELIABILITY_NOTE = ("noise ceilings of a synthetic store are synthetic: reliability filtering is "
@@ -47,6 +51,7 @@ class ScreeningPlan:
     n_vertices: Mapping
     precision: str
     batch_size: int | None
+    write_batch_size: int | None
     decode_batch_size: int
     fast_decode: bool
     num_encoders: int | tuple[int, int] | None
@@ -59,6 +64,7 @@ class ScreeningPlan:
     config_key: str
     throttle_s: float = 0.0
     reliability: Mapping | None = None
+    redo: tuple[str, ...] = ()     # committed units whose input changed, to be redone (redo_changed=True)
     encoder_stage: str = "model"   # "null": benchmarks only (stages.NullEncoderActor)
 
     @property
@@ -185,7 +191,8 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
                batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
                num_cpus_per_encoder=1, fast_decode=False, image_column="image", id_column="image_id",
                endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
-               noise_ceiling="test_n-avg", encoder_stage="model") -> ScreeningPlan:
+               noise_ceiling="test_n-avg", redo_changed=False, write_batch_size=None,
+               encoder_stage="model") -> ScreeningPlan:
     """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
     from screening import __version__
     from screening.rois import build_roi_set, default_roi_names, n_vertices
@@ -193,8 +200,10 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
     batch_size = _check_pos_int("batch_size", batch_size)
+    write_batch_size = _check_pos_int("write_batch_size", write_batch_size)
     fast_decode = _check_bool("fast_decode", fast_decode)
     progress = _check_bool("progress", progress)
+    redo_changed = _check_bool("redo_changed", redo_changed)
     num_gpus_per_encoder = _check_nonneg("num_gpus_per_encoder", num_gpus_per_encoder)
     num_cpus_per_encoder = _check_nonneg("num_cpus_per_encoder", num_cpus_per_encoder, allow_none=False)
     if num_gpus_per_encoder is not None and num_gpus_per_encoder > 1 and num_gpus_per_encoder != int(num_gpus_per_encoder):
@@ -244,7 +253,9 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         if other != spec:
             raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
                                         f"({spec}); all shards of a run must share one layout")
-    shards = tuple(Shard(p, to_uri(in_fs, p), u, int(m.num_rows)) for p, u, m in zip(paths, unit_names(paths), metas))
+    stats = stat_shards(in_fs, paths)
+    shards = tuple(Shard(p, to_uri(in_fs, p), u, int(m.num_rows), size, version)
+                   for p, u, m, (size, version) in zip(paths, unit_names(paths), metas, stats))
 
     config = {
         "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
@@ -252,7 +263,7 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
         "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": fast_decode,
         "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
-        "batch_size": batch_size, "num_encoders": num_encoders, "num_gpus_per_encoder": num_gpus_per_encoder,
+        "batch_size": batch_size, "write_batch_size": write_batch_size, "num_encoders": num_encoders, "num_gpus_per_encoder": num_gpus_per_encoder,
         "num_cpus_per_encoder": num_cpus_per_encoder, "engine_version": __version__,
         "reliability_threshold": reliability_threshold, "noise_ceiling": noise_ceiling,
     }
@@ -269,15 +280,51 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
     layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
     markers = layout.markers()
     check_compatible(markers, config_key, os.fspath(out))
-    pending = tuple(s for s in shards if s.unit not in markers)
+    redo = check_inputs(markers, shards, os.fspath(out), redo_changed)
+    pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
     return ScreeningPlan(
         images=os.fspath(images), out=os.fspath(out), shards=shards, pending=pending, spec=spec, store=store,
         model_id=model_id, fingerprint=fingerprint, subjects=subjects, rois=roi_set, roi_names=tuple(roi_set),
-        n_vertices=nv, precision=precision, batch_size=batch_size, decode_batch_size=DECODE_BATCH_SIZE,
+        n_vertices=nv, precision=precision, batch_size=batch_size, write_batch_size=write_batch_size,
+        decode_batch_size=DECODE_BATCH_SIZE,
         fast_decode=fast_decode, num_encoders=num_encoders, num_gpus_per_encoder=num_gpus_per_encoder,
         num_cpus_per_encoder=num_cpus_per_encoder, endpoint_url=endpoint_url, anonymous=anonymous,
         progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s),
-        reliability=reliability, encoder_stage=encoder_stage)
+        reliability=reliability, redo=redo, encoder_stage=encoder_stage)
+
+
+def _what_changed(recorded: dict | None, shard: Shard) -> str | None:
+    if not isinstance(recorded, dict):
+        return "its marker records no input identity (written by an older engine)"
+    now = shard.identity()
+    diffs = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in ("uri", "rows", "size", "version")
+             if recorded.get(k) != now[k]]
+    return ", ".join(diffs) or None
+
+
+def check_inputs(markers: Mapping[str, dict], shards, out: str, redo_changed: bool) -> tuple[str, ...]:
+    """Committed units must have been computed from these very inputs (see docs/pipeline.md, "Resume").
+
+    A committed unit that is not among the inputs is refused (its results would be reported as this run's). A unit
+    whose shard changed (URI, size, version or row count) is refused, naming the shard and the change, unless
+    ``redo_changed``: then it is returned, to be uncommitted and redone.
+    """
+    by_unit = {s.unit: s for s in shards}
+    foreign = sorted(set(markers) - set(by_unit))
+    if foreign:
+        src = [(markers[u].get("input") or {}).get("uri", "?") for u in foreign[:3]]
+        raise InputChangedError(
+            f"out={out!r} holds committed results for {len(foreign)} shard(s) that are not among this run's inputs "
+            f"({', '.join(f'{u} from {s}' for u, s in zip(foreign, src))}{', ...' if len(foreign) > 3 else ''}); "
+            f"use a new out, or the same inputs as before")
+    changed = {u: c for u in markers if (c := _what_changed(markers[u].get("input"), by_unit[u]))}
+    if changed and not redo_changed:
+        items = list(changed.items())
+        raise InputChangedError(
+            f"out={out!r} holds results for {len(changed)} shard(s) that changed since they were screened: "
+            + "; ".join(f"{by_unit[u].uri}: {c}" for u, c in items[:3]) + ("; ..." if len(items) > 3 else "")
+            + ". Use a new out, or redo_changed=True (--redo-changed) to screen the changed shards again")
+    return tuple(sorted(changed))
 
 
 @dataclass(frozen=True)
@@ -290,6 +337,7 @@ class Resources:
     max_size: int
     batch_size: int
     device: str
+    write_batch_size: int
 
 
 def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resources:
@@ -324,6 +372,8 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resour
     if g == 0 and lo * c > cpus:
         raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_cpus_per_encoder={c:g} needs "
                                     f"{lo * c:g} CPUs; the cluster has {cpus:g}")
-    batch = plan.batch_size or DEFAULT_BATCH_SIZE["gpu" if g > 0 else "cpu"]
+    kind = "gpu" if g > 0 else "cpu"
+    batch = plan.batch_size or DEFAULT_BATCH_SIZE[kind]
     return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=batch,
-                     device="cuda" if g > 0 else "cpu")
+                     device="cuda" if g > 0 else "cpu",
+                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE[kind])

@@ -1,12 +1,13 @@
-"""Turn a :class:`ScreeningPlan` into Ray Data calls, stream the results into per-unit files, commit each unit.
+"""Turn a :class:`ScreeningPlan` into Ray Data calls; workers write the parts, the driver commits each unit.
 
 The plan, for the pending shards only::
 
-    read_parquet(shards, filesystem, columns, include_paths=True)            # I/O tasks
+    from_items(shards) -> map_batches(read_shards, batch_size=1)           # one read task per shard; rows + identity
       -> map_batches(decode_batch, batch_format="pyarrow", num_cpus=1)       # CPU tasks: bytes -> uint8 224x224
       -> map_batches(EncoderActor, compute=ActorPoolStrategy(min, max),      # GPU (or CPU) actors: ROI means
                      num_gpus=..., batch_size=..., fn_constructor_kwargs=...)
-      -> iter_batches() on the driver -> _RoiTableSink                       # per-unit files, marker last
+      -> map_batches(write_parts, batch_size=write_batch_size)             # tasks: part files + receipts
+      -> iter_batches() on the driver -> UnitLedger                        # receipts only; marker per unit, last
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from screening.exceptions import RunLockedError, UnitsFailedError
 from screening.io._fs import arrow_filesystem, filesystem_for
-from screening.io.roi_sink import _RoiTableSink
+from screening.pipeline.commit import UnitLedger
+from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
+from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_schema
 
 
+# A write task's working set: its input batch (up to 8192 images x 9 x 379 float32 = 112 MiB), the Arrow table and
+# the Parquet encoder's buffers.
+WRITE_TASK_MEMORY = 512 * 2**20
 # A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_shards' chunks
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
@@ -44,6 +51,7 @@ class ScreeningResult:
     endpoint_url: str | None = None
     anonymous: bool | None = None
     roi_names: tuple = field(default_factory=tuple)
+    failed: dict = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -62,15 +70,11 @@ class ScreeningResult:
 
     def responses(self):
         """All committed response rows as a pandas DataFrame (long format, see docs/pipeline.md)."""
-        from screening.io.roi_sink import responses_schema
-
         t = self._read(self.responses_files)
         return (t if t is not None else responses_schema(self.roi_names).empty_table()).to_pandas()
 
     def errors(self):
         """All committed error rows (``image_id``, ``source``, ``stage``, ``error``) as a DataFrame."""
-        from screening.io.roi_sink import ERROR_SCHEMA
-
         t = self._read(self.errors_files)
         return (t if t is not None else ERROR_SCHEMA.empty_table()).to_pandas()
 
@@ -79,8 +83,7 @@ class ScreeningResult:
         import ray
 
         if not self.responses_files:
-            return ray.data.from_arrow(__import__("screening.io.roi_sink", fromlist=["x"]).responses_schema(
-                self.roi_names).empty_table())
+            return ray.data.from_arrow(responses_schema(self.roi_names).empty_table())
         fs, _ = filesystem_for(self.responses_files[0], endpoint_url=self.endpoint_url, anonymous=self.anonymous)
         paths = [filesystem_for(u, endpoint_url=self.endpoint_url, anonymous=self.anonymous)[1]
                  for u in self.responses_files]
@@ -92,14 +95,15 @@ class ScreeningResult:
                 f"this run: {self.units_run} unit(s), {self.images_this_run} images in {self.seconds:.1f} s "
                 f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
                 f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
-                f"manifest: {self.manifest_path}")
+                f"manifest: {self.manifest_path}"
+                + "".join(f"\n  FAILED {why}" for why in self.failed.values()))
 
 
 def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
            batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=1,
            fast_decode=False, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
-           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", _throttle_s=0.0,
-           _encoder_stage="model") -> ScreeningResult:
+           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", redo_changed=False,
+           write_batch_size=None, _throttle_s=0.0, _encoder_stage="model") -> ScreeningResult:
     """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
 
     Parameters
@@ -140,6 +144,12 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
         and noted in the manifest).
     noise_ceiling : str, default="test_n-avg"
         Which noise ceiling: ``{test,train,artificial}_{n-avg,n-1}``.
+    redo_changed : bool, default=False
+        ``out`` already holds committed results for a shard that has changed since (URI, size, version or row
+        count): by default the run is refused, naming the shard and the change; True uncommits and redoes it.
+    write_batch_size : int, optional
+        Images per part file (one row group): default 8192 on GPU encoders (73,728 response rows with 8
+        subjects), 1024 on CPU ones, where a part takes much longer to fill (see docs/pipeline.md).
 
     Returns
     -------
@@ -148,7 +158,12 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
     Raises
     ------
     InvalidParameterError
-        Before any Ray work, naming the bad value and the valid ones.
+        Before any Ray work, naming the bad value and the valid ones (``InputChangedError`` for changed inputs).
+    RunLockedError
+        Another live run holds ``out``.
+    UnitsFailedError
+        After the run, when some units could not be committed (each named, with its rows or write error); every other
+        unit is committed and a rerun redoes only the failed ones.
     """
     plan = build_plan(images, store, out, model_id=model_id, subjects=subjects, rois=rois, composites=composites,
                       custom_rois=custom_rois, batch_size=batch_size, precision=precision, num_encoders=num_encoders,
@@ -156,7 +171,7 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
                       fast_decode=fast_decode, image_column=image_column, id_column=id_column,
                       endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s,
                       reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling,
-                      encoder_stage=_encoder_stage)
+                      redo_changed=redo_changed, write_batch_size=write_batch_size, encoder_stage=_encoder_stage)
     return execute(plan)
 
 
@@ -169,60 +184,77 @@ def _ensure_ray():
 
 
 def execute(plan: ScreeningPlan) -> ScreeningResult:
-    """Run the pending units of ``plan``; a plan with nothing pending does no Ray or model work at all."""
-    from screening import __version__
-
+    """Run the pending units of ``plan`` under the output's lock; nothing pending means no Ray or model work at all."""
     t0 = time.perf_counter()
     layout = plan.layout
     layout.prepare()
+    with RunLock(layout) as lock:
+        return _execute_locked(plan, layout, lock, t0)
+
+
+def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0: float) -> ScreeningResult:
+    from screening import __version__
+
     rois_manifest = {n: {"n_vertices": v} for n, v in plan.n_vertices.items()}
     manifest_args = dict(engine_version=__version__, config=dict(plan.config), model=dict(plan.fingerprint),
-                         rois=rois_manifest, shards=plan.shards, layout=layout, reliability=plan.reliability)
+                         rois=rois_manifest, shards=plan.shards, reliability=plan.reliability)
+    for unit in plan.redo:   # changed inputs, redo_changed=True: uncommit first (marker, then its parts)
+        layout.remove_marker(unit)
+    markers = layout.markers()
+    pending = [s for s in plan.pending if s.unit not in markers]   # another run may have committed some since
     stats = None
-    if plan.pending:
+    if pending:
         ray = _ensure_ray()
         res = check_resources(plan, ray.cluster_resources())
-        n_left = layout.remove_leftovers([s.unit for s in plan.pending])
-        layout.write_json(layout.join(MANIFEST), build_manifest(markers=layout.markers(), run={
-            "state": "running", "leftover_files_removed": n_left}, **manifest_args))
-        stats = _run_pending(plan, res, layout)
+        n_left = layout.remove_leftovers([s.unit for s in pending], markers)
+        layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
+            "state": "running", "run_id": lock.run_id, "leftover_files_removed": n_left}, **manifest_args))
+        stats = _run_pending(plan, pending, res, layout, lock)
     markers = layout.markers()
     seconds = time.perf_counter() - t0
     images_run = stats.images if stats else 0
+    failed = dict(stats.failed) if stats else {}
     run_info = {"state": "complete" if all(s.unit in markers for s in plan.shards) else "incomplete",
-                "units_run": len(stats.committed) if stats else 0,
-                "units_skipped": len(plan.shards) - len(plan.pending), "seconds": round(seconds, 3),
-                "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
+                "run_id": lock.run_id, "units_run": len(stats.committed) if stats else 0,
+                "units_failed": failed, "units_skipped": len(plan.shards) - len(plan.pending),
+                "seconds": round(seconds, 3), "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
     manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
     layout.write_json(layout.join(MANIFEST), manifest)
     files = committed_files(layout)
-    return ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
-                           errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
-                           units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
-                           endpoint_url=plan.endpoint_url, anonymous=plan.anonymous, roi_names=plan.roi_names)
+    result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
+                             errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
+                             units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
+                             endpoint_url=plan.endpoint_url, anonymous=plan.anonymous, roi_names=plan.roi_names,
+                             failed=failed)
+    if failed:
+        raise UnitsFailedError(
+            f"{len(failed)} unit(s) could not be committed; the other {len(markers)} are, and a rerun redoes only "
+            f"the failed ones:\n  " + "\n  ".join(list(failed.values())[:10])
+            + (f"\n  ... ({len(failed) - 10} more in {result.manifest_path})" if len(failed) > 10 else ""))
+    return result
 
 
-def build_dataset(plan: ScreeningPlan, res):
-    """The Ray Data plan for ``plan.pending`` (lazy; nothing runs until it is iterated)."""
+def build_dataset(plan: ScreeningPlan, pending, res):
+    """The Ray Data plan for ``pending`` shards (lazy; nothing runs until it is iterated)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     from screening.io.image_source import read_shards
     from screening.pipeline import stages
+    from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
 
     encoder_cls = stages.NullEncoderActor if plan.encoder_stage == "null" else stages.EncoderActor
-
     # One read task per shard (read_parquet in Ray 2.60 coalesces small files into one read task, which would make
     # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
-    ds = ray.data.from_items([{"uri": s.uri} for s in plan.pending], override_num_blocks=len(plan.pending))
+    items = [{"uri": s.uri, "unit": s.unit, "rows": s.rows, "size": s.size, "version": s.version} for s in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=1,
                         fn_kwargs={"spec": plan.spec, "endpoint_url": plan.endpoint_url, "anonymous": plan.anonymous,
                                    "chunk_rows": READ_CHUNK_ROWS})
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size, num_cpus=1,
                         memory=DECODE_TASK_MEMORY,
-                        fn_kwargs={"spec": plan.spec, "units": {s.path: s.unit for s in plan.pending},
-                                   "fast": plan.fast_decode})
+                        fn_kwargs={"image_column": plan.spec.image_column, "fast": plan.fast_decode})
     ds = ds.map_batches(
         encoder_cls, batch_format="numpy", batch_size=res.batch_size,
         compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
@@ -234,10 +266,16 @@ def build_dataset(plan: ScreeningPlan, res):
         # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
         # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.
     )
+    # Workers write; the driver gets receipts. Tasks are placed where their input blocks are (Ray's locality-aware
+    # scheduling), i.e. mostly on the node that encoded them.
+    ds = ds.map_batches(write_parts, batch_format="numpy", batch_size=res.write_batch_size, num_cpus=1,
+                        memory=WRITE_TASK_MEMORY,
+                        fn_kwargs={"layout": plan.layout, "labels": list(plan.subjects) + [MEAN_SUBJECT],
+                                   "roi_names": list(plan.roi_names), "config_key": plan.config_key})
     return ds
 
 
-def _run_pending(plan: ScreeningPlan, res, layout: OutputLayout):
+def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -247,20 +285,21 @@ def _run_pending(plan: ScreeningPlan, res, layout: OutputLayout):
     if plan.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan.pending_rows, unit="img", desc="screening", file=sys.stderr, dynamic_ncols=True)
-    sink = _RoiTableSink(layout, plan.pending, plan.subjects, plan.roi_names, plan.config_key)
+        bar = tqdm(total=sum(s.rows for s in pending), unit="img", desc="screening", file=sys.stderr,
+                   dynamic_ncols=True)
+    ledger = UnitLedger(layout, pending, plan.config_key, labels=len(plan.subjects) + 1, run_id=lock.run_id)
     try:
-        sink.commit_empty_units()
-        if sink.units:
-            ds = build_dataset(plan, res)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                n = sink.add(batch)
+        ledger.commit_empty_units()
+        if ledger.units:
+            ds = build_dataset(plan, [s for s in pending if s.unit in ledger.units], res)
+            for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+                if lock.lost.is_set():
+                    raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this run's "
+                                         f"heartbeat was late); stopping without committing more units")
+                n = ledger.add(receipts)
                 if bar is not None:
                     bar.update(n)
-        return sink.finish()
-    except BaseException:
-        sink.abort()
-        raise
+        return ledger.finish()
     finally:
         ctx.enable_progress_bars = old_bars
         if bar is not None:

@@ -1,8 +1,10 @@
-"""The two map stages of the plan. Both are picklable and import only what they run.
+"""The decode and encoder stages of the plan (reading is ``screening.io.image_source``, writing ``parts``).
 
-``decode_batch``: a stateless CPU task over Arrow batches from ``read_parquet``: bytes -> uint8 (3,224,224) via
-``screening.preprocess.preprocess_bytes``. A row that fails (null bytes: stage ``read``; anything raised while
-decoding: stage ``decode``) becomes an error row; the batch never fails because of one image.
+Every row carries its identity (``unit``, ``row``: its index in the shard) through every stage.
+
+``decode_batch``: a stateless CPU task over Arrow batches from ``read_shards``: bytes -> uint8 (3,224,224) via
+``screening.preprocess.preprocess_bytes``. A row that fails (unreadable or null bytes: stage ``read``; anything raised
+while decoding: stage ``decode``) becomes an error row; the batch never fails because of one image.
 
 ``EncoderActor``: one per actor-pool slot. ``__init__`` loads the model from the store once, collapses every
 (subject, ROI) mean into one matrix (``RoiEncoder.from_model``) and drops the full vertex heads. ``__call__`` encodes
@@ -19,28 +21,31 @@ import numpy as np
 STAGE_OK = ""
 
 
-def decode_batch(table, *, spec, units: dict, fast: bool):
-    from screening.io.image_source import PATH_COLUMN, extract_rows
+def decode_batch(table, *, image_column: str, fast: bool):
+    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
     from screening.preprocess import preprocess_bytes
 
-    ids, sources, datas = extract_rows(table, spec)
-    paths = table.column(PATH_COLUMN).to_pylist()
-    n = len(ids)
+    datas = table.column("data").to_pylist()
+    read_error = table.column("read_error").to_pylist()
+    n = len(datas)
     pixels = np.zeros((n, 3, 224, 224), dtype=np.uint8)
     stage = np.full(n, STAGE_OK, dtype=object)
     error = np.full(n, "", dtype=object)
     for i, data in enumerate(datas):
-        if data is None:
-            stage[i], error[i] = "read", f"the {spec.image_column!r} bytes are null"
-            continue
-        try:
-            pixels[i] = preprocess_bytes(data, fast=fast)
-        except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
-            stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
+        if read_error[i]:
+            stage[i], error[i] = "read", read_error[i]
+        elif data is None:
+            stage[i], error[i] = "read", f"the {image_column!r} bytes are null"
+        else:
+            try:
+                pixels[i] = preprocess_bytes(data, fast=fast)
+            except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
+                stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
     return {
-        "unit": np.array([units[p] for p in paths], dtype=object),
-        "image_id": np.array(ids, dtype=object),
-        "source": np.array(sources, dtype=object),
+        "unit": np.asarray(table.column("unit").to_pylist(), dtype=object),
+        "row": table.column("row").to_numpy(),
+        "image_id": np.asarray(table.column("image_id").to_pylist(), dtype=object),
+        "source": np.asarray(table.column("source").to_pylist(), dtype=object),
         "stage": stage,
         "error": error,
         "pixels": pixels,
@@ -96,8 +101,9 @@ class EncoderActor:
                         roi[i] = self._encode(pixels[i:i + 1])[0]
                     except Exception as exc:  # noqa: BLE001
                         stage[i], error[i] = "encode", f"{type(exc).__name__}: {exc}"
-        return {"unit": batch["unit"], "image_id": batch["image_id"], "source": batch["source"],
-                "stage": stage, "error": error, "roi": roi}
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out.update(stage=stage, error=error, roi=roi)
+        return out
 
 
 class NullEncoderActor:

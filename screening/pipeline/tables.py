@@ -1,0 +1,33 @@
+"""The run's two output tables (``docs/contracts.md``): their schemas, and how encoder rows become them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MEAN_SUBJECT = "mean"
+ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
+                          ("error", pa.string())])
+
+
+def responses_schema(roi_names) -> pa.Schema:
+    return pa.schema([("image_id", pa.string()), ("subject", pa.string())]
+                     + [(n, pa.float32()) for n in roi_names])
+
+
+def response_table(ids, roi: np.ndarray, labels, schema: pa.Schema) -> pa.Table:
+    """Long format: per image, one row per label (``sub-01``.., ``mean``), in that order; ``roi`` is (k, S+1, R)."""
+    k, s1, r = roi.shape
+    ids = pa.array(list(ids), pa.string())
+    cols = [pc.take(ids, pa.array(np.repeat(np.arange(k), s1))),
+            pa.array(np.tile(np.asarray(labels, dtype=object), k), pa.string())]
+    by_roi = np.ascontiguousarray(roi.reshape(k * s1, r).T, dtype=np.float32)  # one contiguous run per column
+    cols += [pa.array(by_roi[j]) for j in range(r)]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def error_table(ids, sources, stages, errors) -> pa.Table:
+    return pa.table({"image_id": pa.array(list(ids), pa.string()), "source": pa.array(list(sources), pa.string()),
+                     "stage": pa.array(list(stages), pa.string()), "error": pa.array(list(errors), pa.string())},
+                    schema=ERROR_SCHEMA)
