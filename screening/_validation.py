@@ -26,7 +26,6 @@ def _is_int(x) -> bool:
 # Spellings of one NSD subject: 1, "1", "01", "sub-1", "sub-01", "sub01", "sub_01", "subj01", "subject01",
 # "s1", "S01", "NSD-01" (the BERG visual card's form), any case, surrounding spaces ignored.
 _SUBJECT_RE = re.compile(r"^(?:(?:sub(?:j|ject)?|s|nsd)[-_ ]?)?0*(\d+)$", re.IGNORECASE)
-SUBJECT_SPELLINGS = "1..8 (also '1', '01', 'sub-01', 'sub01', 'subj01', 's1', 'NSD-01')"
 _VALID_SUBJECTS = ("1, 2, 3, 4, 5, 6, 7, 8 (also written '01', 'sub-01', 'sub01', 'subj01', 's1', 'NSD-01'), "
                    "a list or comma-separated string of those, or 'all'")
 
