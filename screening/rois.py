@@ -8,6 +8,8 @@ Names understood (all resolve to columns of the variant's output, ascending):
 - composites from a mapping (``{"faces": ["FFC", "PIT", "V8"]}``), unions of the above;
 - custom sets given as 91k grayordinate arrays.
 Reliability filtering keeps, per subject, the vertices whose noise ceiling passes a threshold.
+An unknown name is refused with "did you mean" suggestions (:func:`suggest_names`) drawn from every name the
+context accepts (:func:`accepted_names`, its composites included) and from localiser names (FFA, PPA, EVC, MT+).
 """
 
 from __future__ import annotations
