@@ -23,6 +23,9 @@ py=$(command -v "${SCREENING_PYTHON:-python}") || { say "python '${SCREENING_PYT
 bindir=$(dirname "$py")            # not readlink -f: a venv's python is a symlink out of the venv
 export PATH="$bindir:$PATH"        # Ray's workers and any `ray` subprocess use this environment
 ray_bin=$(command -v ray) || { say "no 'ray' next to $py or on PATH (pip install 'ray[data]')"; exit 2; }
+# On TERM, `ray start` first drains the node for up to 30 s (Ray's default, for Serve traffic): as long as Slurm's
+# default KillWait, so it would be SIGKILLed mid-way. A screening job has nothing to drain when it stops.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 
 # --- resources of this node in the allocation (never constants)
 cpus=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
@@ -80,17 +83,22 @@ session_pids() {  # live processes of session $1 (from /proc: ps may be missing 
   done
 }
 cleanup() {
-  trap - EXIT TERM INT HUP USR1
+  # Ignore further signals while cleaning up: on scancel Slurm TERMs every process of the job and the batch script
+  # TERMs this one too; a second TERM must not cut the cleanup short (Ray would outlive the job, reparented to init).
+  trap - EXIT
+  trap '' TERM INT HUP USR1
   if [ -n "$ray_pid" ]; then
     # `ray start` leads a session of its own (setsid below). Ray's workers move to process groups of their own
-    # but stay in that session, so the session is what is stopped: TERM every member, KILL what is left after
-    # SCREENING_RAY_STOP_GRACE s (default 10; must end before Slurm's KillWait, default 30 s, SIGKILLs this script).
-    local i left
-    left=$(session_pids "$ray_pid")
-    [ -z "$left" ] || kill -TERM $left 2>/dev/null || true
-    for i in $(seq $(( ${SCREENING_RAY_STOP_GRACE:-10} * 5 ))); do
+    # but stay in that session, so the session is what is stopped. First TERM `ray start` alone: it shuts its
+    # children down in order (seen: all gone in ~2 s), whereas TERMing them all at once leaves some waiting for a
+    # GCS that is gone. Then TERM what is left of the session, and KILL the rest after SCREENING_RAY_STOP_GRACE s
+    # in all (default 10; must end before Slurm's KillWait, default 30 s, SIGKILLs this script).
+    local i left grace=$(( ${SCREENING_RAY_STOP_GRACE:-10} * 5 ))
+    kill -TERM "$ray_pid" 2>/dev/null || true
+    for ((i = 0; i < grace; i++)); do
       left=$(session_pids "$ray_pid")
       [ -n "$left" ] || break
+      (( i != grace * 2 / 3 )) || kill -TERM $left 2>/dev/null || true
       sleep 0.2
     done
     [ -z "$left" ] || { say "killing what is left: "$left; kill -KILL $left 2>/dev/null || true; wait 2>/dev/null; }
