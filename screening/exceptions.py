@@ -21,6 +21,7 @@ __all__ = [
     "InputChangedError",
     "RunLockedError",
     "UnitsFailedError",
+    "OutputError",
 ]
 
 
@@ -74,3 +75,7 @@ class RunLockedError(ScreeningError, RuntimeError):
 
 class UnitsFailedError(ScreeningError, RuntimeError):
     """Some units of a run could not be committed (write failures, missing or duplicated rows); the rest were."""
+
+
+class OutputError(ScreeningError, OSError):
+    """The output root could not be written (disk full, permissions, storage errors); the message says which."""

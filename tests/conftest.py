@@ -23,7 +23,9 @@ def visual_store(tmp_path_factory):
 # Fake credentials for the loopback S3 server, given to Ray workers at start (a worker's environment is fixed when the
 # local cluster starts, so a test's monkeypatch cannot reach it).
 TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                # fewer botocore retries, so the S3 fault tests reach our own retry layer in seconds
+                "AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def _committed_count(out, args) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from screening.exceptions import ScreeningError, UnitsFailedError
+    from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
     from screening.pipeline.run import screen
 
     try:
@@ -97,7 +97,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"\nscreening run: interrupted; {done}. Rerun the same command to resume: only the missing units "
               f"are screened.", file=sys.stderr)
         return 130
-    except UnitsFailedError as exc:  # not the user's mistake: the run happened, some units did not commit
+    except (UnitsFailedError, OutputError) as exc:  # not the user's mistake: the run went on, some did not commit
         print(f"screening run: {exc}", file=sys.stderr)
         return 1
     except (ScreeningError, NotADirectoryError, FileExistsError, PermissionError) as exc:

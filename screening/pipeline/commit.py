@@ -26,6 +26,7 @@ class UnitState:
     received: int = 0
     ok: int = 0
     errors: int = 0
+    read_errors: int = 0
     responses_rows: int = 0
     parts: list = field(default_factory=list)
     failures: list = field(default_factory=list)
@@ -38,6 +39,7 @@ class CommitStats:
     errors: int = 0
     committed: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)   # unit -> reason
+    unreadable: dict = field(default_factory=dict)   # unit -> (shard uri, rows with stage "read")
 
 
 class UnitLedger:
@@ -56,7 +58,7 @@ class UnitLedger:
     def add(self, receipts) -> int:
         n = 0
         cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "n_ok", "n_err",
-                                                              "responses_rows", "failure")}
+                                                              "n_read", "responses_rows", "failure")}
         rows = receipts.column("rows").to_pylist()
         for i, unit in enumerate(cols["unit"]):
             st = self.units.get(unit)
@@ -86,6 +88,7 @@ class UnitLedger:
             st.failures.append(r["failure"])
         st.ok += r["n_ok"]
         st.errors += r["n_err"]
+        st.read_errors += r["n_read"]
         st.responses_rows += r["responses_rows"]
         st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], "rows": int(idx.size),
                          "responses_rows": r["responses_rows"]})
@@ -110,7 +113,7 @@ class UnitLedger:
                  ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]]}
         marker = {
             "unit": unit, "input": st.shard.identity(), "rows": st.shard.rows, "images_ok": st.ok,
-            "errors": st.errors, "responses_rows": st.responses_rows, "files": files,
+            "errors": st.errors, "read_errors": st.read_errors, "responses_rows": st.responses_rows, "files": files,
             "parts": [p for p in st.parts if p[RESPONSES] or p[ERRORS]],
             "config_key": self.config_key, "run_id": self.run_id, "committed": utcnow(),
         }
@@ -125,6 +128,8 @@ class UnitLedger:
         self.stats.responses_rows += st.responses_rows
         self.stats.errors += st.errors
         self.stats.committed.append(unit)
+        if st.read_errors:
+            self.stats.unreadable[unit] = (st.shard.uri, st.read_errors)
         del self.units[unit]
         if self.on_commit is not None:
             self.on_commit(marker)

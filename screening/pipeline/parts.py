@@ -30,7 +30,7 @@ from screening.pipeline.tables import error_table, response_table, responses_sch
 STAGE_OK = ""
 WRITE_ATTEMPTS = 3
 RECEIPT_SCHEMA = pa.schema([("unit", pa.string()), ("responses", pa.string()), ("errors", pa.string()),
-                            ("rows", pa.binary()), ("n_ok", pa.int64()), ("n_err", pa.int64()),
+                            ("rows", pa.binary()), ("n_ok", pa.int64()), ("n_err", pa.int64()), ("n_read", pa.int64()),
                             ("responses_rows", pa.int64()), ("failure", pa.string())])
 
 
@@ -110,5 +110,6 @@ def write_parts(batch: dict, *, layout, labels, roi_names, config_key: str) -> p
             failure = _write_with_retries(fs, layout.join(err_rel), table, meta)
         receipts.append({"unit": unit, "responses": resp_rel, "errors": err_rel,
                          "rows": idx.astype(np.int32).tobytes(), "n_ok": int(ok.sum()), "n_err": int(bad.sum()),
+                         "n_read": int((sel & (stage == "read")).sum()),
                          "responses_rows": n_resp, "failure": failure or ""})
     return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)

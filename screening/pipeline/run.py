@@ -12,12 +12,13 @@ The plan, for the pending shards only::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 
-from screening.exceptions import RunLockedError, UnitsFailedError
+from screening.exceptions import InvalidParameterError, OutputError, RunLockedError, ScreeningError, UnitsFailedError
 from screening.io._fs import arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.lock import RunLock
@@ -52,6 +53,7 @@ class ScreeningResult:
     anonymous: bool | None = None
     roi_names: tuple = field(default_factory=tuple)
     failed: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -96,6 +98,8 @@ class ScreeningResult:
                 f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
                 f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
                 f"manifest: {self.manifest_path}"
+                + "".join(f"\n  UNREADABLE: {n} row(s) of {uri} could not be read (stage 'read' in errors/)"
+                          for uri, n in self.unreadable.values())
                 + "".join(f"\n  FAILED {why}" for why in self.failed.values()))
 
 
@@ -187,9 +191,26 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
     """Run the pending units of ``plan`` under the output's lock; nothing pending means no Ray or model work at all."""
     t0 = time.perf_counter()
     layout = plan.layout
-    layout.prepare()
-    with RunLock(layout) as lock:
+    with _output_errors(plan.out, "preparing"):
+        layout.prepare()
+        lock = RunLock(layout).acquire()
+    try:
         return _execute_locked(plan, layout, lock, t0)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _output_errors(out: str, doing: str):
+    """An OSError on the output root (disk full, no permission, storage down) becomes one clear OutputError."""
+    try:
+        yield
+    except ScreeningError:
+        raise
+    except (NotADirectoryError, FileExistsError, PermissionError) as exc:  # the user's path: exit 2 in the CLI
+        raise InvalidParameterError(f"out={out!r} cannot be used: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise OutputError(f"out={out!r}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0: float) -> ScreeningResult:
@@ -206,9 +227,10 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     if pending:
         ray = _ensure_ray()
         res = check_resources(plan, ray.cluster_resources())
-        n_left = layout.remove_leftovers([s.unit for s in pending], markers)
-        layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
-            "state": "running", "run_id": lock.run_id, "leftover_files_removed": n_left}, **manifest_args))
+        with _output_errors(plan.out, "removing leftovers and writing the manifest"):
+            n_left = layout.remove_leftovers([s.unit for s in pending], markers)
+            layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
+                "state": "running", "run_id": lock.run_id, "leftover_files_removed": n_left}, **manifest_args))
         stats = _run_pending(plan, pending, res, layout, lock)
     markers = layout.markers()
     seconds = time.perf_counter() - t0
@@ -216,21 +238,30 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     failed = dict(stats.failed) if stats else {}
     run_info = {"state": "complete" if all(s.unit in markers for s in plan.shards) else "incomplete",
                 "run_id": lock.run_id, "units_run": len(stats.committed) if stats else 0,
-                "units_failed": failed, "units_skipped": len(plan.shards) - len(plan.pending),
+                "units_failed": failed,
+                "unreadable_shards": {u: {"uri": uri, "rows": n} for u, (uri, n) in (stats.unreadable if stats else {}).items()},
+                "units_skipped": len(plan.shards) - len(plan.pending),
                 "seconds": round(seconds, 3), "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
     manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
-    layout.write_json(layout.join(MANIFEST), manifest)
+    manifest_note = ""
+    try:
+        layout.write_json(layout.join(MANIFEST), manifest)
+    except OSError as exc:  # the markers are the truth; the manifest is their summary
+        manifest_note = f"\n  the manifest could not be written ({type(exc).__name__}: {exc}); the commit markers are intact"
+        if not failed:
+            raise OutputError(f"out={plan.out!r}: every unit is committed, but{manifest_note[6:]}") from exc
     files = committed_files(layout)
     result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
                              errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
                              units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
                              endpoint_url=plan.endpoint_url, anonymous=plan.anonymous, roi_names=plan.roi_names,
-                             failed=failed)
+                             failed=failed, unreadable=dict(stats.unreadable) if stats else {})
     if failed:
         raise UnitsFailedError(
             f"{len(failed)} unit(s) could not be committed; the other {len(markers)} are, and a rerun redoes only "
             f"the failed ones:\n  " + "\n  ".join(list(failed.values())[:10])
-            + (f"\n  ... ({len(failed) - 10} more in {result.manifest_path})" if len(failed) > 10 else ""))
+            + (f"\n  ... ({len(failed) - 10} more in {result.manifest_path})" if len(failed) > 10 else "")
+            + manifest_note)
     return result
 
 
