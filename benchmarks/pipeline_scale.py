@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--shard-rows", type=int, default=10_000)
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    ap.add_argument("--write-batch-size", type=int, default=8192,
+                    help="images per part file (the GPU default; the driver-side sink of a00df8c had no such stage)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the commit)")
     ap.add_argument("--json", default=None, help="write the figures (and raw samples) here")
@@ -151,7 +153,8 @@ def main():
     c0 = me.cpu_times()
     t0 = time.perf_counter()
     r = screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
-               num_cpus_per_encoder=0, progress=False, _encoder_stage="null")
+               num_cpus_per_encoder=0, progress=False, write_batch_size=args.write_batch_size,
+               _encoder_stage="null")
     wall = time.perf_counter() - t0
     c1 = me.cpu_times()
     sampler.stop.set()
