@@ -414,36 +414,7 @@ def _child_env():
     return env
 
 
-@pytest.mark.timeout(300)
-def test_driver_killed_mid_run_then_rerun_does_only_missing_units(visual_store, tmp_path):
-    root = tmp_path / "in"
-    ids = make_shards(root, 6, 32, seed=11)  # one decode block and one encoder task per unit
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_cli(root, visual_store, out, "--test-throttle-s", "1.0"), cwd=REPO, env=_child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 150
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "_committed").exists() and list((out / "_committed").glob("*.json")):
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-    finally:
-        # SIGKILL the driver and the local Ray it started (its own process group), nothing else.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    first = {p.name: p.read_bytes() for p in (out / "_committed").glob("*.json")}
-    assert 1 <= len(first) < 6
-    done = subprocess.run(_cli(root, visual_store, out), cwd=REPO, env=_child_env(), capture_output=True, text=True,
-                          timeout=200, start_new_session=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "images/s" in done.stdout
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["run"]["units_run"] == 6 - len(first) and m["run"]["units_skipped"] == len(first)
-    for name, data in first.items():  # committed units were not redone
-        assert (out / "_committed" / name).read_bytes() == data
-    resp, errs = read_run(out)
-    assert_partition(resp, errs, ids, n_subjects=2)
+# The driver-kill + rerun test runs on the multi-node cluster: tests/test_cluster.py.
 
 
 # --------------------------------------------------------------------------- ray job submit against a real head node
