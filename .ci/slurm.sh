@@ -14,8 +14,8 @@ die() { echo "slurm.sh: $*" >&2; exit 1; }
 # Ports in use on this machine (any TCP state), from /proc so no ss/netstat is needed.
 used_ports() {
   local _ local_addr
-  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | while read -r _ local_addr _; do
-    [[ "$local_addr" == *:* ]] && [ "$local_addr" != local_address ] && echo $((16#${local_addr##*:}))
+  { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true; } | while read -r _ local_addr _; do
+    if [[ "$local_addr" == *:* && "$local_addr" != local_address ]]; then echo $((16#${local_addr##*:})); fi
   done
 }
 free_port_from() {  # first free TCP port >= $1 that is not in the exclusion list $2 (space separated)

@@ -51,8 +51,8 @@ extra=()
 base=${SCREENING_RAY_PORT_BASE:-20000}
 slot_size=${SCREENING_RAY_PORT_SLOT:-512}
 slots=${SCREENING_RAY_PORT_SLOTS:-24}
-used=" $(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | while read -r _ addr _; do
-  [[ "$addr" == *:* && "$addr" != local_address ]] && echo $((16#${addr##*:})); done | sort -un | tr '\n' ' ') "
+used=" $({ cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true; } | while read -r _ addr _; do
+  if [[ "$addr" == *:* && "$addr" != local_address ]]; then echo $((16#${addr##*:})); fi; done | sort -un | tr '\n' ' ') "
 slot_free() {
   local p
   for ((p = $1; p < $1 + slot_size; p++)); do [[ "$used" != *" $p "* ]] || return 1; done
@@ -81,12 +81,14 @@ session_pids() {  # live processes of session $1 (from /proc: ps may be missing 
     read -r state _ _ sid _ <<<"${st##*) }"     # fields after "(comm)": state ppid pgrp session ...
     [ "$sid" = "$1" ] && [ "$state" != Z ] && { f=${f#/proc/}; echo "${f%/stat}"; }
   done
+  return 0
 }
 cleanup() {
   # Ignore further signals while cleaning up: on scancel Slurm TERMs every process of the job and the batch script
   # TERMs this one too; a second TERM must not cut the cleanup short (Ray would outlive the job, reparented to init).
   trap - EXIT
   trap '' TERM INT HUP USR1
+  set +e                           # a failing step must not end the cleanup early
   if [ -n "$ray_pid" ]; then
     # `ray start` leads a session of its own (setsid below). Ray's workers move to process groups of their own
     # but stay in that session, so the session is what is stopped. First TERM `ray start` alone: it shuts its
@@ -101,7 +103,7 @@ cleanup() {
       (( i != grace * 2 / 3 )) || kill -TERM $left 2>/dev/null || true
       sleep 0.2
     done
-    [ -z "$left" ] || { say "killing what is left: "$left; kill -KILL $left 2>/dev/null || true; wait 2>/dev/null; }
+    [ -z "$left" ] || { say "killing what is left: "$left; kill -KILL $left 2>/dev/null; wait 2>/dev/null; }
   fi
   if [ -n "${SCREENING_RAY_LOG_DIR:-}" ] && [ -d "$tmp/session_latest/logs" ]; then
     mkdir -p "$SCREENING_RAY_LOG_DIR/$(hostname -s)-$node_index" \
