@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -95,6 +96,52 @@ def write_inputs(in_dir, rows, shard_rows, size):
     open(stamp, "w").close()
 
 
+class StackSampler(threading.Thread):
+    """``--profile-driver``: every 5 ms, the innermost frames of every driver thread (where its CPU goes)."""
+
+    def __init__(self, depth=12):
+        super().__init__(daemon=True)
+        self.depth, self.counts, self.stop = depth, {}, threading.Event()
+
+    def run(self):
+        import collections
+        import traceback
+
+        names = {}
+        self.counts = collections.Counter()
+        while not self.stop.wait(0.005):
+            names.update({t.ident: t.name for t in threading.enumerate()})
+            for ident, frame in sys._current_frames().items():
+                if ident == self.ident:
+                    continue
+                stack = traceback.extract_stack(frame)[-self.depth:]
+                key = (names.get(ident, "?"),) + tuple(f"{os.path.basename(f.filename)}:{f.name}" for f in stack)
+                self.counts[key] += 1
+
+    def report(self, n=25):
+        total = sum(self.counts.values()) or 1
+        for key, c in self.counts.most_common(n):
+            print(f"{100 * c / total:5.1f}% {key[0]}: " + " <- ".join(reversed(key[1:])))
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by name (Python's name where there is one)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    py = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        name = py.get(int(tid), f"[native] {comm}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def cpu_name():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -126,6 +173,7 @@ def main():
                     help="images per part file (the GPU default; the driver-side sink of a00df8c had no such stage)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the commit)")
+    ap.add_argument("--profile-driver", action="store_true", help="sample the driver's thread stacks")
     ap.add_argument("--json", default=None, help="write the figures (and raw samples) here")
     args = ap.parse_args()
 
@@ -149,17 +197,30 @@ def main():
     sampler = Sampler(rw._global_node.all_processes["raylet"][0].process.pid, os.path.join(out, "_committed"),
                       args.shard_rows)
     sampler.start()
+    prof = StackSampler() if args.profile_driver else None
+    if prof:
+        prof.start()
     me = psutil.Process()
     c0 = me.cpu_times()
     t0 = time.perf_counter()
+    import inspect
+
+    extra = {"write_batch_size": args.write_batch_size} if "write_batch_size" in inspect.signature(screen).parameters \
+        else {}  # the driver-side sink (before the write path) has no write stage
     r = screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
-               num_cpus_per_encoder=0, progress=False, write_batch_size=args.write_batch_size,
-               _encoder_stage="null")
+               num_cpus_per_encoder=0, progress=False, _encoder_stage="null", **extra)
     wall = time.perf_counter() - t0
     c1 = me.cpu_times()
+    per_thread = thread_cpu()
     sampler.stop.set()
     sampler.join()
-    drv_cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    if prof:
+        prof.stop.set()
+        prof.join()
+        prof.report()
+    # the memory sampler runs in this process but is the benchmark's, not the driver's: its CPU is left out
+    sampler_cpu = sum(v for k, v in per_thread.items() if k == sampler.name)
+    drv_cpu = (c1.user - c0.user) + (c1.system - c0.system) - sampler_cpu
     images = r.counts["images"]
     assert images == args.rows and r.counts["errors"] == 0, r.counts
     n_parts, med_part, min_part = part_stats(out)
@@ -187,12 +248,17 @@ def main():
     print(f"| driver CPU s (user+sys, all threads) | {fig['driver_cpu_s']} |")
     print(f"| driver CPU per image (us) | {fig['driver_cpu_us_per_image']} |")
     print(f"| driver capacity (images / driver CPU s) | {fig['driver_capacity_images_per_s']} |")
+    print(f"| memory sampler CPU s (excluded above) | {sampler_cpu:.1f} |")
     print(f"| response part files / median rows / smallest | {n_parts} / {med_part:.0f} / {min_part} |")
     print("\n| rows committed | driver RSS | driver private | largest worker RSS | largest worker private "
           "| workers private sum |\n|---|---|---|---|---|---|")
     for b in sorted(buckets):
         d = buckets[b]
         print(f"| {10 * b}-{10 * b + 10}% | " + " | ".join(f"{v / MB:.0f}" for v in d) + " |")
+    fig["sampler_cpu_s"] = round(sampler_cpu, 1)
+    fig["driver_threads_cpu_s"] = {k: round(v, 2) for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1])
+                                   if v >= 0.05}
+    print("\ndriver process CPU s by thread (whole process life):", fig["driver_threads_cpu_s"])
     fig["per_10pct_MiB"] = {f"{10 * b}-{10 * b + 10}%": [round(v / MB) for v in buckets[b]] for b in sorted(buckets)}
     if args.json:
         with open(args.json, "w") as f:

@@ -30,20 +30,14 @@ SUBJECTS = [f"sub-{i:02d}" for i in range(1, 9)] + ["mean"]
 
 
 def pipeline_row_group_rows(n_subjects: int = len(SUBJECTS)) -> int:
-    """Rows per response row group as the pipeline writes them.
+    """Rows per response row group as the pipeline writes them on GPU encoders.
 
-    ``_RoiTableSink`` (screening/io/roi_sink.py) buffers a unit's rows and writes one row group each time
-    ``flush_rows`` (65,536) or more are buffered; rows arrive image by image (``n_subjects`` rows each), so its
-    row groups hold ``flush_rows`` rows rounded up to whole images, plus at most one encoder batch. The smallest
-    such group is used here: ceil(65,536 / 9) images = 65,538 rows.
+    ``write_parts`` (screening/pipeline/parts.py) writes one part file of one row group per (write batch, unit); a
+    write batch is ``DEFAULT_WRITE_BATCH_SIZE["gpu"]`` images (8192), i.e. 8192 x 9 = 73,728 rows with 8 subjects.
     """
-    import inspect
+    from screening.pipeline.plan import DEFAULT_WRITE_BATCH_SIZE
 
-    import screening.pipeline  # noqa: F401  (imports the sink without a circular import)
-    from screening.io.roi_sink import _RoiTableSink
-
-    flush = inspect.signature(_RoiTableSink.__init__).parameters["flush_rows"].default
-    return -(-flush // n_subjects) * n_subjects
+    return DEFAULT_WRITE_BATCH_SIZE["gpu"] * n_subjects
 
 
 def generate(out: Path, n_images: int, chunk_images: int, seed: int) -> tuple[int, int]:
@@ -51,11 +45,10 @@ def generate(out: Path, n_images: int, chunk_images: int, seed: int) -> tuple[in
 
     Same schema (``responses_schema``: ``image_id`` string, ``subject`` string, one float32 column per ROI, in that
     order), same row order (image by image; per image ``sub-01`` .. ``sub-08``, ``mean``), one ``ParquetWriter``
-    per file (= one input shard of ``chunk_images`` images) and row groups of :func:`pipeline_row_group_rows` rows.
+    per file and row groups of :func:`pipeline_row_group_rows` rows (the pipeline writes one such group per part).
     """
-    import screening.pipeline  # noqa: F401
     from screening import atlas
-    from screening.io.roi_sink import responses_schema
+    from screening.pipeline.tables import responses_schema
 
     cols = list(atlas.area_names()) + [atlas.group_column(g) for g in range(1, 23)]
     schema = responses_schema(cols)

@@ -37,8 +37,9 @@ def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["model"]["synthetic"] is True
     n_images = len(list((out / "images").iterdir()))
-    responses = pd.read_parquet(out / "run" / "responses")
-    errors = pd.read_parquet(out / "run" / "errors")
+    from tests.test_pipeline import read_run
+
+    responses, errors = read_run(out / "run")   # through committed_files, as every reader must
     screened = set(responses["image_id"]) | set(errors["image_id"])
     # identical files share an image_id (content-addressed), so ids <= files
     assert 0 < len(screened) <= n_images and len(errors) == 0

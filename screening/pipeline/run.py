@@ -30,6 +30,9 @@ from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_sche
 # A write task's working set: its input batch (up to 8192 images x 9 x 379 float32 = 112 MiB), the Arrow table and
 # the Parquet encoder's buffers.
 WRITE_TASK_MEMORY = 512 * 2**20
+# Writing is mostly Arrow/Parquet encoding and I/O (measured ~0.2 ms/image); a whole CPU per write task would make it
+# wait behind decode tasks for a slot while its input piles up in the object store.
+WRITE_TASK_CPUS = 0.25
 # A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_shards' chunks
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
@@ -299,7 +302,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     )
     # Workers write; the driver gets receipts. Tasks are placed where their input blocks are (Ray's locality-aware
     # scheduling), i.e. mostly on the node that encoded them.
-    ds = ds.map_batches(write_parts, batch_format="numpy", batch_size=res.write_batch_size, num_cpus=1,
+    ds = ds.map_batches(write_parts, batch_format="numpy", batch_size=res.write_batch_size, num_cpus=WRITE_TASK_CPUS,
                         memory=WRITE_TASK_MEMORY,
                         fn_kwargs={"layout": plan.layout, "labels": list(plan.subjects) + [MEAN_SUBJECT],
                                    "roi_names": list(plan.roi_names), "config_key": plan.config_key})
