@@ -151,16 +151,19 @@ def cpu_name():
 
 
 def part_stats(out):
-    sizes = []
+    """(response files, median row-group rows, smallest row group, parts written by workers) over committed units."""
+    groups, n_files, written = [], 0, 0
     for f in os.listdir(os.path.join(out, "_committed")):
         with open(os.path.join(out, "_committed", f)) as fh:
             m = json.load(fh)
-        parts = m.get("parts")
-        if parts is None:  # the driver-side sink's layout: one file per unit
-            sizes.append(m["responses_rows"])
-        else:
-            sizes += [p["responses_rows"] for p in parts]
-    return len(sizes), (statistics.median(sizes) if sizes else 0), (min(sizes) if sizes else 0)
+        rels = m["files"]["responses"]
+        rels = [rels] if isinstance(rels, str) else rels
+        written += len(m.get("parts") or rels)
+        for rel in rels:
+            md = pq.read_metadata(os.path.join(out, rel))
+            n_files += 1
+            groups += [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    return n_files, (statistics.median(groups) if groups else 0), (min(groups) if groups else 0), written
 
 
 def main():
@@ -223,7 +226,7 @@ def main():
     drv_cpu = (c1.user - c0.user) + (c1.system - c0.system) - sampler_cpu
     images = r.counts["images"]
     assert images == args.rows and r.counts["errors"] == 0, r.counts
-    n_parts, med_part, min_part = part_stats(out)
+    n_parts, med_part, min_part, n_written = part_stats(out)
 
     buckets = {}
     for x in sampler.samples:
@@ -239,7 +242,8 @@ def main():
            "wall_s": round(wall, 1), "images_per_s": round(images / wall, 1),
            "driver_cpu_s": round(drv_cpu, 1), "driver_cpu_us_per_image": round(1e6 * drv_cpu / images, 2),
            "driver_capacity_images_per_s": round(images / drv_cpu) if drv_cpu else None,
-           "part_files": n_parts, "median_part_rows": med_part, "min_part_rows": min_part,
+           "response_files": n_parts, "median_row_group_rows": med_part, "min_row_group_rows": min_part,
+           "parts_written_by_workers": n_written,
            "load_avg_end": round(os.getloadavg()[0], 1)}
     print(f"\n{args.label or 'run'}: {images} rows, {n_units} units, image {args.image_size} px; {fig['cpu']}, "
           f"{fig['cores']} cores, Ray num_cpus={args.num_cpus}; load avg at end {fig['load_avg_end']}")
@@ -249,7 +253,8 @@ def main():
     print(f"| driver CPU per image (us) | {fig['driver_cpu_us_per_image']} |")
     print(f"| driver capacity (images / driver CPU s) | {fig['driver_capacity_images_per_s']} |")
     print(f"| memory sampler CPU s (excluded above) | {sampler_cpu:.1f} |")
-    print(f"| response part files / median rows / smallest | {n_parts} / {med_part:.0f} / {min_part} |")
+    print(f"| response files / row groups: median rows, smallest | {n_parts} / {med_part:.0f}, {min_part} |")
+    print(f"| parts written by workers (before per-unit compaction) | {n_written} |")
     print("\n| rows committed | driver RSS | driver private | largest worker RSS | largest worker private "
           "| workers private sum |\n|---|---|---|---|---|---|")
     for b in sorted(buckets):

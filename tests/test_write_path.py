@@ -358,3 +358,42 @@ def test_output_disk_full_fails_units_cleanly_and_a_rerun_completes(ray_local, v
     resp, errs = read_run(out)
     assert_partition(resp, errs, ids, n_subjects=2)
     shutil.rmtree(out)
+
+
+# --------------------------------------------------------------------------- Ctrl-C and SIGTERM (CLI)
+
+@pytest.mark.timeout(400)
+def test_interrupted_run_says_how_to_resume_and_releases_its_lock(visual_store, tmp_path):
+    import signal
+    import sys
+
+    from tests.test_pipeline import REPO, _child_env
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    ids = make_shards(root, 6, 32, seed=28)
+    cmd = [sys.executable, "-m", "screening.cli", "run", str(root), "--store", str(visual_store), "--out", str(out),
+           "--model-id", MODEL_ID, "--rois", ",".join(ROIS), "--subjects", "sub-01,sub-02", "--batch-size", "16",
+           "--write-batch-size", "32", "--no-progress", "--address", "local", "--test-throttle-s", "1.0"]
+    for sig, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")):
+        before = len(list(out.glob("_committed/*.json")))
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline and proc.poll() is None and len(list(out.glob("_committed/*.json"))) <= before:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        n = len(list(out.glob("_committed/*.json")))
+        assert proc.returncode == code, err[-2000:]
+        assert f"screening run: {word}; {n} unit(s) are committed in {out}. Rerun the same command to resume" in err
+        assert "Traceback" not in err
+        assert not (out / "_lock.json").exists(), "the lock outlived its run"
+    done = subprocess.run(cmd[:-2], cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resp, errs = read_run(out)
+    assert_partition(resp, errs, ids, n_subjects=2)

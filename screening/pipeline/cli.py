@@ -69,10 +69,23 @@ def _committed_count(out, args) -> int:
         return -1
 
 
+class _Terminated(BaseException):
+    """SIGTERM (scancel, kill, a cluster manager) as an exception, so the run lock and files are released."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
     from screening.pipeline.run import screen
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         composites = _json_arg(args.composites, "--composites")
         custom = _json_arg(args.custom_rois, "--custom-rois")
@@ -91,12 +104,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
             noise_ceiling=args.noise_ceiling, redo_changed=args.redo_changed, write_batch_size=args.write_batch_size,
             _throttle_s=args.test_throttle_s)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as exc:
         n = _committed_count(args.out, args)
         done = f"{n} unit(s) are committed in {args.out}" if n >= 0 else f"committed units stay in {args.out}"
-        print(f"\nscreening run: interrupted; {done}. Rerun the same command to resume: only the missing units "
+        what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\nscreening run: {what}; {done}. Rerun the same command to resume: only the missing units "
               f"are screened.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     except (UnitsFailedError, OutputError) as exc:  # not the user's mistake: the run went on, some did not commit
         print(f"screening run: {exc}", file=sys.stderr)
         return 1

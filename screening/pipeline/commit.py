@@ -46,8 +46,10 @@ class UnitLedger:
     """See the module docstring. ``add(receipts)`` takes one ``pyarrow.Table`` of receipts; returns rows accounted."""
 
     def __init__(self, layout: OutputLayout, shards, config_key: str, *, labels: int, run_id: str = "",
-                 on_commit=None):
+                 on_commit=None, compactor=None):
         self.layout = layout
+        self.compactor = compactor   # merges a unit's parts on a worker before its commit (see run.py)
+        self.compacting: dict = {}   # compactor key -> UnitState
         self.units = {s.unit: UnitState(s, np.zeros(s.rows, np.uint8)) for s in shards}
         self.config_key = config_key
         self.n_labels = labels
@@ -73,6 +75,7 @@ class UnitLedger:
             self._account(st, idx, {k: cols[k][i] for k in cols})
             if st.received >= st.shard.rows:
                 self._decide(st)
+        self._drain(block=False)
         return n
 
     def _account(self, st: UnitState, idx: np.ndarray, r: dict) -> None:
@@ -99,22 +102,40 @@ class UnitLedger:
             st.failures.append(f"{describe_rows(missing)} never arrived")
         if st.failures:
             self._fail(st)
+        elif self.compactor is not None and sum(1 for p in st.parts if p[RESPONSES]) > 1:
+            del self.units[st.shard.unit]
+            key = self.compactor.submit(st.shard.unit, [p[RESPONSES] for p in st.parts if p[RESPONSES]])
+            self.compacting[key] = st
         else:
             self._commit(st)
+
+    def _drain(self, block: bool) -> None:
+        """Commit the units whose compaction has finished (all of them when ``block``)."""
+        while self.compacting:
+            for key, result in self.compactor.ready(block=block):
+                st = self.compacting.pop(key)
+                self.units[st.shard.unit] = st
+                self._commit(st, compacted=result)
+            if not block:
+                return
 
     def _fail(self, st: UnitState) -> None:
         unit = st.shard.unit
         self.stats.failed[unit] = f"unit {unit!r} ({st.shard.uri}): " + "; ".join(dict.fromkeys(st.failures))
         del self.units[unit]
 
-    def _commit(self, st: UnitState) -> None:
+    def _commit(self, st: UnitState, compacted: dict | None = None) -> None:
         unit = st.shard.unit
         files = {RESPONSES: [p[RESPONSES] for p in st.parts if p[RESPONSES]],
                  ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]]}
+        if compacted and "file" in compacted:
+            files[RESPONSES] = [compacted["file"]]
         marker = {
             "unit": unit, "input": st.shard.identity(), "rows": st.shard.rows, "images_ok": st.ok,
             "errors": st.errors, "read_errors": st.read_errors, "responses_rows": st.responses_rows, "files": files,
-            "parts": [p for p in st.parts if p[RESPONSES] or p[ERRORS]],
+            "parts": [p for p in st.parts if p[RESPONSES] or p[ERRORS]],   # as written by the workers
+            "compacted": ({"file": compacted["file"], "from_parts": len(st.parts)} if compacted and "file" in compacted
+                          else {"failure": compacted["failure"]} if compacted else None),
             "config_key": self.config_key, "run_id": self.run_id, "committed": utcnow(),
         }
         try:
@@ -143,4 +164,5 @@ class UnitLedger:
         """After the stream ends, every unit still open is missing rows: it fails, naming them."""
         for st in list(self.units.values()):
             self._decide(st)
+        self._drain(block=True)
         return self.stats

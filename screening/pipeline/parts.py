@@ -113,3 +113,50 @@ def write_parts(batch: dict, *, layout, labels, roi_names, config_key: str) -> p
                          "n_read": int((sel & (stage == "read")).sum()),
                          "responses_rows": n_resp, "failure": failure or ""})
     return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
+
+
+def compact_unit(layout, unit: str, parts: list[str], *, row_group_rows: int) -> dict:
+    """Merge a unit's response parts into one file of ``row_group_rows``-row groups (a Ray task, never the driver).
+
+    Streams part by part, so memory stays about two row groups whatever the unit's size. Returns
+    ``{"file": rel path, "rows": n}``, or ``{"failure": ...}``: then the unit is committed with its parts as they are.
+    The parts themselves are removed by the commit, once the marker no longer lists them.
+    """
+    fs = layout.fs
+    rel = layout.rel_part("responses", unit, f"unit-{uuid.uuid4().hex[:12]}.parquet")
+    path = layout.join(rel)
+    try:
+        covered, buf, total = [], [], 0
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            writer = None
+            for part in parts:
+                with fs.open(layout.join(part), "rb") as pf:
+                    t = pq.read_table(pf)
+                covered += json.loads((t.schema.metadata or {}).get(b"screening.part", b"{}")).get("rows", [])
+                t = t.replace_schema_metadata(None)
+                if writer is None:
+                    meta = {b"screening.part": json.dumps({"unit": unit, "parts": len(parts)}).encode()}
+                    writer = pq.ParquetWriter(f, t.schema.with_metadata(meta))
+                buf.append(t)
+                total += t.num_rows
+                pending = pa.concat_tables(buf)
+                while pending.num_rows >= row_group_rows:
+                    writer.write_table(pending.slice(0, row_group_rows), row_group_size=row_group_rows)
+                    pending = pending.slice(row_group_rows)
+                buf = [pending]
+            if buf and buf[0].num_rows:
+                writer.write_table(buf[0], row_group_size=row_group_rows)
+            writer.close()
+        with fs.open(path, "rb") as f:  # what the marker will promise must be what is stored
+            n = pq.ParquetFile(f).metadata.num_rows
+        if n != total:
+            raise OSError(f"wrote {n} rows, expected {total}")
+        return {"file": rel, "rows": n, "covered": sorted(covered)}
+    except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the parts stay valid
+        try:
+            if fs.exists(path):
+                fs.rm(path)
+        except Exception:  # noqa: BLE001
+            pass
+        return {"failure": f"{type(exc).__name__}: {exc}"}

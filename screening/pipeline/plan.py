@@ -372,6 +372,12 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resour
     if g == 0 and lo * c > cpus:
         raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_cpus_per_encoder={c:g} needs "
                                     f"{lo * c:g} CPUs; the cluster has {cpus:g}")
+    if cpus - lo * c < 1:
+        # read and decode tasks each need a whole CPU: without one left they never start (the run would hang)
+        raise InvalidParameterError(
+            f"the Ray cluster has {cpus:g} CPU(s) and {lo} encoder(s) x num_cpus_per_encoder={c:g} hold "
+            f"{lo * c:g}; at least 1 CPU must stay free for reading and decoding. Use a smaller "
+            f"num_cpus_per_encoder (e.g. {max(0.0, (cpus - 1) / max(lo, 1)):g}) or a cluster with more CPUs")
     kind = "gpu" if g > 0 else "cpu"
     batch = plan.batch_size or DEFAULT_BATCH_SIZE[kind]
     return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=batch,

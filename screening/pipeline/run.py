@@ -30,9 +30,10 @@ from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_sche
 # A write task's working set: its input batch (up to 8192 images x 9 x 379 float32 = 112 MiB), the Arrow table and
 # the Parquet encoder's buffers.
 WRITE_TASK_MEMORY = 512 * 2**20
-# Writing is mostly Arrow/Parquet encoding and I/O (measured ~0.2 ms/image); a whole CPU per write task would make it
-# wait behind decode tasks for a slot while its input piles up in the object store.
-WRITE_TASK_CPUS = 0.25
+# Writing is mostly Arrow/Parquet encoding and I/O (~0.1 ms/image). With any CPU request, Ray Data's resource
+# allocator gave the write stage a CPU budget of 0 on a busy node (read and decode hold the reservations), so its
+# input piled up in the object store and the run crawled (seen at 1M rows); 0 CPUs lets it always run.
+WRITE_TASK_CPUS = 0
 # A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_shards' chunks
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
@@ -309,6 +310,40 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     return ds
 
 
+class _RayCompactor:
+    """Runs ``parts.compact_unit`` as Ray tasks for the ledger (which stays free of Ray)."""
+
+    def __init__(self, layout: OutputLayout, row_group_rows: int):
+        import ray
+
+        from screening.pipeline.parts import compact_unit
+
+        self.ray = ray
+        self.layout = layout
+        self.row_group_rows = row_group_rows
+        self.task = ray.remote(num_cpus=0, memory=WRITE_TASK_MEMORY)(compact_unit)
+        self.refs: set = set()
+
+    def submit(self, unit: str, parts: list[str]):
+        ref = self.task.remote(self.layout, unit, parts, row_group_rows=self.row_group_rows)
+        self.refs.add(ref)
+        return ref
+
+    def ready(self, block: bool) -> list:
+        if not self.refs:
+            return []
+        done, _ = self.ray.wait(list(self.refs), num_returns=1 if block else len(self.refs),
+                                timeout=None if block else 0)
+        out = []
+        for ref in done:
+            self.refs.discard(ref)
+            try:
+                out.append((ref, self.ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - e.g. its node died: commit the parts as written
+                out.append((ref, {"failure": f"{type(exc).__name__}: {exc}"}))
+        return out
+
+
 def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
     from ray.data import DataContext
 
@@ -321,7 +356,10 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
 
         bar = tqdm(total=sum(s.rows for s in pending), unit="img", desc="screening", file=sys.stderr,
                    dynamic_ncols=True)
-    ledger = UnitLedger(layout, pending, plan.config_key, labels=len(plan.subjects) + 1, run_id=lock.run_id)
+    labels = len(plan.subjects) + 1
+    # Compacted files have row groups of at least 8192 images (73,728 rows with 8 subjects + mean)
+    compactor = _RayCompactor(layout, max(8192, res.write_batch_size) * labels)
+    ledger = UnitLedger(layout, pending, plan.config_key, labels=labels, run_id=lock.run_id, compactor=compactor)
     try:
         ledger.commit_empty_units()
         if ledger.units:
