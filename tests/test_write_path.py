@@ -88,6 +88,42 @@ def test_unit_commits_when_every_row_arrived_once_and_lists_exactly_its_parts(tm
     assert meta["unit"] == "u" and meta["rows"] in ([[0, 1], [3, 5]], [[1, 3]])
 
 
+class InlineCompactor:
+    """The ledger's compactor interface, running ``compact_unit`` in this process (run.py runs it as Ray tasks)."""
+
+    def __init__(self, layout, row_group_rows):
+        from screening.pipeline.parts import compact_unit
+
+        self.run = lambda unit, parts: compact_unit(layout, unit, parts, row_group_rows=row_group_rows)
+        self.done = []
+
+    def submit(self, unit, parts):
+        self.done.append((unit, self.run(unit, parts)))
+        return unit
+
+    def ready(self, block):
+        out, self.done = self.done, []
+        return out
+
+
+def test_a_unit_written_in_several_parts_is_compacted_into_one_file_before_its_commit(tmp_path):
+    layout, _ = _ledger(tmp_path, rows=7)
+    shard = Shard("/in/u.parquet", "/in/u.parquet", "u", 7, 1, "v")
+    ledger = UnitLedger(layout, [shard], "key", labels=len(LABELS), compactor=InlineCompactor(layout, 6))
+    for rows in ([0, 1], [2, 3, 4], [5, 6]):
+        ledger.add(_receipts(layout, _batch("u", rows, stage=["decode"] + [""] * (len(rows) - 1))))
+    marker = json.loads((tmp_path / "out" / "_committed" / "u.json").read_text())
+    (resp,) = marker["files"]["responses"]
+    assert resp.startswith("responses/u/unit-") and marker["compacted"]["from_parts"] == 3
+    md = pq.read_metadata(tmp_path / "out" / resp)
+    assert [md.row_group(g).num_rows for g in range(md.num_row_groups)] == [6, 6]   # 4 images x 3 labels = 12 rows
+    assert sorted(pq.read_table(tmp_path / "out" / resp).column("image_id").to_pylist()) == sorted(
+        [f"u-{r}" for r in (1, 3, 4, 6)] * 3)
+    assert len(marker["files"]["errors"]) == 3   # error parts are small and stay as written
+    on_disk = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").glob("*/u/*.parquet"))
+    assert on_disk == sorted([resp] + marker["files"]["errors"])   # the merged parts are gone
+
+
 def test_a_duplicated_and_a_missing_row_fail_the_unit_naming_them(tmp_path):
     layout, ledger = _ledger(tmp_path)
     ledger.add(_receipts(layout, _batch("u", [0, 1, 2])))
