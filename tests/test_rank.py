@@ -329,6 +329,34 @@ def test_cli_reports_bad_roi(tmp_path, capsys):
     assert "unknown ROI 'FFA'" in capsys.readouterr().err
 
 
+def test_single_roi_run_skips_selectivity_with_a_note(tmp_path, capsys):
+    """A run screened with ``--rois FFC`` has one ROI column and no area to compare against."""
+    from screening.cli import main
+    from screening.rank import RankingNote, read_rankings_metadata
+
+    rng = np.random.default_rng(3)
+    run = tmp_path / "run"
+    (run / "responses").mkdir(parents=True)
+    df = _table(60, ["sub-01", "sub-02", "mean"], rng, columns=["FFC"])
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), run / "responses" / "part-0.parquet")
+    (run / "manifest.json").write_text(json.dumps({"rois": {"FFC": {"n_vertices": {"sub-01": 300, "sub-02": 310}}}}))
+    out = run / "rankings"
+    assert main(["rank", str(run / "responses"), str(out), "--top-k", "5", "--null-draws", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "screening rank: note: selectivity skipped: nothing to compare against" in err
+    assert "['FFC']" in err  # names the columns it had
+    got = read_rankings(out)
+    assert set(got.kind) == {"topk", "bottomk", "consensus"}
+    meta = read_rankings_metadata(out)
+    assert meta["selectivity"] is False
+    assert len(meta["notes"]) == 1 and meta["notes"][0].startswith("selectivity skipped")
+    assert meta["members"] == {"FFC": ["FFC"]}
+    # the Python API warns with the same note
+    with pytest.warns(RankingNote, match="selectivity skipped: nothing to compare against"):
+        rows = rank(df, top_k=3, **FAST)
+    assert "selectivity" not in set(rows.kind)
+
+
 # -- pipeline runs, Parquet row groups, atlas groups --------------------------------------------------
 def test_pipeline_run_reads_committed_files_and_manifest(tmp_path):
     rng = np.random.default_rng(7)

@@ -13,6 +13,7 @@ import os
 import posixpath
 import sys
 import time
+import warnings
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +23,7 @@ from screening.exceptions import InvalidParameterError
 from screening.rank._engine import (
     CONSENSUS_SUBJECT,
     RANKINGS_SCHEMA,
+    RankingNote,
     SETS_SCHEMA,
     RankConfig,
     Ranker,
@@ -33,6 +35,8 @@ __all__ = [
     "rank",
     "rank_with_sets",
     "read_rankings",
+    "read_rankings_metadata",
+    "RankingNote",
     "DEFAULT_COMPOSITES",
     "RANKINGS_SCHEMA",
     "SETS_SCHEMA",
@@ -103,10 +107,15 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
         ofs, opath = filesystem_for(out, endpoint_url=endpoint_url, anonymous=anonymous)
         meta = {"screening.rank": json.dumps({
             "top_k": cfg.top_k, "bottom_k": cfg.bottom_k, "contrasts": [c[0] for c in ranker.contrast_pairs],
-            "contrast_by": cfg.contrast_by, "selectivity": cfg.selectivity, "comparison": cfg.comparison,
+            "contrast_by": cfg.contrast_by, "selectivity": ranker.selectivity, "comparison": cfg.comparison,
             "consensus": cfg.consensus, "n_null": cfg.n_null, "null_draws": cfg.null_draws,
             "null_quantile": cfg.null_quantile, "seed": cfg.seed, "n_rows": ranker.n_rows,
             "n_images": len(ranker.image_ids), "subjects": ranker.subjects,
+            # what was left out and why (e.g. selectivity without a comparison set); the report shows these
+            "notes": ranker.notes,
+            # the table columns each ranked ROI averages (vertex-weighted), so a reader can see what "faces" was
+            "members": {t.name: list(t.members) for t in ranker.targets
+                        if t.name in set(ranker.ranked_names) | {n for c in ranker.contrast_pairs for n in c[1:]}},
         })}
         t = pa.Table.from_pandas(rows, schema=RANKINGS_SCHEMA, preserve_index=False)
         write_table(t.replace_schema_metadata(meta), ofs, posixpath.join(opath, RANKINGS_FILE))
@@ -215,6 +224,22 @@ def read_rankings(path, *, endpoint_url=None, anonymous=None) -> pd.DataFrame:
     return ds.dataset(p, format="parquet", filesystem=fs).to_table().to_pandas()
 
 
+def read_rankings_metadata(path, *, endpoint_url=None, anonymous=None) -> dict:
+    """The parameters and notes :func:`rank` stored with ``rankings.parquet`` (schema metadata key
+    ``screening.rank``); ``{}`` for a file written without them."""
+    import pyarrow.parquet as pq
+
+    fs, p = filesystem_for(path, endpoint_url=endpoint_url, anonymous=anonymous)
+    if fs.isdir(p):
+        p = posixpath.join(p, RANKINGS_FILE)
+    if not fs.exists(p):
+        raise InvalidParameterError(f"rankings={path!r} has no {RANKINGS_FILE}")
+    with fs.open(p, "rb") as f:
+        meta = pq.read_schema(f).metadata or {}
+    raw = meta.get(b"screening.rank")
+    return json.loads(raw.decode()) if raw else {}
+
+
 # -- CLI -------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``screening rank`` arguments."""
@@ -255,15 +280,22 @@ def run_from_args(args: argparse.Namespace) -> int:
     if "://" not in str(args.out) and os.path.isfile(args.out):  # found only after the scans otherwise
         raise InvalidParameterError(f"out={args.out!r} is a file; give a folder for {RANKINGS_FILE}")
     try:
-        rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
-                    contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
-                    comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
-                    null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
-                    batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                    endpoint_url=args.endpoint_url, anonymous=args.anonymous, progress=progress)
+        with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
+            warnings.simplefilter("always", RankingNote)
+            rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
+                        contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
+                        comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
+                        null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
+                        batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
+                        endpoint_url=args.endpoint_url, anonymous=args.anonymous, progress=progress)
     except InvalidParameterError as exc:
         print(f"screening rank: error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:
+        if issubclass(w.category, RankingNote):
+            print(f"screening rank: note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     counts = rows.groupby("kind").size().to_dict()
     print(f"wrote {len(rows)} ranking rows {counts} to {posixpath.join(str(args.out), RANKINGS_FILE)} "
           f"in {time.perf_counter() - t0:.1f}s")

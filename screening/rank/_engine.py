@@ -106,6 +106,10 @@ def validate_config(cfg: RankConfig) -> RankConfig:
     return cfg
 
 
+class RankingNote(UserWarning):
+    """A ranking ran but left something out (e.g. selectivity without a comparison set); see ``notes``."""
+
+
 class _Evaluator:
     """Computes target values ``(rows, targets)`` from the member columns, per subject weights."""
 
@@ -220,6 +224,7 @@ class Ranker:
         self.composites = composites
         self.progress = progress or (lambda msg: None)
         self._draw_cache = {}
+        self.notes: list[str] = []  # caveats (skipped lists); written to the rankings metadata
         names = dataset.schema.names
         missing = [k for k in KEY_COLUMNS if k not in names]
         if missing:
@@ -304,15 +309,20 @@ class Ranker:
                         targets[n] = res.resolve(n)
                 self.contrast_pairs.append((f"{pa_}{CONTRAST_JOIN}{pb}", pa_, pb))
         self.comparison_names = []
-        if cfg.selectivity:
+        self.selectivity = bool(cfg.selectivity)
+        if self.selectivity:
             comp = cfg.comparison if cfg.comparison else res.area_columns
             for n in comp:
                 if n not in targets:
                     targets[n] = res.resolve(n)
                 self.comparison_names.append(n)
             if not self.comparison_names:
-                raise InvalidParameterError("selectivity needs a comparison set; the table has no area column and "
-                                            "comparison= was not given")
+                # e.g. a run screened with --rois FFC: its only column is the ROI itself. The other lists are
+                # still meaningful, so skip selectivity and say so rather than failing the whole ranking.
+                self._note(f"selectivity skipped: nothing to compare against (the table's ROI columns "
+                           f"{self.roi_columns[:6]}{' ...' if len(self.roi_columns) > 6 else ''} include no "
+                           f"HCP-MMP area column such as L_V1, and comparison= was not given)")
+                self.selectivity = False
         self.targets = list(targets.values())
         self.tindex = {t.name: i for i, t in enumerate(self.targets)}
         self.ranked = np.array([self.tindex[t.name] for t in ranked], dtype=np.int64)
@@ -325,6 +335,13 @@ class Ranker:
             ex = [i for i, n in enumerate(self.comparison_names)
                   if n == t.name or (t.areas & self.targets[self.tindex[n]].areas)]
             self.sel_excl.append(np.array(ex, dtype=np.int64))
+            if self.selectivity and len(ex) == len(self.comparison_names):
+                self._note(f"selectivity of {t.name} skipped: every comparison ROI overlaps it")
+
+    def _note(self, msg: str) -> None:
+        """Record a caveat of this ranking (rankings metadata ``notes``) and warn."""
+        self.notes.append(msg)
+        warnings.warn(msg, RankingNote, stacklevel=4)
 
     # -- main ------------------------------------------------------------------------------------
     def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -341,7 +358,7 @@ class Ranker:
         self.rows = {c: [] for c in RANKINGS_SCHEMA.names}
         self.sets: list[dict] = []
         self._emit_topk()
-        if self.contrast_pairs or cfg.selectivity or (cfg.consensus and self.real_subjects):
+        if self.contrast_pairs or self.selectivity or (cfg.consensus and self.real_subjects):
             self._scan2()
         rows = _concat(self.rows)
         sets = pd.DataFrame(self.sets, columns=SETS_SCHEMA.names)
@@ -533,7 +550,7 @@ class Ranker:
         do_cons = cfg.consensus and bool(self.real_subjects)
         for ci, chunk in enumerate(chunks):
             first = ci == 0
-            sel = first and cfg.selectivity
+            sel = first and self.selectivity
             con_pairs = self.contrast_pairs if first else []
             need = set(self.ranked[chunk].tolist()) if do_cons else set()
             if sel:
