@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 from screening.store._fs import filesystem_for  # noqa: F401  (the one implementation, re-exported)
-
-
-def is_s3(uri) -> bool:
-    return os.fspath(uri).startswith("s3://")
 
 
 def to_uri(fs, path: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,10 +121,3 @@ def make_contact_sheet(top, bottom, images: dict, *, title: str, out_png, column
         y += h
     sheet.save(out_png, format="PNG")
     return str(out_png)
-
-
-def image_to_png_bytes(data: bytes) -> bytes:
-    """Re-encode an image as PNG (used for inline previews)."""
-    buf = io.BytesIO()
-    _thumb(data).save(buf, format="PNG")
-    return buf.getvalue()
