@@ -166,6 +166,44 @@ def part_stats(out):
     return n_files, (statistics.median(groups) if groups else 0), (min(groups) if groups else 0), written
 
 
+def worker_costs(work, images=8192, n_rois=379, repeats=3):
+    """CPU cost per image of the worker-side write path, in this process: ``write_parts`` on one write batch and
+    ``compact_unit`` merging a 10,000-image unit written as 4 parts (local disk). Medians of ``repeats``."""
+    from screening.pipeline.outputs import OutputLayout
+    from screening.pipeline.parts import compact_unit, write_parts
+
+    labels = [f"sub-{i:02d}" for i in range(1, 9)] + ["mean"]
+    rois = [f"roi{j}" for j in range(n_rois)]
+    rng = np.random.default_rng(0)
+
+    def batch(unit, rows):
+        n = len(rows)
+        return {"unit": np.array([unit] * n, dtype=object), "row": np.asarray(rows),
+                "image_id": np.array([f"{unit}-{r:06d}" for r in rows], dtype=object),
+                "source": np.array([""] * n, dtype=object), "stage": np.array([""] * n, dtype=object),
+                "error": np.array([""] * n, dtype=object),
+                "roi": rng.standard_normal((n, len(labels), n_rois), dtype=np.float32)}
+
+    out = {"write_parts_us_per_image": [], "compact_unit_us_per_image": []}
+    for k in range(repeats):
+        layout = OutputLayout(os.path.join(work, f"wc{k}"))
+        b = batch("w", range(images))
+        t = time.process_time()
+        write_parts(b, layout=layout, labels=labels, roi_names=rois, config_key="k")
+        out["write_parts_us_per_image"].append(1e6 * (time.process_time() - t) / images)
+        parts = []
+        for lo in range(0, 10_000, 2_500):
+            r = write_parts(batch("c", range(lo, lo + 2_500)), layout=layout, labels=labels, roi_names=rois,
+                            config_key="k")
+            parts.append(r.column("responses")[0].as_py())
+        t = time.process_time()
+        res = compact_unit(layout, "c", parts, row_group_rows=8192 * len(labels))
+        assert "file" in res, res
+        out["compact_unit_us_per_image"].append(1e6 * (time.process_time() - t) / 10_000)
+        shutil.rmtree(os.path.join(work, f"wc{k}"))
+    return {k: round(statistics.median(v), 1) for k, v in out.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -177,6 +215,8 @@ def main():
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the commit)")
     ap.add_argument("--profile-driver", action="store_true", help="sample the driver's thread stacks")
+    ap.add_argument("--worker-costs", action="store_true",
+                    help="only measure the worker-side write path's CPU per image (no Ray), then exit")
     ap.add_argument("--json", default=None, help="write the figures (and raw samples) here")
     args = ap.parse_args()
 
@@ -186,6 +226,13 @@ def main():
     from screening.pipeline import screen
 
     work = args.workdir or tempfile.mkdtemp(prefix="scalebench")
+    if args.worker_costs:
+        costs = worker_costs(work)
+        print(f"worker-side write path, {cpu_name()}: {costs}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"cpu": cpu_name(), **costs}, f, indent=1)
+        return
     in_dir = os.path.join(work, "in")
     t = time.perf_counter()
     write_inputs(in_dir, args.rows, args.shard_rows, args.image_size)

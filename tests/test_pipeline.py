@@ -196,6 +196,7 @@ def test_local_end_to_end_partition_and_manifest(local_run):
     assert len(result.responses()) == len(resp) and len(result.errors()) == len(errs)
     assert result.responses_dataset().count() == len(resp)
     assert "images/s" in result.summary()
+    assert result.summary().startswith("SYNTHETIC WEIGHTS")   # the test store is synthetic, and says so
 
 
 @pytest.mark.timeout(120)

@@ -189,7 +189,7 @@ def reliability_rois(store, model_id: str, variant: str, roi_set, subjects, thre
 
 def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
                batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
-               num_cpus_per_encoder=1, fast_decode=False, image_column="image", id_column="image_id",
+               num_cpus_per_encoder=1, fast_decode=True, image_column="image", id_column="image_id",
                endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
                noise_ceiling="test_n-avg", redo_changed=False, write_batch_size=None,
                encoder_stage="model") -> ScreeningPlan:
