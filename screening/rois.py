@@ -1,11 +1,14 @@
-"""ROI names → model-vertex index sets, for one checkpoint variant.
+"""ROI names → model-vertex index sets, for one checkpoint variant; and the one ROI grammar.
 
-Names understood (all resolve to columns of the variant's output, ascending):
+:func:`expand_roi` is the only parser of ROI names in the package: ``screening run`` / the API
+(:func:`resolve_roi`), ``screening rank`` (``rank._rois.RoiResolver``) and the report's flatmap outlines all call
+it, each with its own :class:`Vocabulary` (the areas and groups that exist there). Names understood:
 - areas ``L_FFC`` / ``R_FFC`` (HCP-MMP1.0);
 - bilateral areas without prefix, ``FFC`` = ``L_FFC`` ∪ ``R_FFC`` (the plain mean over the union is
   the vertex-weighted mean of the two hemispheres);
 - Glasser groups ``group_01`` .. ``group_22``;
-- composites from a mapping (``{"faces": ["FFC", "PIT", "V8"]}``), unions of the above;
+- composites from a mapping (``{"faces": ["FFC", "PIT", "V8"]}``, default :data:`DEFAULT_COMPOSITES`), unions of
+  the above, and their hemisphere versions ``L_faces`` / ``R_faces`` (that side's areas);
 - custom sets given as 91k grayordinate arrays.
 Reliability filtering keeps, per subject, the vertices whose noise ceiling passes a threshold.
 An unknown name is refused with "did you mean" suggestions (:func:`suggest_names`) drawn from every name the
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NoReturn
 
 import numpy as np
 
@@ -28,6 +32,16 @@ _GROUP_RE = re.compile(r"^group_(\d{1,2})$")
 # how users write a group: group4, Group-04, GlasserGroup_4 (MOSAIC's name), glasser_group 4
 _LOOSE_GROUP_RE = re.compile(r"^(?:glasser)?[-_ ]?group[-_ ]?0*(\d{1,2})$", re.IGNORECASE)
 PerSubject = Mapping[str, np.ndarray]
+HEMISPHERES = ("L_", "R_")
+
+#: Composites shipped with the engine (MMP1.0 area names, bilateral unless ``L_``/``R_``-prefixed): the defaults
+#: of ``screening rank`` / ``screening report`` and the outlines of the flatmaps.
+DEFAULT_COMPOSITES: dict[str, tuple[str, ...]] = {
+    "faces": ("FFC", "PIT", "V8"),
+    "places": ("PHA1", "PHA2", "PHA3"),
+    "PHA1-3": ("PHA1", "PHA2", "PHA3"),
+    "early_visual": ("V1", "V2", "V3", "V4"),
+}
 
 #: Functional-localiser names users type, with the MMP1.0 names that stand for them (model-spec.md:
 #: faces ~ FFC, places ~ PHA1-3, early visual = V1..V4; Glasser et al. 2016's MT+ complex = MT, MST, V4t, FST).
@@ -63,6 +77,38 @@ def _group_columns(variant: str) -> dict[str, np.ndarray]:
     return {atlas.group_column(g): np.flatnonzero(groups == g) for g in np.unique(groups)}
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """The area and group names that exist in one context (a variant, the atlas, a responses table).
+
+    ``absent`` ends the message for a well-formed group name the context lacks ("has no vertices in ...").
+    """
+
+    areas: tuple
+    groups: tuple
+    absent: str
+    area_set: frozenset = field(init=False, repr=False, compare=False)
+    group_set: frozenset = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "area_set", frozenset(self.areas))
+        object.__setattr__(self, "group_set", frozenset(self.groups))
+
+
+@lru_cache(maxsize=4)
+def variant_vocabulary(variant: str) -> Vocabulary:
+    """Areas and groups with model vertices in ``variant`` (label order; groups ascending)."""
+    return Vocabulary(tuple(_area_columns(variant)), tuple(sorted(_group_columns(variant))),
+                      f"has no vertices in variant {variant!r}")
+
+
+@lru_cache(maxsize=1)
+def atlas_vocabulary() -> Vocabulary:
+    """All 360 HCP-MMP1.0 areas and the 22 Glasser groups, vertices or not (for drawing outlines)."""
+    return Vocabulary(tuple(str(a) for a in atlas.area_names()),
+                      tuple(atlas.group_column(g) for g in range(1, 23)), "is not a Glasser group")
+
+
 def default_roi_names(variant: str) -> list[str]:
     """Every area with vertices in the variant (label order), then its Glasser groups."""
     areas = [n for n in atlas.area_names() if n in _area_columns(variant)]
@@ -76,19 +122,31 @@ def valid_names_hint(variant: str) -> str:
             f"bilateral names like {', '.join(bilateral[:3])}, ..., groups {', '.join(sorted(_group_columns(variant)))}")
 
 
+def accepted_in(vocab: Vocabulary, composites: Mapping[str, Iterable[str]] | None = None,
+                present=None) -> list[str]:
+    """Every name the grammar accepts in ``vocab``: areas, bilateral names, groups, then composites and their
+    ``L_``/``R_`` versions. ``present(atoms)`` may refuse a name whose atoms the context lacks."""
+    bilateral = sorted({n[2:] for n in vocab.areas} - set(vocab.areas))
+    plain = list(vocab.areas) + bilateral + list(vocab.groups)
+    present = present or (lambda atoms: True)
+    out = [n for n in plain if present(expand_roi(n, vocab))]
+    for c in composites or {}:
+        for name in (c, "L_" + c, "R_" + c):
+            if name in out:
+                continue
+            try:
+                ok = present(expand_roi(name, vocab, composites, unknown=_quiet))
+            except InvalidParameterError:  # a member unknown here, or no member on that side
+                ok = False
+            if ok:
+                out.append(name)
+    return out
+
+
 def accepted_names(variant: str, composites: Mapping[str, Iterable[str]] | None = None) -> list[str]:
-    """Every name :func:`resolve_roi` accepts in ``variant``: areas, bilateral names, groups, then composites."""
-    areas = _area_columns(variant)
-    bilateral = sorted({n[2:] for n in areas} - set(areas))
-    plain = list(areas) + bilateral + sorted(_group_columns(variant))
-    known = set(plain)
-
-    def ok(c, seen=()):  # every member resolves in this variant; no resolve_roi call (it may be raising now)
-        members = list((composites or {}).get(c) or ())
-        return bool(members) and c not in seen and all(
-            m in known or (m in composites and ok(m, seen + (c,))) for m in members)
-
-    return plain + [c for c in (composites or {}) if c not in known and ok(c)]
+    """Every name :func:`resolve_roi` accepts in ``variant``: areas, bilateral names, groups, then composites
+    (and their ``L_``/``R_`` versions)."""
+    return accepted_in(variant_vocabulary(variant), composites)
 
 
 def suggest_names(name: str, accepted: Iterable[str], n: int = 5) -> list[str]:
@@ -131,41 +189,84 @@ def did_you_mean(name: str, accepted: Iterable[str]) -> str:
     return "; did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
 
 
-def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]] | None = None,
-                _seen: tuple = ()) -> np.ndarray:
-    """Model-column indices (ascending, unique) of one named ROI in ``variant``."""
-    if not isinstance(name, str):
-        raise InvalidParameterError(f"ROI names must be strings; got {name!r} ({type(name).__name__})")
-    areas, groups = _area_columns(variant), _group_columns(variant)
-    if name in areas:
-        return areas[name]
-    if name in groups:
-        return groups[name]
+def _quiet(name: str, within: tuple) -> NoReturn:
+    raise InvalidParameterError(f"unknown ROI {name!r}")
+
+
+def _split_hemisphere(name: str) -> tuple[str, str]:
+    return (name[:2], name[2:]) if name[:2] in HEMISPHERES else ("", name)
+
+
+def expand_roi(name: str, vocab: Vocabulary, composites: Mapping[str, Iterable[str]] | None = None, *,
+               unknown: Callable[[str, tuple], NoReturn] = _quiet, _seen: tuple = ()) -> tuple[str, ...]:
+    """The one ROI grammar: a name → its atoms (area names ``L_X``/``R_X``, group names ``group_NN``), first-seen order.
+
+    In order: an area or group of ``vocab`` is its own atom; a composite is the union of its members (areas,
+    bilateral names, groups, other composites); ``L_<composite>`` / ``R_<composite>`` keeps that side's areas;
+    a bilateral name ``X`` is the sides ``L_X``, ``R_X`` that ``vocab`` has. Anything else goes to
+    ``unknown(name, composites_it_sits_in)``, which raises the caller's message.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"ROI names must be non-empty strings; got {name!r} ({type(name).__name__})")
+    if name in vocab.area_set or name in vocab.group_set:
+        return (name,)
     m = _GROUP_RE.match(name)
-    if m:
-        raise InvalidParameterError(
-            f"ROI {name!r} has no vertices in variant {variant!r}; groups present: {', '.join(sorted(groups))}")
-    if composites and name in composites:
-        if name in _seen:
-            raise InvalidParameterError(f"composite ROI {name!r} refers to itself via {' -> '.join(_seen)}")
-        parts = list(composites[name])
-        if not parts:
-            raise InvalidParameterError(f"composite ROI {name!r} lists no members")
-        return np.unique(np.concatenate([resolve_roi(p, variant, composites, _seen + (name,)) for p in parts]))
-    hemis = [areas[h + name] for h in ("L_", "R_") if h + name in areas]
-    if hemis:
-        return np.unique(np.concatenate(hemis))
-    # the suggestions cover every name that works here, this context's composites included
-    hint = did_you_mean(name, accepted_names(variant, composites))
-    if name in atlas.roi_grayordinates() or ("L_" + name) in atlas.roi_grayordinates():
-        why = ("the visual variant keeps Glasser groups 1-5" if variant == "visual"
-               else "MOSAIC excludes all its grayordinates")
-        raise InvalidParameterError(f"ROI {name!r} exists in the atlas but has no vertices in variant {variant!r} "
-                                    f"({why}){hint}")
-    where = f" (a member of composite {_seen[-1]!r})" if _seen else ""
-    raise InvalidParameterError(f"Unknown ROI {name!r}{where}; valid ROIs: {valid_names_hint(variant)}"
-                                + (f", composites {', '.join(composites)}" if composites else "")
-                                + f" (`screening rois` lists them all){hint}")
+    if m and name == atlas.group_column(int(m.group(1))):  # canonical spelling; group4 etc. get suggestions
+        raise InvalidParameterError(f"ROI {name!r} {vocab.absent}; groups present: {', '.join(vocab.groups)}")
+    composites = composites or {}
+    if name in composites:
+        return _expand_composite(name, vocab, composites, unknown, _seen)
+    hemi, base = _split_hemisphere(name)
+    if hemi and base in composites:
+        atoms = _expand_composite(base, vocab, composites, unknown, _seen)
+        groups = [a for a in atoms if a in vocab.group_set]
+        if groups:
+            raise InvalidParameterError(f"ROI {name!r}: composite {base!r} has group member(s) {groups}, which span "
+                                        f"both hemispheres; a {hemi} version takes areas only")
+        side = tuple(a for a in atoms if a.startswith(hemi))
+        if not side:
+            raise InvalidParameterError(f"composite {name!r} has no member in hemisphere {hemi[0]}")
+        return side
+    sides = tuple(h + name for h in HEMISPHERES if h + name in vocab.area_set)
+    if sides:
+        return sides
+    unknown(name, _seen)
+    raise AssertionError("unknown() must raise")  # pragma: no cover
+
+
+def _expand_composite(name, vocab, composites, unknown, seen) -> tuple[str, ...]:
+    if name in seen:
+        raise InvalidParameterError(f"composite ROI {name!r} refers to itself via {' -> '.join(seen + (name,))}")
+    members = list(composites[name] or ())
+    if not members:
+        raise InvalidParameterError(f"composite ROI {name!r} lists no members")
+    atoms: dict[str, None] = {}
+    for member in members:
+        atoms.update(dict.fromkeys(expand_roi(member, vocab, composites, unknown=unknown, _seen=seen + (name,))))
+    return tuple(atoms)
+
+
+def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]] | None = None) -> np.ndarray:
+    """Model-column indices (ascending, unique) of one named ROI in ``variant`` (grammar: :func:`expand_roi`)."""
+    vocab = variant_vocabulary(variant)
+
+    def unknown(bad: str, within: tuple) -> NoReturn:
+        # the suggestions cover every name that works here, this context's composites included
+        hint = did_you_mean(bad, accepted_names(variant, composites))
+        if bad in atlas.roi_grayordinates() or ("L_" + bad) in atlas.roi_grayordinates():
+            why = ("the visual variant keeps Glasser groups 1-5" if variant == "visual"
+                   else "MOSAIC excludes all its grayordinates")
+            raise InvalidParameterError(f"ROI {bad!r} exists in the atlas but has no vertices in variant "
+                                        f"{variant!r} ({why}){hint}")
+        where = f" (a member of composite {within[-1]!r})" if within else ""
+        raise InvalidParameterError(f"Unknown ROI {bad!r}{where}; valid ROIs: {valid_names_hint(variant)}"
+                                    + (f", composites {', '.join(composites)}" if composites else "")
+                                    + f" (`screening rois` lists them all){hint}")
+
+    atoms = expand_roi(name, vocab, composites, unknown=unknown)
+    areas, groups = _area_columns(variant), _group_columns(variant)
+    cols = [areas[a] if a in areas else groups[a] for a in atoms]
+    return cols[0].copy() if len(cols) == 1 else np.unique(np.concatenate(cols))
 
 
 def grayordinates_to_columns(grayordinates, variant: str, name: str = "custom") -> np.ndarray:

@@ -320,6 +320,41 @@ def test_errors_name_the_bad_value(kwargs, match):
         rank(_hand_table(), **kwargs)
 
 
+@pytest.mark.parametrize("roi, hint", [
+    ("FFA", "; did you mean 'FFC'?"),                 # localiser name -> the area the table has
+    ("l_ffc", "did you mean 'L_FFC'"),                # case
+    ("L_FFX", "did you mean 'L_FFC' or 'R_FFC'?"),    # typo; only columns the table holds are offered
+])
+def test_unknown_roi_suggests_only_names_the_table_takes(roi, hint):
+    with pytest.raises(InvalidParameterError, match=f"unknown ROI {roi!r}") as e:
+        rank(_hand_table(), rois=[roi], **FAST)
+    assert str(e.value).endswith(hint) or hint in str(e.value)
+    assert "PIT" not in str(e.value).split("did you mean")[1]  # faces needs L_PIT: not offered
+
+
+def test_rank_takes_the_grammar_of_screening_rois():
+    """One grammar: composites nest, groups are members, a hemisphere version keeps that side's areas."""
+    from screening.rank._rois import RoiResolver
+
+    cols = AREAS + ["group_01"]
+    res = RoiResolver(cols, ["sub-01"], composites={"inner": ["PHA1", "L_V1"], "outer": ["inner", "FFC"],
+                                                    "withgroup": ["group_01", "FFC"]})
+    assert res.resolve("outer").members == ("L_PHA1", "R_PHA1", "L_V1", "L_FFC", "R_FFC")
+    assert res.resolve("R_outer").members == ("R_PHA1", "R_FFC")
+    t = res.resolve("withgroup")
+    assert t.members == ("group_01", "L_FFC", "R_FFC")
+    assert {"L_V1", "R_V1"} <= t.areas  # group_01 (V1) is left out of its own selectivity comparison
+    w = res.resolve("withgroup").weights["sub-01"]
+    assert w.tolist() == [int((atlas.glasser_group_id() == 1).sum()), 151, 167]
+    with pytest.raises(InvalidParameterError, match="span both hemispheres"):
+        res.resolve("L_withgroup")
+    res.composites["twice"] = ("group_01", "V1")
+    with pytest.raises(InvalidParameterError, match="count vertices twice: group_01 contains L_V1"):
+        res.resolve("twice")
+    with pytest.raises(InvalidParameterError, match=r"'V2' needs column\(s\) \['L_V2', 'R_V2'\]"):
+        res.resolve("V2")
+
+
 def test_cli_reports_bad_roi(tmp_path, capsys):
     from screening.cli import main
 

@@ -1,7 +1,8 @@
 """Resolve ranking ROI names to vertex-weighted combinations of response-table columns.
 
 A *target* is one ranked quantity: either a column of the responses table (``L_FFC``, ``group_04``,
-a user ROI written by the pipeline) or a vertex-weighted mean of area columns:
+a user ROI written by the pipeline) or a vertex-weighted mean of area (and group) columns, the names parsed by
+the package's one ROI grammar (:func:`screening.rois.expand_roi`):
 
 * a bilateral area ``FFC`` = ``L_FFC`` ∪ ``R_FFC``;
 * a named composite from the ROI config (``faces: [FFC, PIT, V8]``), bilateral, and its hemisphere
@@ -20,16 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from screening import atlas
+from screening import atlas, rois
 from screening.exceptions import InvalidParameterError
-
-#: Composites shipped with the engine (MMP1.0 area names, bilateral unless ``L_``/``R_``-prefixed).
-DEFAULT_COMPOSITES: dict[str, tuple[str, ...]] = {
-    "faces": ("FFC", "PIT", "V8"),
-    "places": ("PHA1", "PHA2", "PHA3"),
-    "PHA1-3": ("PHA1", "PHA2", "PHA3"),
-    "early_visual": ("V1", "V2", "V3", "V4"),
-}
+from screening.rois import DEFAULT_COMPOSITES  # noqa: F401  (re-exported: rank's default composites)
 
 #: Separator of the two sides of a contrast; it cannot occur in an area or composite name.
 CONTRAST_SEP = ":"
@@ -113,6 +107,12 @@ def _atlas_vertex_counts() -> dict[str, int]:
     return {name: int(g.size) for name, g in atlas.roi_grayordinates().items()}
 
 
+@lru_cache(maxsize=1)
+def _group_vertex_counts() -> dict[str, int]:
+    ids, n = np.unique(atlas.glasser_group_id(), return_counts=True)
+    return {atlas.group_column(g): int(c) for g, c in zip(ids, n)}
+
+
 def area_vertex_counts() -> dict[str, int]:
     """Area column (``L_FFC``) -> number of model vertices (grayordinates kept by MOSAIC)."""
     return dict(_atlas_vertex_counts())
@@ -147,6 +147,7 @@ class RoiResolver:
         self.manifest_rois = manifest_rois or {}
         self._atlas_counts = area_vertex_counts()
         self.area_columns = [c for c in self.columns if c in self._atlas_counts]
+        self._vocab = self._vocabulary()
 
     # -- vertex counts ---------------------------------------------------------------------------
     def vertex_count(self, column: str, subject: str) -> float:
@@ -160,6 +161,8 @@ class RoiResolver:
                 return float(np.mean(vals))
         if column in self._atlas_counts:
             return float(self._atlas_counts[column])
+        if column in self._vocab.group_set:  # a group column, as a composite member
+            return float(_group_vertex_counts()[column])
         raise InvalidParameterError(
             f"no vertex count for column {column!r}: it is not an atlas area and the manifest's rois has no n_vertices for it")
 
@@ -178,28 +181,45 @@ class RoiResolver:
         names += [b for b in self.bilateral_names() if b not in self._colset]
         for comp in self.composites:
             for name in (comp, "L_" + comp, "R_" + comp):
-                if name in self._colset or name in names:
-                    continue
-                try:
-                    self.resolve(name)
-                except InvalidParameterError:
-                    continue
-                names.append(name)
+                if name not in self._colset and name not in names and self._resolves(name):
+                    names.append(name)
         return names
 
-    def _expand_area(self, name: str, hemis: tuple[str, ...]) -> list[str]:
-        if name[:2] in ("L_", "R_"):
-            if name[:2][0] not in hemis:
-                return []
-            cols = [name]
-        else:
-            cols = [f"{h}_{name}" for h in hemis]
-        missing = [c for c in cols if c not in self._colset]
-        if missing or not cols:
-            raise InvalidParameterError(
-                f"area {name!r} needs column(s) {missing} which the responses table lacks; "
-                f"area columns present: {len(self.area_columns)} (e.g. {self.area_columns[:4]})")
-        return cols
+    def _vocabulary(self) -> rois.Vocabulary:
+        # areas with model vertices, plus any atlas-area column of the table; groups are the table's
+        areas = dict.fromkeys(rois.variant_vocabulary("all").areas)
+        areas.update(dict.fromkeys(self.area_columns))
+        groups = tuple(c for c in self.columns if c in rois.atlas_vocabulary().group_set)
+        return rois.Vocabulary(tuple(areas), groups, "has no column in the responses table")
+
+    def _resolves(self, name: str) -> bool:
+        try:
+            atoms = rois.expand_roi(name, self._vocab, self.composites)
+        except InvalidParameterError:
+            return False
+        return all(a in self._colset for a in atoms)
+
+    def _unknown(self, name: str, within: tuple):
+        accepted = list(self.columns) + rois.accepted_in(self._vocab, self.composites,
+                                                         present=lambda atoms: set(atoms) <= self._colset)
+        hint = rois.did_you_mean(name, accepted)
+        valid = sorted(set(self.bilateral_names()) | set(self.composites))
+        where = f" (a member of composite {within[-1]!r})" if within else ""
+        raise InvalidParameterError(
+            f"unknown ROI {name!r}{where}; valid: a responses column ({self.columns[:3]} ... {len(self.columns)} in "
+            f"all), a bilateral area ({valid[:5]} ...), a composite {sorted(self.composites)} or its L_/R_ version"
+            + hint)
+
+    def _covered_areas(self, atoms) -> frozenset:
+        """Area columns a target covers (left out of its selectivity comparison); a group covers its areas."""
+        out = set()
+        for a in atoms:
+            if a in self._atlas_counts:
+                out.add(a)
+            elif a in self._vocab.group_set:
+                g = int(a[len("group_"):])
+                out.update(c for c in self.area_columns if area_group(c) == g)
+        return frozenset(out)
 
     def resolve(self, name: str) -> Target:
         """Resolve one ROI name.
@@ -207,56 +227,26 @@ class RoiResolver:
         Raises
         ------
         InvalidParameterError
-            If the name is neither a column, a bilateral area, nor a (hemisphere-prefixed) composite.
+            If the name is neither a column nor a name of the ROI grammar (:func:`screening.rois.expand_roi`)
+            whose areas are all columns; an unknown name gets "did you mean" suggestions.
         """
         if not isinstance(name, str) or not name:
             raise InvalidParameterError(f"ROI name must be a non-empty string; got {name!r}")
         if name in self._colset:
-            areas = frozenset([name]) if name in self._atlas_counts else frozenset()
-            if name.startswith("group_"):
-                try:
-                    g = int(name[6:])
-                    areas = frozenset(c for c in self.area_columns if area_group(c) == g)
-                except ValueError:
-                    pass
-            return Target(name, (name,), areas, {s: np.ones(1) for s in self.subjects})
-        hemis, base = ("L", "R"), name
-        if name[:2] in ("L_", "R_") and name[2:] in self.composites:
-            hemis, base = (name[0],), name[2:]
-        if base in self.composites:
-            cols: list[str] = []
-            for member in self.composites[base]:
-                for c in self._expand_area(member, hemis):
-                    if c not in cols:
-                        cols.append(c)
-            if not cols:
-                raise InvalidParameterError(f"composite {name!r} has no member in hemisphere {hemis[0]}")
-        elif f"L_{name}" in self._colset and f"R_{name}" in self._colset:
-            cols = [f"L_{name}", f"R_{name}"]
-        else:
-            valid = sorted(set(self.bilateral_names()) | set(self.composites))
+            return Target(name, (name,), self._covered_areas([name]), {s: np.ones(1) for s in self.subjects})
+        atoms = rois.expand_roi(name, self._vocab, self.composites, unknown=self._unknown)
+        missing = [a for a in atoms if a not in self._colset]
+        overlap = [(g, a) for g in atoms if g in self._vocab.group_set for a in atoms
+                   if a in self._atlas_counts and area_group(a) == int(g[len("group_"):])]
+        if overlap:  # the weighted mean of columns is the union's mean only for disjoint members
+            raise InvalidParameterError(f"ROI {name!r} would count vertices twice: {overlap[0][0]} contains "
+                                        f"{overlap[0][1]}; list either the group or its areas")
+        if missing:
             raise InvalidParameterError(
-                f"unknown ROI {name!r}; valid: a responses column ({self.columns[:3]} ... {len(self.columns)} in all), "
-                f"a bilateral area ({valid[:5]} ...), a composite {sorted(self.composites)} or its L_/R_ version")
-        weights = {s: np.array([self.vertex_count(c, s) for c in cols]) for s in self.subjects}
-        return Target(name, tuple(cols), frozenset(c for c in cols if c in self._atlas_counts), weights)
-
-    def hemisphere_versions(self, name: str) -> list[str]:
-        """``[name, L_name, R_name]`` where the hemisphere versions resolve; else ``[name]``."""
-        if name in self._colset and name[:2] in ("L_", "R_"):
-            return [name]
-        if name[:2] in ("L_", "R_"):
-            return [name]
-        out = [name]
-        for h in ("L_", "R_"):
-            cand = h + name
-            if cand in self._colset or (name in self.composites):
-                try:
-                    self.resolve(cand)
-                    out.append(cand)
-                except InvalidParameterError:
-                    pass
-        return out
+                f"ROI {name!r} needs column(s) {missing} which the responses table lacks; "
+                f"area columns present: {len(self.area_columns)} (e.g. {self.area_columns[:4]})")
+        weights = {s: np.array([self.vertex_count(c, s) for c in atoms]) for s in self.subjects}
+        return Target(name, atoms, self._covered_areas(atoms), weights)
 
 
 def parse_contrast(spec) -> tuple[str, str]:

@@ -34,37 +34,26 @@ def flat_surfaces() -> dict:
 
 def roi_grayordinate_mask(name: str) -> np.ndarray:
     """Boolean (91282,) mask of an outline ROI: an area (``L_FFC``), a bilateral area (``FFC``),
-    a group (``group_04``) or a default composite (``faces``, ``L_places`` ...)."""
-    from screening.rank._rois import DEFAULT_COMPOSITES
+    a group (``group_04``) or a default composite (``faces``, ``L_places`` ...), parsed by the one ROI
+    grammar (:func:`screening.rois.expand_roi`) over the whole atlas."""
+    from screening import rois
+
+    vocab = rois.atlas_vocabulary()
+
+    def unknown(bad: str, within: tuple):
+        hint = rois.did_you_mean(bad, rois.accepted_in(vocab, rois.DEFAULT_COMPOSITES))
+        raise InvalidParameterError(
+            f"outline ROI {name!r} is not valid; use an area (L_FFC), a bilateral area (FFC), group_01..group_22 "
+            f"or a composite {sorted(rois.DEFAULT_COMPOSITES)}{hint}")
 
     mask = np.zeros(atlas.N_GRAYORDINATES, dtype=bool)
     areas = atlas.roi_grayordinates()
-    if name.startswith("group_"):
-        try:
-            g = int(name[6:])
-        except ValueError:
-            g = -1
-        if not 1 <= g <= 22:
-            raise InvalidParameterError(f"outline ROI {name!r} is not valid; groups are group_01..group_22")
-        mask[atlas.vertex_mapping_all()[atlas.glasser_group_id() == g]] = True
-        return mask
-    hemis, base = ("L", "R"), name
-    if name[:2] in ("L_", "R_"):
-        hemis, base = (name[0],), name[2:]
-    members = DEFAULT_COMPOSITES.get(base, (base,))
-    found = False
-    for m in members:
-        mh = (m[0],) if m[:2] in ("L_", "R_") else hemis
-        mb = m[2:] if m[:2] in ("L_", "R_") else m
-        for h in mh:
-            g = areas.get(f"{h}_{mb}")
-            if g is not None:
-                mask[g] = True
-                found = True
-    if not found:
-        raise InvalidParameterError(
-            f"outline ROI {name!r} is not valid; use an area (L_FFC), a bilateral area (FFC), group_01..group_22 "
-            f"or a composite {sorted(DEFAULT_COMPOSITES)}")
+    for atom in rois.expand_roi(name, vocab, rois.DEFAULT_COMPOSITES, unknown=unknown):
+        if atom in areas:
+            mask[areas[atom]] = True
+        else:
+            g = int(atom[len("group_"):])
+            mask[atlas.vertex_mapping_all()[atlas.glasser_group_id() == g]] = True
     return mask
 
 
