@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import io
 import json
 import re
@@ -17,50 +19,70 @@ from PIL import Image
 
 from screening import atlas
 from screening.exceptions import InvalidParameterError
-from screening.report import fetch_images, write_report
+from screening.report import describe_roi, fetch_image_records, fetch_images, histogram_thresholds, write_report
+from screening.report.describe import short_name
 from screening.report.flatmap import draw_flatmap, hemisphere_values, roi_grayordinate_mask
 
 COLUMNS = ["L_V1", "L_FFC", "L_PHA1", "L_PHA2", "L_PHA3", "R_V1", "R_FFC", "R_PHA1", "R_PHA2", "R_PHA3", "group_01"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _jpeg(rng, w, h):
+def _jpeg(rng, w, h, fmt="JPEG"):
     arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
     arr[: h // 2] = rng.integers(0, 255, 3, dtype=np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=85)
+    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 
-def _make_run(tmp_path, n=40, store=None, model_id="fmri-mosaic-CNN8_multihead_subNSD_verticesAll"):
+WORDS = ["kitchen", "giraffe", "surfer", "bus", "teddy", "clock", "pizza", "tennis", "harbour", "zebra"]
+
+
+def _image_id(i):
+    return hashlib.sha256(f"image {i}".encode()).hexdigest()[:16]  # 16 hex, as the pipeline's ids look
+
+
+def _source(i):
+    # every 5th a PNG; one name carries HTML, which the page must escape
+    if i == 7:
+        return "/data/stimuli/<b>odd</b> & name.jpg"
+    return f"/data/stimuli/{WORDS[i % len(WORDS)]}_{i:03d}.{'png' if i % 5 == 4 else 'jpg'}"
+
+
+def _make_run(tmp_path, n=40, store=None, model_id="fmri-mosaic-CNN8_multihead_subNSD_verticesAll", columns=COLUMNS):
     rng = np.random.default_rng(0)
     run = tmp_path / "run"
     images = tmp_path / "images"
     for d in (run / "responses", run / "errors", images):
         d.mkdir(parents=True)
-    ids = [f"img{i:03d}" for i in range(n)]
+    ids = [_image_id(i) for i in range(n)]
+    shard_paths = []
     for k in range(2):  # two image shards
-        part = ids[k::2]
-        blobs = [_jpeg(rng, 96 + 8 * (i % 3), 80) for i in range(len(part))]
-        pq.write_table(pa.table({"image_id": part, "image": pa.array(blobs, pa.binary()),
-                                 "source": [f"mem://{i}" for i in part],
-                                 "width": pa.array([96 + 8 * (i % 3) for i in range(len(part))], pa.int32()),
-                                 "height": pa.array([80] * len(part), pa.int32())}), images / f"shard-{k}.parquet")
+        idx = list(range(k, n, 2))
+        blobs = [_jpeg(rng, 96 + 8 * (i % 3), 80, "PNG" if i % 5 == 4 else "JPEG") for i in idx]
+        path = images / f"shard-{k}.parquet"
+        pq.write_table(pa.table({"image_id": [ids[i] for i in idx], "image": pa.array(blobs, pa.binary()),
+                                 "source": [_source(i) for i in idx],
+                                 "width": pa.array([96 + 8 * (i % 3) for i in idx], pa.int32()),
+                                 "height": pa.array([80] * len(idx), pa.int32())}), path)
+        shard_paths.append(str(path))
     frames = []
     for s in ["sub-01", "sub-02", "mean"]:
         d = {"image_id": ids, "subject": s}
-        for c in COLUMNS:
+        for c in columns:
             d[c] = rng.normal(size=n).astype(np.float32)
         frames.append(pd.DataFrame(d))
     pq.write_table(pa.Table.from_pandas(pd.concat(frames), preserve_index=False), run / "responses" / "part-0.parquet")
-    pq.write_table(pa.table({"image_id": ["bad1"], "source": ["mem://bad1"], "stage": ["decode"],
+    pq.write_table(pa.table({"image_id": ["bad1"], "source": ["/data/stimuli/broken.jpg"], "stage": ["decode"],
                              "error": ["ImageDecodeError: not an image"]}), run / "errors" / "part-0.parquet")
     manifest = {
         "engine_version": "0.1.0", "created": "2026-01-01T00:00:00Z",
         "config": {"images": str(images), "store": str(store) if store else str(tmp_path / "no-store")},
         "model": {"model_id": model_id, "variant": "all", "checkpoint_sha256": "ab" * 32, "synthetic": True,
                   "width": 16},
-        "rois": {}, "shards": [], "counts": {"images": n, "responses_rows": 3 * n, "errors": 1},
+        "rois": {}, "shards": [{"path": p, "unit": f"shard-{k}", "state": "committed"} for k, p in
+                               enumerate(shard_paths)],
+        "counts": {"images": n, "responses_rows": 3 * n, "errors": 1},
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
     return run
@@ -109,39 +131,185 @@ def test_flatmap_rejects_bad_input(tmp_path):
 
 
 def test_fetch_images_reads_only_requested_ids(tmp_path):
-    run = _make_run(tmp_path, n=10)
-    got = fetch_images(str(tmp_path / "images"), ["img003", "img004", "nope"])
-    assert sorted(got) == ["img003", "img004"]
-    assert Image.open(io.BytesIO(got["img003"])).format == "JPEG"
-    assert run.exists()
+    _make_run(tmp_path, n=10)
+    a, b = _image_id(3), _image_id(4)
+    got = fetch_images(str(tmp_path / "images"), [a, b, "nope"])
+    assert sorted(got) == sorted([a, b])
+    assert Image.open(io.BytesIO(got[a])).format == "JPEG" and Image.open(io.BytesIO(got[b])).format == "PNG"
+    # the manifest's shard list works too; without bytes only the id and source come back
+    shards = [str(p) for p in sorted((tmp_path / "images").glob("*.parquet"))]
+    recs = fetch_image_records(shards, [a, "nope"], with_bytes=False)
+    assert recs == {a: {"bytes": None, "source": "/data/stimuli/bus_003.jpg"}}
+    with pytest.raises(InvalidParameterError, match=r"image shard\(s\) \[.*gone.parquet'\] do not exist"):
+        fetch_image_records(shards + [str(tmp_path / "gone.parquet")], [a])
+    with pytest.raises(InvalidParameterError, match=r"no id_column 'uid'; their columns: \['image_id', 'image'"):
+        fetch_image_records(shards, [a], id_column="uid")
+
+
+def test_describe_roi_names_the_parts():
+    assert describe_roi("FFC", ["L_FFC", "R_FFC"], n_vertices={"L_FFC": 151, "R_FFC": 167}) == (
+        "bilateral area FFC (Glasser group 4, Ventral Stream Visual) = L_FFC (151 vertices) ∪ R_FFC (167 vertices); "
+        "the response is the mean over all these vertices.")
+    faces = describe_roi("faces", ["L_FFC", "R_FFC", "L_PIT", "R_PIT", "L_V8", "R_V8"])
+    assert faces.startswith("composite of FFC, PIT, V8 (a name without L_/R_ = both hemispheres) = L_FFC ∪ R_FFC")
+    assert describe_roi("L_places", ["L_PHA1", "L_PHA2", "L_PHA3"]).startswith("composite of L_PHA1, L_PHA2, L_PHA3")
+    g4 = describe_roi("group_04", ["group_04"])
+    assert g4 == "Glasser group 4, Ventral Stream Visual: areas V8, FFC, PIT, VMV1, VMV3, VMV2, VVC (both hemispheres)"
+    assert describe_roi("group_01", ["group_01"]) == "Glasser group 1, Primary Visual: areas V1 (both hemispheres)"
+    assert "left hemisphere" in describe_roi("L_V1", ["L_V1"])
+    assert describe_roi("FFC", ["FFC"]).startswith("HCP-MMP1.0 area FFC, both hemispheres")  # a --rois FFC column
+    assert "union of FFC, PIT" in describe_roi("myfaces", ["myfaces"], {"composites": {"myfaces": ["FFC", "PIT"]}})
+
+
+def test_short_name():
+    assert short_name("/data/stimuli/cat.jpg") == "cat.jpg"
+    assert short_name("s3://bucket/a/b/dog.png") == "dog.png"
+    assert short_name("tar://photos/x/y.jpg::/data/archive.tar") == "y.jpg"
+    assert short_name("shard-0.parquet#row=3") == "shard-0.parquet"
+    assert short_name(None) is None and short_name("") is None
+
+
+# -- histogram thresholds ---------------------------------------------------------------------------------
+def test_histogram_thresholds_are_the_kth_largest_and_smallest():
+    values = np.array([5.0, 1, 12, 7, np.nan, 3, 9, 2, 11, 4, 8, 6, 10])  # 1..12 shuffled, one NaN
+    assert histogram_thresholds(values, 3, 3) == (10.0, 3.0)
+    assert histogram_thresholds(values, 1, 1) == (12.0, 1.0)
+    assert histogram_thresholds(values, 12, 12) == (1.0, 12.0)  # a list of everything starts at the other end
+    assert histogram_thresholds(values, 0, 13) == (None, None)  # off / longer than the values
+
+
+def _thresholds_on_page(page):
+    out = {}
+    for m in re.finditer(r'<img src="hist_([^"]+)\.png"[^>]*data-top-threshold="([^"]*)" '
+                         r'data-bottom-threshold="([^"]*)"', page):
+        out[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+    return out
+
+
+def test_report_histogram_lines_sit_at_the_kth_values(tmp_path):
+    from screening.rank import read_rankings
+
+    run = _make_run(tmp_path, n=40)
+    page = open(write_report(run, rois=["FFC", "V1"], top_k=10, bottom_k=5, flatmaps=False), encoding="utf-8").read()
+    thr = _thresholds_on_page(page)
+    assert set(thr) == {"FFC", "V1"}
+    resp = pd.read_parquet(run / "responses")
+    resp = resp[resp.subject == "mean"]
+    rk = read_rankings(str(run / "rankings"))
+    # V1 = vertex-weighted mean of L_V1 and R_V1 (atlas counts)
+    n = {c: len(atlas.roi_grayordinates()[c]) for c in ("L_V1", "R_V1")}
+    v1 = np.sort((resp.L_V1 * n["L_V1"] + resp.R_V1 * n["R_V1"]).to_numpy(np.float64) / (n["L_V1"] + n["R_V1"]))
+    assert thr["V1"][0] == pytest.approx(v1[-10], rel=1e-5)  # 10th largest
+    assert thr["V1"][1] == pytest.approx(v1[4], rel=1e-5)  # 5th smallest
+    assert v1[0] < thr["V1"][1] < thr["V1"][0] < v1[-1]  # not at the minimum / maximum
+    for roi, (top, bottom) in thr.items():
+        t = rk[(rk.roi == roi) & (rk.subject == "mean") & (rk.kind == "topk")].sort_values("rank")
+        b = rk[(rk.roi == roi) & (rk.subject == "mean") & (rk.kind == "bottomk")].sort_values("rank")
+        assert top == pytest.approx(t.response.iloc[9], rel=1e-5) and bottom == pytest.approx(b.response.iloc[4], rel=1e-5)
 
 
 # -- the page ---------------------------------------------------------------------------------------------
-def test_report_page_complete(tmp_path):
+def test_report_page_complete(tmp_path, monkeypatch):
+    import screening.report as report
+
+    labels = []
+    real_draw = report.draw_flatmap
+
+    def spy(values, **kw):
+        labels.append(kw.get("colorbar_label"))
+        return real_draw(values, **kw)
+
+    monkeypatch.setattr(report, "draw_flatmap", spy)
     run = _make_run(tmp_path)
     index = write_report(run, predict_91k=_fake_predict, top_k=10, bottom_k=5)
     page = open(index, encoding="utf-8").read()
+    out = run / "report"
     assert (run / "rankings" / "rankings.parquet").exists()  # ranked because rankings/ was missing
     assert "SYNTHETIC WEIGHTS — responses are not brain predictions" in page
     for roi in ("FFC", "PHA1-3", "V1", "group_01"):
+        assert f'href="sheet_{roi}.png"' in page, roi
+        for prefix in ("hist", "flatmap"):
+            assert f'src="{prefix}_{roi}.png"' in page, (prefix, roi)
         for prefix in ("sheet", "hist", "flatmap"):
-            assert f"src='{prefix}_{roi}.png'" in page, (prefix, roi)
-            assert (run / "report" / f"{prefix}_{roi}.png").stat().st_size > 1000
+            assert (out / f"{prefix}_{roi}.png").stat().st_size > 1000
+    assert labels and set(labels) == {"predicted response (model output units)"}  # colour bar units
     assert "flatmap unavailable" not in page
     assert "ImageDecodeError: not an image" in page and "errors (1)" in page
-    srcs = re.findall(r"<img src='([^']+)'", page)
+    srcs = re.findall(r'<img src="([^"]+)"', page) + re.findall(r'<a href="([^"#]+)"', page)
     assert srcs and all(not s.startswith(("/", "http", "file:")) for s in srcs)  # relative links only
-    sheet = Image.open(run / "report" / "sheet_FFC.png")
+    assert all((out / html.unescape(s)).is_file() for s in srcs), [s for s in srcs if not (out / s).is_file()]
+    sheet = Image.open(out / "sheet_FFC.png")
     assert sheet.width >= 10 * 132 and sheet.height > 2 * 132  # 10 top thumbnails, bottom row below
+    # every thumbnail links the original bytes, under the right extension
+    shards = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "images").glob("*.parquet"))])
+    blob = dict(zip(shards.image_id, shards.image))
+    links = re.findall(r'<figure class="thumb" data-image-id="([0-9a-f]{16})">\n<a href="(images/[^"]+)"', page)
+    assert len(links) == 4 * 15  # 10 + 5 per ROI
+    for image_id, href in links:
+        assert (out / href).read_bytes() == blob[image_id]
+        assert href.endswith(".png" if Image.open(io.BytesIO(blob[image_id])).format == "PNG" else ".jpg")
+    assert any(h.endswith(".png") for _, h in links) and any(h.endswith(".jpg") for _, h in links)
+    # file names beside the ids; HTML in a name is escaped (autoescape), never markup
+    names = {_image_id(i): _source(i).rsplit("/", 1)[1] for i in range(40)}
+    shown = re.findall(r'data-image-id="([0-9a-f]{16})">.*?<span class="fn" title="[^"]*">([^<]*)</span>', page,
+                       re.S)
+    assert shown and all(html.unescape(name) == names[i] for i, name in shown)
+    assert "<b>odd</b>" not in page
+    # what each ROI is made of, and the legend
+    assert "bilateral area FFC (Glasser group 4, Ventral Stream Visual) = L_FFC" in page
+    assert "composite of PHA1, PHA2, PHA3" in page
+    assert "Glasser group 1, Primary Visual: areas V1 (both hemispheres)" in page
+    for term in ("z", "margin", "p_null"):
+        assert f"<dt>{term}</dt>" in page
+    assert "(response − mean) / std over the screened set" in page
+    assert "score − the 95th percentile of the single-image null" in page
+    assert "(1 + #{null ≥ score}) / (1 + n_null)" in page
+    assert "Small set: the single-image null holds only 40 images" in page  # p-values on a tiny set
+    assert "both lists are cut" not in page  # 10 + 5 <= 40: nothing to cap
+
+
+def test_small_set_caps_k_and_lists_do_not_overlap(tmp_path):
+    run = _make_run(tmp_path, n=12)
+    page = open(write_report(run, rois=["FFC", "V1"], flatmaps=False), encoding="utf-8").read()  # rank's k = 25
+    assert page.count("both lists are cut to k = floor(12/2) = 6 so that no image is in both") == 2
+    for roi in ("FFC", "V1"):
+        top, bottom = _grid_ids(page, roi, "top"), _grid_ids(page, roi, "bottom")
+        assert len(top) == len(bottom) == 6 and not set(top) & set(bottom)
+    assert "p_null cannot fall below 1/(12+1) = 0.077" in page
+    # the lines mark where the shown lists start: 6th largest / 6th smallest, not the set's max / min
+    resp = pd.read_parquet(run / "responses")
+    n = {c: len(atlas.roi_grayordinates()[c]) for c in ("L_FFC", "R_FFC")}
+    m = resp[resp.subject == "mean"]
+    ffc = np.sort((m.L_FFC * n["L_FFC"] + m.R_FFC * n["R_FFC"]).to_numpy(np.float64) / (n["L_FFC"] + n["R_FFC"]))
+    top, bottom = _thresholds_on_page(page)["FFC"]
+    assert top == pytest.approx(ffc[-6], rel=1e-5) and bottom == pytest.approx(ffc[5], rel=1e-5)
+    assert ffc[0] < top < ffc[-1] and ffc[0] < bottom < ffc[-1]
+
+
+def _grid_ids(page, roi, which):
+    m = re.search(rf'<div class="grid" data-roi="{re.escape(roi)}" data-list="{which}">(.*?)</div>', page, re.S)
+    assert m, (roi, which)
+    return re.findall(r'data-image-id="([^"]+)"', m.group(1))
+
+
+def test_report_shows_skipped_selectivity(tmp_path):
+    """A run screened with --rois FFC: rank skips selectivity with a note and the page shows it."""
+    run = _make_run(tmp_path, n=20, columns=["FFC"])
+    page = open(write_report(run, flatmaps=False), encoding="utf-8").read()
+    assert "ranking: selectivity skipped: nothing to compare against" in page
+    assert "No selectivity list: selectivity skipped" in page
+    assert "HCP-MMP1.0 area FFC, both hemispheres (L_FFC ∪ R_FFC), screened as one ROI" in page
 
 
 def test_report_records_flatmap_unavailable(tmp_path):
     run = _make_run(tmp_path)
     page = open(write_report(run, rois=["V1"], top_k=3, bottom_k=0), encoding="utf-8").read()
     assert "flatmap unavailable:" in page  # the manifest's store does not exist
-    assert "src='sheet_V1.png'" in page
+    assert 'href="sheet_V1.png"' in page and 'data-list="bottom"' not in page
     with pytest.raises(InvalidParameterError, match=r"ROI\(s\) \['NOPE'\] are not in the rankings; valid:"):
         write_report(run, rois=["NOPE"])
+    with pytest.raises(InvalidParameterError, match=r"top_k must be an integer >= 0 or None; got -1"):
+        write_report(run, top_k=-1)
 
 
 def test_report_flatmap_through_the_model(tmp_path, visual_store):
@@ -155,18 +323,27 @@ def test_report_flatmap_through_the_model(tmp_path, visual_store):
 def test_report_renders_in_headless_chromium(tmp_path):
     from pathlib import Path
 
-    run = _make_run(tmp_path)
-    index = write_report(run, rois=["FFC", "V1"], predict_91k=_fake_predict, top_k=10, bottom_k=5)
+    run = _make_run(tmp_path, n=12)  # a small set: rank's k = 25 > 12 / 2
+    index = Path(write_report(run, rois=["FFC", "V1"], predict_91k=_fake_predict))
 
-    dom = _chromium_dom(Path(index))
-    n_imgs = len(re.findall(r"<img ", open(index, encoding="utf-8").read()))
-    assert n_imgs == 6  # sheet, histogram, flatmap per ROI
+    dom = _chromium_dom(index)
+    n_imgs = len(re.findall(r"<img ", index.read_text(encoding="utf-8")))
+    assert n_imgs == 2 * (2 + 6 + 6)  # histogram, flatmap, 6 + 6 thumbnails per ROI
     m = re.search(r'data-images="(\d+)" data-broken-images="(\d+)"', dom)
     assert m, dom[:500]
     assert int(m.group(1)) == n_imgs and m.group(2) == "0", re.findall(r'data-broken-src="[^"]*"', dom)
+    # the rendered DOM names the files, and top and bottom share no image
+    names = {_image_id(i): _source(i).rsplit("/", 1)[1] for i in range(12)}
+    for roi in ("FFC", "V1"):
+        top, bottom = _grid_ids(dom, roi, "top"), _grid_ids(dom, roi, "bottom")
+        assert len(top) == 6 and len(bottom) == 6 and not set(top) & set(bottom), (top, bottom)
+    captions = re.findall(r'data-image-id="([0-9a-f]{16})">.*?<span class="fn" title="[^"]*">([^<]*)</span>', dom,
+                          re.S)
+    assert len(captions) == 24 and all(html.unescape(n) == names[i] for i, n in captions)
+    assert "<b>odd</b>" not in dom and html.escape("<b>odd</b> & name.jpg", quote=False) in dom
     # and the check itself can fail: break one link
-    page = Path(index).read_text(encoding="utf-8").replace("src='sheet_V1.png'", "src='missing.png'")
-    broken = Path(index).with_name("broken.html")
+    page = index.read_text(encoding="utf-8").replace('src="hist_V1.png"', 'src="missing.png"')
+    broken = index.with_name("broken.html")
     broken.write_text(page, encoding="utf-8")
     dom = _chromium_dom(broken)
     assert 'data-broken-images="1"' in dom and "missing.png" in dom

@@ -1,6 +1,8 @@
-"""Contact sheets: top-k thumbnails (rank and score) above bottom-k, one PNG per ROI."""
+"""Image access for the report: filtered shard reads, thumbnails, full-size copies, contact-sheet PNGs."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pyarrow as pa
@@ -8,9 +10,104 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from PIL import Image, ImageDraw, ImageFont
 
+from screening.exceptions import InvalidParameterError
+
 THUMB = 132
 CAPTION = 30
 PAD = 6
+
+
+def _open_shards(images, filesystem=None, endpoint_url=None, anonymous=None):
+    """A dataset over image shards: a folder/glob (listed as the pipeline lists it), a list of shard
+    paths/URIs (a manifest's ``shards``), or a dataset."""
+    if isinstance(images, ds.Dataset):
+        return images
+    from screening.io.image_source import list_shards
+    from screening.store._fs import filesystem_for
+
+    def fs_path(p):
+        if filesystem is not None:
+            return filesystem, str(p)
+        return filesystem_for(str(p), endpoint_url=endpoint_url, anonymous=anonymous)
+
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InvalidParameterError("images=[] lists no image shard")
+        fs = fs_path(images[0])[0]
+        paths = [fs_path(p)[1] for p in images]
+        missing = [p for p in paths if not fs.exists(p)]
+        if missing:
+            raise InvalidParameterError(f"image shard(s) {missing[:3]} do not exist ({len(missing)} of {len(paths)})")
+        return ds.dataset(paths, format="parquet", filesystem=fs)
+    fs, path = fs_path(images)
+    # only *.parquet: ingest writes CSV reports beside them
+    return ds.dataset(list_shards(fs, path), format="parquet", filesystem=fs)
+
+
+def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_id", image_column="image",
+                        source_column="source", with_bytes=True, endpoint_url=None,
+                        anonymous=None) -> dict[str, dict]:
+    """``{image_id: {"bytes": ..., "source": ...}}`` of the given images, one read with a pushed-down
+    ``image_id`` filter that decodes only the id, image and source columns (without the image column
+    when ``with_bytes=False``: then ``bytes`` is ``None``).
+
+    Parameters
+    ----------
+    images : str, list of str or pyarrow.dataset.Dataset
+        Folder (or glob) of image shards, a list of shard paths/URIs, or a dataset; columns ``image_id``,
+        ``image`` (binary or Hugging Face ``{bytes, path}`` struct) and optionally ``source``.
+    image_ids : iterable of str
+    filesystem : fsspec filesystem, optional
+    id_column, image_column, source_column : str
+        Column names (the run manifest's ``config.id_column`` / ``config.image_column``). ``source``
+        falls back to the struct's ``path``, else ``None``.
+    with_bytes : bool, default=True
+    endpoint_url, anonymous : optional
+        S3 access for ``s3://`` shards.
+
+    Returns
+    -------
+    dict of str to dict
+        Only the ids found (first occurrence).
+
+    Raises
+    ------
+    InvalidParameterError
+        If the shards have no ``id_column`` or ``image_column`` (the message lists their columns).
+    """
+    ids = sorted({str(i) for i in image_ids})
+    if not ids:
+        return {}
+    dataset = _open_shards(images, filesystem, endpoint_url, anonymous)
+    names = dataset.schema.names
+    for what, col in (("id_column", id_column), ("image_column", image_column)):
+        if col not in names:
+            raise InvalidParameterError(f"the image shards have no {what} {col!r}; their columns: {names}")
+    value_set = pa.array(ids, pa.string())
+    id_type = dataset.schema.field(id_column).type
+    if id_type != pa.string():
+        value_set = value_set.cast(id_type)
+    has_source = source_column in names
+    struct_path = pa.types.is_struct(dataset.schema.field(image_column).type)
+    cols = [id_column] + ([image_column] if with_bytes or (struct_path and not has_source) else []) + (
+        [source_column] if has_source else [])
+    table = dataset.to_table(columns=cols, filter=ds.field(id_column).isin(value_set))
+    blobs, paths = [None] * table.num_rows, None
+    if image_column in cols:
+        col = table.column(image_column)
+        if pa.types.is_struct(col.type):
+            if col.type.get_field_index("path") >= 0:
+                paths = pc.struct_field(col, "path").to_pylist()
+            col = pc.struct_field(col, "bytes")
+        if with_bytes:
+            blobs = col.to_pylist()
+    sources = table.column(source_column).to_pylist() if has_source else paths
+    out = {}
+    for j, i in enumerate(table.column(id_column).to_pylist()):
+        if str(i) in out or (with_bytes and blobs[j] is None):
+            continue
+        out[str(i)] = {"bytes": blobs[j], "source": sources[j] if sources is not None else None}
+    return out
 
 
 def fetch_images(images, image_ids, *, filesystem=None, id_column="image_id") -> dict[str, bytes]:
@@ -18,8 +115,9 @@ def fetch_images(images, image_ids, *, filesystem=None, id_column="image_id") ->
 
     Parameters
     ----------
-    images : str or pyarrow.dataset.Dataset
-        Directory of image shards (``image_id``, ``image`` binary or ``{bytes, path}`` struct).
+    images : str, list of str or pyarrow.dataset.Dataset
+        Directory of image shards (``image_id``, ``image`` binary or ``{bytes, path}`` struct), a list of
+        shard paths, or a dataset.
     image_ids : iterable of str
     filesystem : fsspec or pyarrow filesystem, optional
 
@@ -28,34 +126,30 @@ def fetch_images(images, image_ids, *, filesystem=None, id_column="image_id") ->
     dict of str to bytes
         Only the ids found (first occurrence).
     """
-    ids = sorted({str(i) for i in image_ids})
-    if not ids:
-        return {}
-    if isinstance(images, ds.Dataset):
-        dataset = images
-    else:  # the same shard listing the pipeline reads (only *.parquet: ingest writes CSV reports beside them)
-        from screening.io.image_source import list_shards
-        from screening.store._fs import filesystem_for
-
-        fs, path = (filesystem, str(images)) if filesystem is not None else filesystem_for(str(images))
-        dataset = ds.dataset(list_shards(fs, path), format="parquet", filesystem=fs)
-    value_set = pa.array(ids, pa.string())
-    field = ds.field(id_column)
-    id_type = dataset.schema.field(id_column).type
-    if id_type != pa.string():
-        value_set = value_set.cast(id_type)
-    table = dataset.to_table(columns=[id_column, "image"], filter=field.isin(value_set))
-    col = table.column("image")
-    if pa.types.is_struct(col.type):
-        col = pc.struct_field(col, "bytes")
-    out = {}
-    for i, b in zip(table.column(id_column).to_pylist(), col.to_pylist()):
-        if b is not None and str(i) not in out:
-            out[str(i)] = b
-    return out
+    recs = fetch_image_records(images, image_ids, filesystem=filesystem, id_column=id_column)
+    return {i: r["bytes"] for i, r in recs.items()}
 
 
-def _thumb(data: bytes | None) -> Image.Image:
+#: PIL format -> file extension of the full-size copy beside the report
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
+
+
+def image_extension(data: bytes) -> str:
+    """File extension for encoded image bytes (``jpg``, ``png`` ...); ``bin`` when PIL cannot identify them."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _EXTENSIONS.get(im.format or "", (im.format or "bin").lower())
+    except (OSError, ValueError, Image.DecompressionBombError):  # unknown bytes are still linked, as .bin
+        return "bin"
+
+
+def write_thumbnail(data: bytes | None, out_path, size: int = 2 * 132) -> str:
+    """Write the centre-cropped thumbnail (what the model sees, before its resize) as JPEG."""
+    _thumb(data, size).save(out_path, format="JPEG", quality=88)
+    return str(out_path)
+
+
+def _thumb(data: bytes | None, size: int = THUMB) -> Image.Image:
     if data is not None:
         try:
             from screening.preprocess import decode_image
@@ -64,14 +158,14 @@ def _thumb(data: bytes | None) -> Image.Image:
             w, h = img.size
             s = min(w, h)
             img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            return img.resize((THUMB, THUMB), Image.BILINEAR)
+            return img.resize((size, size), Image.BILINEAR)
         except Exception:  # noqa: BLE001 - an undecodable image becomes a placeholder, not a failed report
             pass
-    img = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+    img = Image.new("RGB", (size, size), (200, 200, 200))
     d = ImageDraw.Draw(img)
-    d.line((0, 0, THUMB, THUMB), fill=(150, 150, 150))
-    d.line((0, THUMB, THUMB, 0), fill=(150, 150, 150))
-    d.text((8, THUMB // 2 - 6), "missing", fill=(60, 60, 60))
+    d.line((0, 0, size, size), fill=(150, 150, 150))
+    d.line((0, size, size, 0), fill=(150, 150, 150))
+    d.text((8, size // 2 - 6), "missing", fill=(60, 60, 60))
     return img
 
 
@@ -79,7 +173,7 @@ def _fmt(x) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:+.3g}"
 
 
-def make_contact_sheet(top, bottom, images: dict, *, title: str, out_png, columns: int = 10) -> str:
+def make_contact_sheet(top, bottom, images: dict, *, title: str, out_png, columns: int = 10, labels=None) -> str:
     """Write a contact sheet PNG.
 
     Parameters
@@ -92,6 +186,8 @@ def make_contact_sheet(top, bottom, images: dict, *, title: str, out_png, column
     title : str
     out_png : str or os.PathLike
     columns : int, default=10
+    labels : dict of str to str, optional
+        Second caption line per image id (e.g. the file name); default the id.
 
     Returns
     -------
@@ -117,7 +213,9 @@ def make_contact_sheet(top, bottom, images: dict, *, title: str, out_png, column
             p = getattr(r, "p_null", None)
             line1 = f"#{r.rank} {_fmt(r.score)}" + (f" p={p:.2g}" if p is not None and np.isfinite(p) else "")
             draw.text((x0, y0 + THUMB + 2), line1, fill="black", font=font)
-            draw.text((x0, y0 + THUMB + 15), str(r.image_id)[:22], fill=(80, 80, 80), font=font)
+            label = (labels or {}).get(str(r.image_id)) or str(r.image_id)
+            draw.text((x0, y0 + THUMB + 15), label if len(label) <= 22 else label[:21] + "~", fill=(80, 80, 80),
+                      font=font)
         y += h
     sheet.save(out_png, format="PNG")
     return str(out_png)

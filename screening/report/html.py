@@ -1,74 +1,63 @@
-"""The report page: one self-contained HTML file linking PNGs by relative path."""
+"""The report page: a Jinja2 template (autoescaped) rendered to one HTML file that links PNGs/JPEGs by relative path."""
 
 from __future__ import annotations
 
-import html
+from functools import lru_cache
 
 import numpy as np
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1500px}
-h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 6px;text-align:right}
-th{background:#f4f4f4} td.l,th.l{text-align:left}
-.banner{background:#b00020;color:#fff;font-weight:700;font-size:1.3em;padding:14px;margin:8px 0 16px;border-radius:4px}
-.note{color:#8a5a00;background:#fff7e0;padding:6px 10px;border-left:4px solid #e0a800;margin:6px 0}
-img{max-width:100%;border:1px solid #eee} .row{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
-code{background:#f4f4f4;padding:1px 4px}
-"""
-
-# After load, count images that did not decode; headless tests read this back with --dump-dom.
-IMAGE_CHECK_JS = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (im) { return !im.complete || im.naturalWidth === 0; });
-  document.body.dataset.images = String(imgs.length);
-  document.body.dataset.brokenImages = String(broken.length);
-  document.body.dataset.brokenSrc = broken.map(function (im) { return im.getAttribute('src'); }).join(' ');
-});
-"""
-
 SYNTHETIC_BANNER = "SYNTHETIC WEIGHTS — responses are not brain predictions"
+TEMPLATE = "report.html"
 
 
-def esc(x) -> str:
-    return html.escape(str(x), quote=True)
+@lru_cache(maxsize=1)
+def environment():
+    import jinja2
+
+    # autoescape on for every template: image sources, ROI names and error messages come from user data.
+    # StrictUndefined: a misspelt field fails the report instead of rendering an empty cell.
+    env = jinja2.Environment(loader=jinja2.PackageLoader("screening.report", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    return env
 
 
 def fmt(x) -> str:
+    """Numbers to 4 significant digits; NaN/None/NA to an empty cell."""
     if x is None:
         return ""
+    try:
+        import pandas as pd
+
+        if x is pd.NA:
+            return ""
+    except ImportError:  # pragma: no cover
+        pass
     if isinstance(x, (float, np.floating)):
         return "" if not np.isfinite(x) else f"{x:.4g}"
     return str(x)
 
 
-def table(frame, columns=None, max_rows=50) -> str:
-    """An HTML table of the first ``max_rows`` rows of a DataFrame (text left-aligned)."""
+def table(frame, columns, *, max_rows=50, text_columns=(), links=None) -> dict:
+    """A table for the template: header, formatted cells (``{"text", "left", "href", "title"}``), rows left out.
+
+    ``links`` maps a column to a function ``row -> (href, title)`` (e.g. the file name linking the image).
+    """
     if frame is None or len(frame) == 0:
-        return "<p><em>none</em></p>"
-    cols = list(columns or frame.columns)
-    head = "".join(f"<th class='l'>{esc(c)}</th>" for c in cols)
-    body = []
-    for r in frame[cols].head(max_rows).itertuples(index=False):
+        return {"columns": list(columns), "rows": [], "more": 0}
+    cols = [c for c in columns if c in frame.columns]
+    rows = []
+    for r in frame.head(max_rows).to_dict("records"):
         cells = []
-        for v in r:
-            cls = " class='l'" if isinstance(v, str) else ""
-            cells.append(f"<td{cls}>{esc(fmt(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    more = f"<p>… {len(frame) - max_rows} more rows</p>" if len(frame) > max_rows else ""
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+        for c in cols:
+            v = r.get(c)
+            href, title = (links[c](r) if links and c in links else (None, None))
+            cells.append({"text": fmt(v), "left": c in text_columns or isinstance(v, str), "href": href,
+                          "title": title})
+        rows.append(cells)
+    return {"columns": cols, "rows": rows, "more": max(0, len(frame) - max_rows)}
 
 
-def kv_table(items) -> str:
-    rows = "".join(f"<tr><th class='l'>{esc(k)}</th><td class='l'>{esc(fmt(v))}</td></tr>" for k, v in items)
-    return f"<table>{rows}</table>"
-
-
-def page(title: str, sections: list[str], *, synthetic: bool) -> str:
-    banner = f"<div class='banner' id='synthetic-banner'>{esc(SYNTHETIC_BANNER)}</div>" if synthetic else ""
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{esc(title)}</title><style>{CSS}</style><script>{IMAGE_CHECK_JS}</script></head>"
-        f"<body><h1>{esc(title)}</h1>{banner}{''.join(sections)}{banner}</body></html>\n"
-    )
+def render(context: dict) -> str:
+    """The page for a report context (see ``screening.report.write_report``)."""
+    return environment().get_template(TEMPLATE).render(banner_text=SYNTHETIC_BANNER, **context)
