@@ -45,7 +45,7 @@ def _image_id(i):
 def _source(i):
     # every 5th a PNG; one name carries HTML, which the page must escape
     if i == 7:
-        return "/data/stimuli/<b>odd</b> & name.jpg"
+        return '/data/stimuli/a<b>&"odd".jpg'
     return f"/data/stimuli/{WORDS[i % len(WORDS)]}_{i:03d}.{'png' if i % 5 == 4 else 'jpg'}"
 
 
@@ -254,7 +254,7 @@ def test_report_page_complete(tmp_path, monkeypatch):
     shown = re.findall(r'data-image-id="([0-9a-f]{16})">.*?<span class="fn" title="[^"]*">([^<]*)</span>', page,
                        re.S)
     assert shown and all(html.unescape(name) == names[i] for i, name in shown)
-    assert "<b>odd</b>" not in page
+    assert 'a<b>&"odd"' not in page and "a&lt;b&gt;&amp;&#34;odd&#34;.jpg" in page
     # what each ROI is made of, and the legend
     assert "bilateral area FFC (Glasser group 4, Ventral Stream Visual) = L_FFC" in page
     assert "composite of PHA1, PHA2, PHA3" in page
@@ -269,13 +269,19 @@ def test_report_page_complete(tmp_path, monkeypatch):
 
 
 def test_small_set_caps_k_and_lists_do_not_overlap(tmp_path):
+    from screening.rank import rank
+
     run = _make_run(tmp_path, n=12)
-    page = open(write_report(run, rois=["FFC", "V1"], flatmaps=False), encoding="utf-8").read()  # rank's k = 25
+    rank(str(run / "responses"), str(run / "rankings"), contrasts=["FFC:PHA1-3"], null_draws=200)  # k = 25
+    page = open(write_report(run, rois=["FFC", "V1"], flatmaps=False), encoding="utf-8").read()
     assert page.count("both lists are cut to k = floor(12/2) = 6 so that no image is in both") == 2
     for roi in ("FFC", "V1"):
         top, bottom = _grid_ids(page, roi, "top"), _grid_ids(page, roi, "bottom")
         assert len(top) == len(bottom) == 6 and not set(top) & set(bottom)
     assert "p_null cannot fall below 1/(12+1) = 0.077" in page
+    assert "rank's lists hold k = 12 of the 12 images, not the 6 shown" in html.unescape(page)  # set-level caveat
+    assert "<h3>FFC&gt;PHA1-3</h3>" in page and "score = z(FFC) − z(PHA1-3)" in page
+    assert "PHA1-3: composite of PHA1, PHA2, PHA3" in page
     # the lines mark where the shown lists start: 6th largest / 6th smallest, not the set's max / min
     resp = pd.read_parquet(run / "responses")
     n = {c: len(atlas.roi_grayordinates()[c]) for c in ("L_FFC", "R_FFC")}
@@ -340,7 +346,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     captions = re.findall(r'data-image-id="([0-9a-f]{16})">.*?<span class="fn" title="[^"]*">([^<]*)</span>', dom,
                           re.S)
     assert len(captions) == 24 and all(html.unescape(n) == names[i] for i, n in captions)
-    assert "<b>odd</b>" not in dom and html.escape("<b>odd</b> & name.jpg", quote=False) in dom
+    assert "a<b>" not in dom and html.escape('a<b>&"odd".jpg', quote=False) in dom
     # and the check itself can fail: break one link
     page = index.read_text(encoding="utf-8").replace('src="hist_V1.png"', 'src="missing.png"')
     broken = index.with_name("broken.html")

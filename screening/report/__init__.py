@@ -434,8 +434,8 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
     for cname, g in con.groupby("roi", sort=False):
         a, _, b = cname.partition(">")
         by = meta.get("contrast_by", "z")
-        what = (f"score = {by}({a}) − {by}({b}). {a}: {describe_roi(a, members.get(a), cfg)}. "
-                f"{b}: {describe_roi(b, members.get(b), cfg)}.")
+        what = [f"score = {by}({a}) − {by}({b}); response = response({a}) − response({b})"] + [
+            f"{side}: {describe_roi(side, members.get(side), cfg)}" for side in (a, b)]
         contrasts.append({"name": cname, "what": what,
                           "table": H.table(with_names(g.sort_values("rank").head(table_k)),
                                            ["rank", "file", "image_id", "score", "response", "z", "margin", "p_null"],

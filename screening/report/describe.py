@@ -94,8 +94,9 @@ def describe_roi(name: str, members, config: dict | None = None, n_vertices: dic
         return f"bilateral area {name}{where} = {union}; the response is the mean over all these vertices."
     parts = [describe_column(c, config) for c in members if _GROUP_RE.match(c)]
     tail = f" {'; '.join(parts)}." if parts else ""
-    return (f"composite of {', '.join(folded)} (a name without L_/R_ = both hemispheres) = {union}; the response "
-            f"is the mean over all these vertices (each column weighted by its vertex count).{tail}")
+    both = " (a name without L_/R_ = both hemispheres)" if any(f[:2] not in ("L_", "R_") for f in folded) else ""
+    return (f"composite of {', '.join(folded)}{both} = {union}; the response is the mean over all these vertices "
+            f"(each column weighted by its vertex count).{tail}")
 
 
 def short_name(source) -> str | None:
