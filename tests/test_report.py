@@ -353,3 +353,42 @@ def test_report_renders_in_headless_chromium(tmp_path):
     broken.write_text(page, encoding="utf-8")
     dom = _chromium_dom(broken)
     assert 'data-broken-images="1"' in dom and "missing.png" in dom
+
+
+def test_fetch_reads_image_bytes_only_of_the_row_groups_it_needs(tmp_path):
+    """Ids and sources of every row are scanned; the image column only where a wanted id is."""
+    import fsspec.implementations.local as local
+
+    rng = np.random.default_rng(1)
+    blobs = [rng.bytes(100_000) for _ in range(12)]  # incompressible "images": the image column dominates
+    ids = [_image_id(i) for i in range(12)]
+    path = tmp_path / "shard.parquet"
+    pq.write_table(pa.table({"image_id": ids, "image": pa.array(blobs, pa.binary()),
+                             "source": [f"/x/{i}.jpg" for i in range(12)]}), path, row_group_size=3,
+                   write_statistics=False)  # as with many random ids per group: statistics cannot prune
+    read = []
+
+    class CountingFS(local.LocalFileSystem):
+        cachable = False
+
+        def _open(self, p, mode="rb", **kw):
+            f = super()._open(p, mode, **kw)
+            raw = f.read
+
+            def counted(n=-1):
+                b = raw(n)
+                read.append(len(b))
+                return b
+
+            f.read = counted
+            return f
+
+    got = fetch_image_records([str(path)], [ids[4], ids[5]], filesystem=CountingFS())
+    assert {i: r["bytes"] for i, r in got.items()} == {ids[4]: blobs[4], ids[5]: blobs[5]}
+    assert got[ids[5]]["source"] == "/x/5.jpg"
+    # one row group of 3 images (300 kB) + footer reads (64 kB each), not all 12 images (1.2 MB)
+    assert 300_000 <= sum(read) < 600_000, sum(read)
+    read.clear()
+    assert fetch_image_records([str(path)], [ids[0]], filesystem=CountingFS(), with_bytes=False)[ids[0]] == {
+        "bytes": None, "source": "/x/0.jpg"}
+    assert sum(read) < 200_000, sum(read)  # footers and ids only: not even one image row group

@@ -84,30 +84,58 @@ def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_
         if col not in names:
             raise InvalidParameterError(f"the image shards have no {what} {col!r}; their columns: {names}")
     value_set = pa.array(ids, pa.string())
-    id_type = dataset.schema.field(id_column).type
-    if id_type != pa.string():
-        value_set = value_set.cast(id_type)
     has_source = source_column in names
     struct_path = pa.types.is_struct(dataset.schema.field(image_column).type)
-    cols = [id_column] + ([image_column] if with_bytes or (struct_path and not has_source) else []) + (
-        [source_column] if has_source else [])
-    table = dataset.to_table(columns=cols, filter=ds.field(id_column).isin(value_set))
-    blobs, paths = [None] * table.num_rows, None
-    if image_column in cols:
-        col = table.column(image_column)
-        if pa.types.is_struct(col.type):
-            if col.type.get_field_index("path") >= 0:
-                paths = pc.struct_field(col, "path").to_pylist()
-            col = pc.struct_field(col, "bytes")
-        if with_bytes:
-            blobs = col.to_pylist()
-    sources = table.column(source_column).to_pylist() if has_source else paths
-    out = {}
-    for j, i in enumerate(table.column(id_column).to_pylist()):
-        if str(i) in out or (with_bytes and blobs[j] is None):
+    small = [id_column] + ([source_column] if has_source else [])
+    # The cheap way: scan only the id (and source) columns, shard by shard, and decode the image column only
+    # of the row groups that hold a wanted id. A filtered dataset scan would decode every row group's image
+    # bytes (random ids defeat the row-group statistics), i.e. read the whole image set for a few thumbnails.
+    out, left = {}, set(ids)
+    for frag in dataset.get_fragments():
+        if not left:
+            break
+        t = frag.to_table(schema=dataset.schema, columns=small)
+        found = t.column(id_column).cast(pa.string())
+        idx = np.flatnonzero(pc.is_in(found, value_set=value_set).to_numpy(zero_copy_only=False))
+        if not idx.size:
             continue
-        out[str(i)] = {"bytes": blobs[j], "source": sources[j] if sources is not None else None}
+        fid = found.take(pa.array(idx)).to_pylist()
+        keep = [j for j, i in enumerate(fid) if i in left and i not in fid[:j]]  # first occurrence only
+        idx, fid = idx[keep], [fid[j] for j in keep]
+        if not idx.size:
+            continue
+        sources = t.column(source_column).take(pa.array(idx)).to_pylist() if has_source else [None] * idx.size
+        blobs = [None] * idx.size
+        if with_bytes or (struct_path and not has_source):
+            col = _take_rows(frag, dataset.schema, image_column, idx)
+            if pa.types.is_struct(col.type):
+                if not has_source and col.type.get_field_index("path") >= 0:
+                    sources = pc.struct_field(col, "path").to_pylist()
+                col = pc.struct_field(col, "bytes")
+            if with_bytes:
+                blobs = col.to_pylist()
+        for i, b, src in zip(fid, blobs, sources):
+            if with_bytes and b is None:
+                continue
+            out[i] = {"bytes": b, "source": src}
+            left.discard(i)
     return out
+
+
+def _take_rows(frag, schema, column, idx):
+    """Rows ``idx`` (file order) of one column of a fragment, decoding only the row groups that hold them."""
+    if not isinstance(frag, ds.ParquetFileFragment):
+        return frag.to_table(schema=schema, columns=[column]).column(column).take(pa.array(idx))
+    frag.ensure_complete_metadata()
+    sizes = np.array([rg.num_rows for rg in frag.row_groups], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    group = np.searchsorted(starts, idx, side="right") - 1
+    need = sorted(set(group.tolist()))
+    sub = frag.subset(row_group_ids=need)
+    col = sub.to_table(schema=schema, columns=[column]).column(column)
+    offset = dict(zip(need, np.concatenate([[0], np.cumsum(sizes[need])])[:-1].tolist()))
+    local = [offset[g] + int(i - starts[g]) for i, g in zip(idx, group)]
+    return col.take(pa.array(local, pa.int64()))
 
 
 def fetch_images(images, image_ids, *, filesystem=None, id_column="image_id") -> dict[str, bytes]:
