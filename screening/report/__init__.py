@@ -294,7 +294,7 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
         if n is not None and kt and kb and kt + kb > n:
             cap = n // 2
             p["notes"].append(
-                f"Only {n} images have a {roi} response for subject {subject}, fewer than top-{kt} + bottom-{kb}: "
+                f"Only {n} images have a response for {roi} (subject {subject}), fewer than top-{kt} + bottom-{kb}: "
                 f"both lists are cut to k = floor({n}/2) = {cap} so that no image is in both.")
             kt, kb = min(kt, cap), min(kb, cap)
         top = ranked_top.head(kt)
