@@ -27,7 +27,7 @@ from screening._validation import (DEVICES, check_choice, check_device, check_po
                                    parse_subjects, _is_int)
 from screening.exceptions import InvalidParameterError, ModelNotFoundError
 from screening.models._weights import PUBLISHED, CheckpointInfo, EncoderWeights, get_weights
-from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_vertices, core_features,
+from screening.models.encoder import (PRECISIONS, Normalize, RoiEncoder, collapse_heads, core_features,
                                       default_batch_size)
 from screening.models.fast import fold_batchnorm
 
@@ -72,7 +72,7 @@ class EncodingModel:
     precision: str
     batch_size: int
     core: torch.nn.Module
-    heads: dict  # subject -> (features (Vs, C), spatial_hat (Vs, P), bias (Vs,)) on device
+    heads: dict  # subject -> FactorizedReadout of the selected vertices only (column order), on device
     fingerprint: dict = field(default_factory=dict)
     _roi_encoder: RoiEncoder | None = None
 
@@ -88,30 +88,27 @@ class EncodingModel:
     def roi_encoder(self) -> RoiEncoder:
         if self._roi_encoder is None:
             pos = {c: i for i, c in enumerate(self.columns.tolist())}
-            sets = [np.array([pos[c] for c in cols.tolist()]) for cols in self.roi_sets.values()]
-            ws, bs = [], []
-            for s in self.subjects:
-                w, b = collapse_vertices(*self.heads[s], sets)
-                ws.append(w)
-                bs.append(b)
-            self._roi_encoder = RoiEncoder(self.core, torch.cat(ws), torch.cat(bs), self.subjects,
-                                           self.roi_names, self.precision).to(self.device).eval()
+            sets = {name: np.array([pos[c] for c in cols.tolist()]) for name, cols in self.roi_sets.items()}
+            w, b = collapse_heads(self.heads, self.subjects, sets, device=self.device)
+            self._roi_encoder = RoiEncoder(self.core, w, b, self.subjects, self.roi_names, self.precision,
+                                           self.weights).to(self.device).eval()
         return self._roi_encoder
 
     @torch.inference_mode()
     def features(self, images_u8: np.ndarray) -> torch.Tensor:
-        x = Normalize().to(self.device)(torch.from_numpy(np.ascontiguousarray(images_u8)).to(self.device))
-        return core_features(self.core, x, self.precision).float().flatten(2)  # (N, C, P)
+        """Core output (N, C, H, W), float32, for preprocessed uint8 images."""
+        x = Normalize.from_weights(self.weights).to(self.device)(
+            torch.from_numpy(np.ascontiguousarray(images_u8)).to(self.device))
+        return core_features(self.core, x, self.precision).float()
 
     @torch.inference_mode()
     def vertices(self, feats: torch.Tensor, subject: str) -> torch.Tensor:
-        """Selected-vertex responses (N, Vs), computed in vertex chunks so memory stays bounded."""
-        f, s, b = self.heads[subject]
-        out = torch.empty(feats.shape[0], f.shape[0], device=feats.device)
-        for lo in range(0, f.shape[0], _VERTEX_CHUNK):
-            hi = lo + _VERTEX_CHUNK
-            pooled = torch.matmul(feats, s[lo:hi].T)  # (N, C, v)
-            out[:, lo:hi] = torch.einsum("ncv,vc->nv", pooled, f[lo:hi]) + b[lo:hi]
+        """Selected-vertex responses (N, Vs) through the subject's readout, in vertex chunks so memory stays bounded."""
+        head = self.heads[subject]
+        out = torch.empty(feats.shape[0], head.n_vertices, device=feats.device)
+        for lo in range(0, head.n_vertices, _VERTEX_CHUNK):
+            rows = slice(lo, lo + _VERTEX_CHUNK)
+            out[:, rows] = head(feats, rows=rows)
         return out
 
 
@@ -212,14 +209,7 @@ class BERG:
         # the selection is checked before the load: a typo should not wait for a 2 GB download
         columns, roi_sets = resolve_selection(selection, weights.variant, weights.n_vertices)
         model, info = self.store.load_model(model_id)
-        heads = {}
-        idx = torch.as_tensor(columns)
-        for s in subjects:
-            h = model.head(s)
-            with torch.no_grad():
-                heads[s] = (h._features[idx].float().contiguous().to(dev),
-                            h.normalized_spatial(idx).flatten(1).float().contiguous().to(dev),
-                            h.bias[idx].float().to(dev))
+        heads = {s: model.head(s).select(columns).to(dev) for s in subjects}  # only the selected vertices
         core = fold_batchnorm(model.core) if fold_bn else model.core
         core = core.to(dev).eval()
         if precision == "bf16":

@@ -78,6 +78,27 @@ def test_roi_mean_reduction_equals_vertex_mean(berg, model):
             assert np.abs(red[s][:, j] - want).max() <= 1e-5 * np.abs(full[s]).max()
 
 
+def test_the_weights_record_drives_the_normalisation(berg, visual_store, model):
+    """encode() normalises with the model's EncoderWeights mean/std (both paths), not module constants."""
+    import dataclasses
+
+    rec = dataclasses.replace(model.weights, mean=(0.3, 0.5, 0.6), std=(0.3, 0.2, 0.25))
+    m = dataclasses.replace(model, weights=rec, _roi_encoder=None)
+    stim = _stim(2, seed=11)
+    full = berg.encode(m, stim)["NaturalScenesDataset"]["sub-03"]
+    red = berg.encode(m, stim, reduce="roi_mean")["NaturalScenesDataset"]["sub-03"]
+    net, _ = berg.store.load_model(VIS)  # the full published-format model, fed by hand
+    x = (torch.from_numpy(stim).double() / 255 - torch.tensor(rec.mean).view(1, 3, 1, 1)) / torch.tensor(rec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = net(x.float(), "sub-03")[:, torch.as_tensor(model.columns)].numpy()
+    assert np.abs(full - want).max() <= 1e-4 * np.abs(want).max()
+    pos = {c: i for i, c in enumerate(model.columns.tolist())}
+    for j, cols in enumerate(model.roi_sets.values()):
+        np.testing.assert_allclose(red[:, j], want[:, [pos[c] for c in cols.tolist()]].mean(1), rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+    assert np.abs(full - berg.encode(model, stim)["NaturalScenesDataset"]["sub-03"]).max() > 0.01 * np.abs(want).max()
+
+
 def test_larger_square_images_are_resized(berg, model):
     from screening.preprocess import preprocess_batch_array
 

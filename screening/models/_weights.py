@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 if TYPE_CHECKING:  # torch is imported where used: the registry is read by torch-free processes (ingest)
@@ -50,6 +50,11 @@ class EncoderWeights:
     license: str = "see the MOSAIC dataset terms"
     paper: str = "Lahner et al., 2025, bioRxiv 10.64898/2025.11.28.690060"
     extra: Mapping = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(3, input_size, input_size)``: one preprocessed image, what the encoders take (uint8, RGB)."""
+        return (3, self.input_size, self.input_size)
 
     @property
     def store_dir(self) -> str:
@@ -93,6 +98,16 @@ def weights_for_variant(variant: str) -> EncoderWeights:
         if w.variant == variant:
             return w
     raise ModelNotFoundError(f"Unknown variant {variant!r}; valid variants: all, visual")
+
+
+def weights_for_model(n_vertices: int, width: int = PUBLISHED_WIDTH) -> EncoderWeights:
+    """The published record with ``n_vertices`` heads; else (test models) the default record's input contract
+    under the id ``"unregistered"``, so every model carries the record that says how its inputs look."""
+    for w in PUBLISHED.values():
+        if w.n_vertices == n_vertices:
+            return w
+    return replace(PUBLISHED[DEFAULT_MODEL_ID], model_id="unregistered", variant="unregistered",
+                   n_vertices=n_vertices, width=width, url="")
 
 
 def head_key(subject: str) -> str:

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from screening.exceptions import InvalidParameterError
-from screening.models._weights import (IMAGENET_MEAN, IMAGENET_STD, SPATIAL, SUBJECTS, CheckpointInfo,
-                                       head_key, validate_state_dict)
+from screening.models._weights import (DEFAULT_MODEL_ID, IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, SPATIAL, SUBJECTS,
+                                       CheckpointInfo, EncoderWeights, head_key, validate_state_dict,
+                                       weights_for_model)
 from screening.models.core import CNN8Core
-from screening.models.readout import SPATIAL_EPS, FactorizedReadout
+from screening.models.readout import FactorizedReadout
 
 PRECISIONS = ("fp32", "bf16")
 # Peak activation memory per 224×224 image: block1/block2 outputs are C×222×222, ~3 live at once.
@@ -51,31 +52,59 @@ def core_features(core: nn.Module, x: torch.Tensor, precision: str) -> torch.Ten
 
 
 class Normalize(nn.Module):
-    """uint8 (or 0..255 float) RGB → ImageNet-normalised float32, inside the model so pipelines ship uint8."""
+    """uint8 (or 0..255 float) RGB → normalised float32, inside the model so pipelines ship uint8.
+
+    The encoders build it from their weights record (:meth:`from_weights`); the defaults are the published
+    records' ImageNet mean/std, for standalone use.
+    """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_weights(cls, weights: EncoderWeights) -> "Normalize":
+        return cls(weights.mean, weights.std)
 
     def forward(self, x):
         return x.float() * self.scale - self.shift
 
 
-class CNN8Multihead(nn.Module):
-    """The published MOSAIC CNN8 multihead model; state_dict keys match the checkpoint without ``module.``."""
+def _check_record(weights: EncoderWeights, n_vertices: int) -> EncoderWeights:
+    if weights.n_vertices != n_vertices:
+        raise InvalidParameterError(f"weights record {weights.model_id!r} says {weights.n_vertices} vertices; "
+                                    f"the model has {n_vertices}")
+    return weights
 
-    def __init__(self, n_vertices: int, width: int = 384, subjects: Sequence[str] = SUBJECTS):
+
+class CNN8Multihead(nn.Module):
+    """The published MOSAIC CNN8 multihead model; state_dict keys match the checkpoint without ``module.``.
+
+    ``weights`` is the :class:`EncoderWeights` record the model was published with (default: the record with
+    ``n_vertices`` heads); it says how inputs must look (``input_size``, ``mean``/``std``).
+    """
+
+    def __init__(self, n_vertices: int, width: int = 384, subjects: Sequence[str] = SUBJECTS,
+                 weights: EncoderWeights | None = None):
         super().__init__()
+        self.weights = _check_record(weights or weights_for_model(n_vertices, width), n_vertices)
         self.core = CNN8Core(width)
         self.subject_readouts = nn.ModuleDict(
             {head_key(s): FactorizedReadout(n_vertices, width, SPATIAL) for s in subjects})
 
+    @property
+    def input_size(self) -> int:
+        """Side of the square RGB input, from the weights record (224 for the published models)."""
+        return self.weights.input_size
+
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], info: CheckpointInfo | None = None) -> "CNN8Multihead":
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], info: CheckpointInfo | None = None,
+                        weights: EncoderWeights | None = None) -> "CNN8Multihead":
         info = info or validate_state_dict(sd)
         with torch.device("meta"):
-            model = cls(info.n_vertices, info.width)
+            model = cls(info.n_vertices, info.width, weights=weights)
         model.load_state_dict(sd, strict=True, assign=True)
         return model.eval()
 
@@ -136,12 +165,6 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
     return w, b
 
 
-def collapse_head(head: FactorizedReadout, vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ROI-mean weights of one subject head (see ``collapse_vertices``)."""
-    with torch.no_grad():
-        return collapse_vertices(head._features, head.normalized_spatial(), head.bias, vertex_sets)
-
-
 class RoiEncoder(nn.Module):
     """Core + all (subject, ROI) means as one matmul; uint8 (N,3,224,224) → float32 (N, S, R).
 
@@ -152,14 +175,19 @@ class RoiEncoder(nn.Module):
     subjects, roi_names : labels of the output axes.
     precision : {"fp32", "bf16"}
         ``bf16`` runs the core under bf16 autocast with channels_last; the ROI matmul stays fp32.
+    weights : EncoderWeights, optional
+        The record of the weights (default: the default published model's); its ``mean``/``std`` normalise the
+        input and its ``input_size`` is the image side the encoder takes.
     """
 
     def __init__(self, core: nn.Module, roi_weights: torch.Tensor, roi_bias: torch.Tensor,
-                 subjects: Sequence[str], roi_names: Sequence[str], precision: str = "fp32"):
+                 subjects: Sequence[str], roi_names: Sequence[str], precision: str = "fp32",
+                 weights: EncoderWeights | None = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
-        self.normalize = Normalize()
+        self.weights = weights or PUBLISHED[DEFAULT_MODEL_ID]
+        self.normalize = Normalize.from_weights(self.weights)
         self.core = core
         self.register_buffer("roi_weights_t", roi_weights.T.contiguous())
         self.register_buffer("roi_bias", roi_bias)
@@ -178,10 +206,19 @@ class RoiEncoder(nn.Module):
 
         w, b = collapse_heads(model, subjects, rois, device=device)
         core = fold_batchnorm(model.core) if fold_bn else model.core
-        return cls(core, w, b, subjects, list(rois), precision).to(device).eval()
+        return cls(core, w, b, subjects, list(rois), precision, model.weights).to(device).eval()
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square uint8 RGB images the encoder takes, from the weights record."""
+        return self.weights.input_size
 
     @torch.inference_mode()
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        if tuple(images_u8.shape[1:]) != self.weights.input_shape:
+            raise InvalidParameterError(
+                f"images must have shape (N, {', '.join(map(str, self.weights.input_shape))}) (input_size "
+                f"{self.input_size} of {self.weights.model_id}); got {tuple(images_u8.shape)}")
         x = self.normalize(images_u8)
         feats = core_features(self.core, x, self.precision)
         out = torch.addmm(self.roi_bias, feats.float().flatten(1), self.roi_weights_t)
@@ -204,26 +241,22 @@ class RoiEncoder(nn.Module):
         return self
 
 
-def _normalized_on(head: FactorizedReadout, device) -> torch.Tensor:
-    s = head.spatial.detach().to(device)
-    return s / (s.flatten(1).norm(dim=1) + SPATIAL_EPS)[:, None, None]
-
-
-def collapse_heads(model: CNN8Multihead, subjects: Sequence[str],
+def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]],
                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Stack every subject's collapsed ROI weights: rows ordered subject-major, then ROI.
 
-    ``rois`` maps a name to model-vertex indices, shared by all subjects, or to a per-subject mapping
+    ``heads`` is a model or a mapping subject → head (e.g. heads cut to a selection, ``FactorizedReadout.select``).
+    ``rois`` maps a name to vertex indices of those heads, shared by all subjects, or to a per-subject mapping
     (reliability-filtered ROIs differ between subjects).
     """
     ws, bs = [], []
     for s in subjects:
         sets = [v[s] if isinstance(v, Mapping) else v for v in rois.values()]
-        h = model.head(s)
+        h = heads.head(s) if isinstance(heads, CNN8Multihead) else heads[s]
         with torch.no_grad():  # on the encoder's device: a GPU collapses 8 heads in about a second
-            w, b = collapse_vertices(h._features.to(device), h.normalized_spatial().to(device) if
-                                     str(device) == "cpu" else _normalized_on(h, device), h.bias.to(device), sets)
+            w, b = collapse_vertices(h._features.to(device), h.normalized_spatial(device=device), h.bias.to(device),
+                                     sets)
         ws.append(w)
         bs.append(b)
     return torch.cat(ws), torch.cat(bs)

@@ -27,13 +27,25 @@ class FactorizedReadout(nn.Module):
     def n_vertices(self) -> int:
         return self.bias.shape[0]
 
-    def normalized_spatial(self, rows=None) -> torch.Tensor:
+    def normalized_spatial(self, rows=None, device=None) -> torch.Tensor:
+        """Ŝ (V, H, W) of ``rows`` (all by default), computed on ``device`` (default: where the head is)."""
         s = self.spatial if rows is None else self.spatial[rows]
+        s = s if device is None else s.to(device)
         norm = s.flatten(1).norm(dim=1)
         return s / (norm + SPATIAL_EPS)[:, None, None]
 
+    @torch.no_grad()
+    def select(self, rows) -> "FactorizedReadout":
+        """A new head of only the vertices ``rows`` (copied, float32): the same outputs for those columns."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        with torch.device("meta"):
+            out = FactorizedReadout(int(rows.numel()), self._features.shape[1], self.spatial.shape[-1])
+        out.load_state_dict({"_features": self._features[rows].float(), "spatial": self.spatial[rows].float(),
+                             "bias": self.bias[rows].float()}, assign=True)
+        return out.requires_grad_(False)
+
     def forward(self, x: torch.Tensor, rows=None) -> torch.Tensor:
-        """Vertex responses (N, V); ``rows`` (index tensor) computes only those vertices."""
+        """Vertex responses (N, V); ``rows`` (index tensor or slice) computes only those vertices."""
         s = self.normalized_spatial(rows)
         f = self._features if rows is None else self._features[rows]
         b = self.bias if rows is None else self.bias[rows]
