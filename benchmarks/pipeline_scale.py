@@ -201,7 +201,37 @@ def worker_costs(work, images=8192, n_rois=379, repeats=3):
         assert "file" in res, res
         out["compact_unit_us_per_image"].append(1e6 * (time.process_time() - t) / 10_000)
         shutil.rmtree(os.path.join(work, f"wc{k}"))
-    return {k: round(statistics.median(v), 1) for k, v in out.items()}
+    out = {k: round(statistics.median(v), 1) for k, v in out.items()}
+    out["driver_ledger_us_per_image"] = round(ledger_cost(work, labels), 4)
+    return out
+
+
+def ledger_cost(work, labels, units=20, rows=50_000, batch=8192):
+    """Driver CPU per image of our own commit loop (``UnitLedger.add`` on receipts, the markers written), no Ray."""
+    from screening.io.image_source import Shard
+    from screening.pipeline.commit import UnitLedger
+    from screening.pipeline.outputs import OutputLayout
+    from screening.pipeline.parts import RECEIPT_SCHEMA
+
+    layout = OutputLayout(os.path.join(work, "ledger"))
+    layout.prepare()
+    shards = [Shard(f"/in/u{u}", f"/in/u{u}", f"u{u}", rows, 1, "v") for u in range(units)]
+    ledger = UnitLedger(layout, shards, "k", labels=len(labels))
+    receipts = []
+    for u in range(units):
+        for lo in range(0, rows, batch):
+            idx = np.arange(lo, min(rows, lo + batch), dtype=np.int32)
+            receipts.append(pa.Table.from_pylist([{"unit": f"u{u}", "responses": f"responses/u{u}/p{lo}.parquet",
+                                                   "errors": "", "rows": idx.tobytes(), "n_ok": idx.size,
+                                                   "n_err": 0, "n_read": 0, "responses_rows": idx.size * 9,
+                                                   "failure": ""}], schema=RECEIPT_SCHEMA))
+    t = time.process_time()
+    for r in receipts:
+        ledger.add(r)
+    cost = time.process_time() - t
+    assert len(ledger.stats.committed) == units
+    shutil.rmtree(os.path.join(work, "ledger"))
+    return 1e6 * cost / (units * rows)
 
 
 def main():

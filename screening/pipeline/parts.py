@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from screening.pipeline.tables import error_table, response_table, responses_schema
+from screening.pipeline.tables import PARQUET_OPTIONS, error_table, response_table, responses_schema
 
 STAGE_OK = ""
 WRITE_ATTEMPTS = 3
@@ -58,7 +58,8 @@ def _write_parquet(fs, path: str, table: pa.Table, meta: dict) -> None:
                                            b"screening.part": json.dumps(meta).encode()})
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path, "wb") as f:
-        pq.write_table(table, f, row_group_size=max(1, table.num_rows))
+        opts = PARQUET_OPTIONS if "subject" in table.column_names else {}
+        pq.write_table(table, f, row_group_size=max(1, table.num_rows), **opts)
 
 
 def _write_with_retries(fs, path, table, meta, sleep=time.sleep) -> str | None:
@@ -137,7 +138,7 @@ def compact_unit(layout, unit: str, parts: list[str], *, row_group_rows: int) ->
                 t = t.replace_schema_metadata(None)
                 if writer is None:
                     meta = {b"screening.part": json.dumps({"unit": unit, "parts": len(parts)}).encode()}
-                    writer = pq.ParquetWriter(f, t.schema.with_metadata(meta))
+                    writer = pq.ParquetWriter(f, t.schema.with_metadata(meta), **PARQUET_OPTIONS)
                 buf.append(t)
                 total += t.num_rows
                 pending = pa.concat_tables(buf)

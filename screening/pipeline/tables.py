@@ -20,8 +20,9 @@ def response_table(ids, roi: np.ndarray, labels, schema: pa.Schema) -> pa.Table:
     """Long format: per image, one row per label (``sub-01``.., ``mean``), in that order; ``roi`` is (k, S+1, R)."""
     k, s1, r = roi.shape
     ids = pa.array(list(ids), pa.string())
+    # take() on the k ids and the S+1 labels: no Python string per output row
     cols = [pc.take(ids, pa.array(np.repeat(np.arange(k), s1))),
-            pa.array(np.tile(np.asarray(labels, dtype=object), k), pa.string())]
+            pc.take(pa.array(list(labels), pa.string()), pa.array(np.tile(np.arange(s1), k)))]
     by_roi = np.ascontiguousarray(roi.reshape(k * s1, r).T, dtype=np.float32)  # one contiguous run per column
     cols += [pa.array(by_roi[j]) for j in range(r)]
     return pa.Table.from_arrays(cols, schema=schema)
@@ -31,3 +32,8 @@ def error_table(ids, sources, stages, errors) -> pa.Table:
     return pa.table({"image_id": pa.array(list(ids), pa.string()), "source": pa.array(list(sources), pa.string()),
                      "stage": pa.array(list(stages), pa.string()), "error": pa.array(list(errors), pa.string())},
                     schema=ERROR_SCHEMA)
+
+
+# Dictionary-encode only the two string columns: trying dictionaries on the float32 ROI columns made writing ~9x
+# slower (226 vs 25 us/image, 379 ROIs) and the files larger (19.8 vs 13.4 KiB/image).
+PARQUET_OPTIONS = {"use_dictionary": ["image_id", "subject"]}
