@@ -18,6 +18,10 @@ from screening.models.fast import fold_batchnorm
 
 VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"
 R_MIN = 0.999
+#: Regression guard on the calibrated width-16 store, where the target alone cannot tell the engine from worse
+#: paths. Measured here (min per-ROI r over 8 subjects x 57 ROIs, 16 photos): engine 0.99971; block1 in bf16 too
+#: 0.99922; core output rounded through fp8 0.99923; block1 output through fp8 0.99907.
+R_GUARD = 0.9995
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,8 @@ def _worst(r: np.ndarray, subjects, roi_set) -> str:
 
 
 def test_bf16_per_roi_r_on_real_photos(visual_store, photos):
-    """Every (subject, ROI) of the calibrated store (8 subjects x 52 areas + 5 groups): r >= 0.999."""
+    """Every (subject, ROI) of the calibrated store (8 subjects x 52 areas + 5 groups): r >= 0.999, and the
+    engine's own margin over it (block1 kept in fp32) holds."""
     from screening.store import open_store
 
     model, _ = open_store(str(visual_store)).load_model(VIS)
@@ -65,6 +70,7 @@ def test_bf16_per_roi_r_on_real_photos(visual_store, photos):
     r = bf16_agreement(model, photos, SUBJECTS, roi_set)
     assert r.shape == (8, 57)
     assert r.min() >= R_MIN, _worst(r, SUBJECTS, roi_set)
+    assert r.min() >= R_GUARD, "regression: " + _worst(r, SUBJECTS, roi_set)
 
 
 @pytest.mark.slow
