@@ -376,24 +376,30 @@ def test_killed_encoder_actor_is_restarted_and_no_row_is_lost(ray_local, visual_
     def run():
         try:
             box["result"] = screen(str(root), str(visual_store), str(out),
-                                   **_kw(subjects=["sub-03"], batch_size=16, num_encoders=1, _throttle_s=0.5))
+                                   **_kw(subjects=["sub-03"], batch_size=16, num_encoders=1, write_batch_size=32,
+                                         _throttle_s=0.5))
         except BaseException as exc:  # noqa: BLE001
             box["error"] = exc
 
     t = threading.Thread(target=run)
     t.start()
-    killed = None
+    killed, committed_at_kill, later = None, None, set()
     deadline = time.time() + 120
     while time.time() < deadline and t.is_alive():
         committed = list((out / "_committed").glob("*.json")) if (out / "_committed").exists() else []
         pids = _encoder_pids() if committed else []
         if pids:
-            killed = pids[0]
+            killed, committed_at_kill = pids[0], len(committed)
             os.kill(killed, signal.SIGKILL)
             break
         time.sleep(0.2)
+    while t.is_alive():  # the pool must bring up a new encoder process to finish
+        later |= set(_encoder_pids()) - {killed}
+        time.sleep(0.2)
     t.join(240)
     assert killed is not None, "the run finished before an encoder could be killed"
+    assert committed_at_kill < 4, "every unit was committed before the encoder died"
+    assert later, "no new encoder process ran after the kill"
     assert "error" not in box, box.get("error")
     assert len(list((out / "_committed").glob("*.json"))) == 4
     resp, errs = read_run(out)
