@@ -87,8 +87,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
     from screening.pipeline.run import screen
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         composites = _json_arg(args.composites, "--composites")
         custom = _json_arg(args.custom_rois, "--custom-rois")
@@ -97,6 +95,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 
             if not ray.is_initialized():
                 ray.init(address=args.address)
+        if threading.current_thread() is threading.main_thread():
+            # after any ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process
+            signal.signal(signal.SIGTERM, _on_sigterm)
         result = screen(
             args.images, args.store, args.out, model_id=args.model_id, subjects=args.subjects,
             rois=args.rois, composites=composites, custom_rois=custom, batch_size=args.batch_size,
@@ -113,7 +114,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         print(f"\nscreening run: {what}; {done}. Rerun the same command to resume: only the missing units "
               f"are screened.", file=sys.stderr)
-        return 143 if isinstance(exc, _Terminated) else 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The lock is released and the markers are written; leave now. A normal exit runs Ray's atexit shutdown
+        # while Ray Data's executor thread may still submit tasks, which aborts the process (SIGABRT, seen in
+        # CoreWorker::SubmitActorTask). A local cluster's processes are reaped by Ray's own reaper.
+        os._exit(143 if isinstance(exc, _Terminated) else 130)
     except (UnitsFailedError, OutputError) as exc:  # not the user's mistake: the run went on, some did not commit
         print(f"screening run: {exc}", file=sys.stderr)
         return 1

@@ -188,10 +188,17 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
 
 
 def _ensure_ray():
+    import signal
+    import threading
+
     import ray
 
     if not ray.is_initialized():
+        main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if main else None
         ray.init(log_to_driver=True)
+        if callable(handler):  # Ray's core worker replaces a SIGTERM handler set before init (the CLI's)
+            signal.signal(signal.SIGTERM, handler)
     return ray
 
 
