@@ -24,18 +24,13 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # pipeline_scale sets Ray's test environment
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline_scale import MODEL_ID, StandInStore, tiny_jpegs, write_inputs  # noqa: E402
+from pipeline_scale import MODEL_ID, StandInStore, tiny_jpegs, write_inputs  # noqa: E402  (first: env + path)
 
 S1, R = 9, 379
 
