@@ -412,13 +412,16 @@ def test_interrupted_run_says_how_to_resume_and_releases_its_lock(visual_store, 
            "--write-batch-size", "32", "--no-progress", "--address", "local", "--test-throttle-s", "1.0"]
     for sig, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")):
         before = len(list(out.glob("_committed/*.json")))
+        # SIGINT as in a foreground terminal: a runner that starts us in the background may have it ignored
         proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + 180
             while time.time() < deadline and proc.poll() is None and len(list(out.glob("_committed/*.json"))) <= before:
                 time.sleep(0.1)
             assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert len(list(out.glob("_committed/*.json"))) < 6, "the run committed everything before the signal"
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=120)
         finally:
