@@ -19,12 +19,19 @@ after every part, so a run killed at its time limit keeps what it had measured):
   57,051 vertices x 8 heads, then ROI means) in the same run for the ratio; the collapse time; and the engine as
   shipped (cudnn.benchmark off) against cudnn.benchmark on.
 - ``decode``: ``torchvision.io.decode_jpeg(device="cuda")`` on batches of 4000x3000 and 425x425 JPEGs, against PIL
-  on one CPU core (standalone: the pipeline does not use it).
+  on one CPU core; and the engine's device path as ``--decode gpu`` runs it (``screening.device_decode``: decode,
+  orient, crop, resize to 224 on the GPU) against ``preprocess_bytes`` on one core.
 - ``agreement``: bf16 / fp16 / TF32 (and the torch-default flags) against strict fp32 (unfolded BN, no TF32) through
   the model of a synthetic store made by ``screening make-store`` (published architecture) on the demo photos
-  (``screening.demo.packaged_photos``, JPEG q92 -> ``preprocess_bytes``, as the demo screens them) and on random
-  crops of them; per (subject, ROI) Pearson r across images: min / median over all pairs, pairs below 0.999, the
+  (``screening.demo.packaged_photos`` or the bundle's copy, JPEG q92 -> ``preprocess_bytes``, as the demo screens
+  them) and on random crops of them; per (subject, ROI) Pearson r across images: min / median over all pairs, pairs below 0.999, the
   worst pair, max |diff| / max |fp32|, non-finite outputs.
+- ``decode_agreement``: ``--decode gpu``'s pixels (``decode_on_device`` with nvJPEG) against the exact CPU path
+  (``preprocess_bytes``) on the demo photos as JPEG q92, in levels and through the model (strict fp32 both sides):
+  per (subject, ROI) r min / median. Without CUDA it runs with Pillow standing in for nvJPEG (a code check).
+
+``summarize`` also applies the CUDA precision rule (README, "Precision on CUDA"): fp16 when its min per-ROI r on
+the demo photos is at least bf16's and its best core images/s at least 0.95x bf16's, else bf16.
 
 Without CUDA every part records ``"status": "skipped: no CUDA"`` and then runs its code path on the CPU at toy
 sizes (``"cpu_smoke"``: a code check, not a measurement), so the script is exercised on a CPU-only machine.
@@ -200,18 +207,18 @@ def half_dtype(mode: str):
 
 
 def core_forward(core, x, mode: str):
-    """Core output for normalised input. bf16 is the engine's own ``core_features``; fp16 is the same structure
-    (block1 fp32 channels_last, then autocast) with float16; fp32/TF32 run the core as is."""
+    """Core output for normalised input: bf16 / fp16 are the engine's own ``core_features`` (block1 fp32
+    channels_last, then autocast); fp32/TF32 run the core as is."""
     import torch
 
     from screening.models.encoder import core_features
 
-    if mode == "bf16":
-        return core_features(core, x, "bf16")
-    if mode == "fp16":
-        x = core.block1(x.contiguous(memory_format=torch.channels_last))
+    if mode == "fp16" and x.device.type != "cuda":   # the engine refuses fp16 off CUDA; the CPU code check runs
+        x = core.block1(x.contiguous(memory_format=torch.channels_last))   # the same structure here
         with torch.autocast(x.device.type, dtype=torch.float16):
             return core(x, start=1).float()
+    if mode in ("bf16", "fp16"):
+        return core_features(core, x, mode)
     return core(x)
 
 
@@ -477,6 +484,23 @@ def _jpegs(photos, size_wh, n, quality=90):
     return [unique[i % len(unique)] for i in range(n)]
 
 
+def device_path_rates(data, dev, seconds) -> dict:
+    """Images/s of ``--decode gpu``'s whole step (decode, orient, crop, resize to 224 on the device) against the
+    exact CPU path on one core."""
+    from screening.device_decode import decode_on_device
+    from screening.preprocess import preprocess_bytes
+
+    decoder, _ = device_decoder(dev)
+    t = statistics.median(timed(lambda: decode_on_device(data, device=dev, gpu_decode=decoder), seconds, dev))
+    k = max(1, len(data) // 8)
+    t0 = time.perf_counter()
+    for d in data[:k]:
+        preprocess_bytes(d)
+    cpu = k / (time.perf_counter() - t0)
+    return {"engine_device_path_images_per_s": len(data) / t, "preprocess_bytes_1core_images_per_s": cpu,
+            "engine_device_path_vs_1core": len(data) / t / cpu}
+
+
 def part_decode(ctx) -> dict:
     import numpy as np
     import torch
@@ -488,10 +512,10 @@ def part_decode(ctx) -> dict:
         return {"status": f"skipped: no torchvision ({type(e).__name__}: {e})"}
     from PIL import Image
 
-    from screening.demo import packaged_photos
+    from screening.preprocess import decode_image
 
     dev = ctx["dev"]
-    photos = packaged_photos()
+    photos = {name: (np.asarray(decode_image(d)), None) for name, d in demo_jpegs().items()}
     res = {"torchvision": torchvision.__version__, "sizes": {}}
     for label, wh, n in ctx["decode_sets"]:
         data = _jpegs(photos, wh, n)
@@ -510,6 +534,7 @@ def part_decode(ctx) -> dict:
             got = decode_jpeg(tens[0], device=dev).cpu().numpy().transpose(1, 2, 0).astype(np.int16)
             want = np.asarray(Image.open(io.BytesIO(data[0])).convert("RGB")).astype(np.int16)
             entry["mean_abs_diff_vs_pil_levels"] = float(np.abs(got - want).mean())
+            entry.update(device_path_rates(data, dev, ctx["seconds"]))
             entry["status"] = "ok"
             print(f"  decode_jpeg({dev.type}) {label}: {entry['torchvision_images_per_s']:.0f} img/s "
                   f"(PIL 1 core {pil_ips:.0f} img/s)", flush=True)
@@ -525,18 +550,13 @@ def agreement_images(n_crops: int, seed: int = 0):
     import numpy as np
     from PIL import Image
 
-    from screening.demo import packaged_photos
-    from screening.preprocess import preprocess_bytes
+    from screening.preprocess import decode_image, preprocess_bytes
 
-    photos = packaged_photos()
-    demo = []
-    for name, (img, _) in sorted(photos.items()):
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=92)  # what write_demo_images writes
-        demo.append(preprocess_bytes(buf.getvalue()))
+    jpegs = demo_jpegs()
+    demo = [preprocess_bytes(d) for d in jpegs.values()]
     rng = np.random.default_rng(seed)
     crops = []
-    srcs = [img for img, _ in photos.values()]
+    srcs = [np.asarray(decode_image(d)) for d in jpegs.values()]
     for i in range(n_crops if srcs else 0):
         p = srcs[i % len(srcs)]
         h, w = p.shape[:2]
@@ -545,7 +565,15 @@ def agreement_images(n_crops: int, seed: int = 0):
         a = np.asarray(Image.fromarray(p[top:top + side, left:left + side]).resize((224, 224), Image.BILINEAR))
         crops.append((a[:, ::-1] if rng.random() < 0.5 else a).transpose(2, 0, 1))
     stack = lambda xs: np.ascontiguousarray(np.stack(xs)) if xs else None  # noqa: E731
-    return stack(demo), stack(crops), sorted(photos)
+    return stack(demo), stack(crops), list(jpegs)
+
+
+def store_record(store_dir):
+    """The published weights record whose model the store holds (synthetic or real), or None."""
+    from screening.models._weights import PUBLISHED
+
+    return next((w for w in PUBLISHED.values() if (Path(store_dir) / w.store_dir / "synthetic.json").exists()
+                 or (Path(store_dir) / w.store_dir / "encoding_models_weights" / w.filename).exists()), None)
 
 
 def part_agreement(ctx) -> dict:
@@ -553,7 +581,6 @@ def part_agreement(ctx) -> dict:
     import torch
 
     from screening import rois as roi_lib
-    from screening.models._weights import PUBLISHED
     from screening.models.encoder import RoiEncoder, collapse_heads
     from screening.models.fast import fold_batchnorm
     from screening.store import open_store
@@ -561,8 +588,7 @@ def part_agreement(ctx) -> dict:
     dev, store_dir = ctx["dev"], ctx["store"]
     if not store_dir:
         return {"status": "skipped: no --store"}
-    w = next((w for w in PUBLISHED.values() if (Path(store_dir) / w.store_dir / "synthetic.json").exists()
-              or (Path(store_dir) / w.store_dir / "encoding_models_weights" / w.filename).exists()), None)
+    w = store_record(store_dir)
     if w is None:
         return {"status": f"failed: no model store under {store_dir}"}
     manifest = {}
@@ -640,8 +666,84 @@ def part_agreement(ctx) -> dict:
     return result
 
 
+def device_decoder(dev):
+    """(decode callable, its name): nvJPEG on CUDA; without CUDA torchvision's CPU decoder, else Pillow's."""
+    from screening.device_decode import pil_decode_jpeg, torchvision_decoder
+
+    try:
+        return torchvision_decoder(), f"torchvision.io.decode_jpeg(device={dev.type!r})"
+    except ImportError:
+        if dev.type == "cuda":
+            raise
+        return pil_decode_jpeg, "Pillow stand-in (no torchvision)"
+
+
+def demo_jpegs() -> dict:
+    """The demo photos as JPEG q92 bytes (what ``screening demo`` writes), by name: from the packages that ship
+    them, else from ``$GPU_CHECK_PHOTOS`` (the bundle's demo_photos.npz; the GPU machines lack those packages)."""
+    import numpy as np
+    from PIL import Image
+
+    from screening.demo import packaged_photos
+
+    out = {}
+    for name, (img, _) in sorted(packaged_photos().items()):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=92)
+        out[name] = buf.getvalue()
+    if not out and os.path.exists(os.environ.get("GPU_CHECK_PHOTOS", "")):
+        with np.load(os.environ["GPU_CHECK_PHOTOS"]) as z:
+            out = {name: z[name].tobytes() for name in sorted(z.files)}
+    return out
+
+
+def part_decode_agreement(ctx) -> dict:
+    """``--decode gpu`` against the exact CPU decode: pixels, then per-ROI r through the strict fp32 model."""
+    import numpy as np
+    import torch
+
+    from screening import rois as roi_lib
+    from screening.device_decode import decode_on_device
+    from screening.models.encoder import RoiEncoder, collapse_heads
+    from screening.preprocess import preprocess_bytes
+    from screening.store import open_store
+
+    dev, store_dir = ctx["dev"], ctx["store"]
+    w = store_record(store_dir) if store_dir else None
+    if w is None:
+        return {"status": f"skipped: no model store (--store {store_dir})"}
+    jpegs = demo_jpegs()
+    if not jpegs:
+        return {"status": "skipped: no demo photos (scikit-image / scikit-learn / matplotlib absent)"}
+    datas = list(jpegs.values())
+    decoder, decoder_name = device_decoder(dev)
+    got = decode_on_device(datas, device=dev, gpu_decode=decoder)
+    exact = np.stack([preprocess_bytes(d) for d in datas])
+    diff = np.abs(got.pixels.cpu().numpy().astype(np.int16) - exact)
+    model, _ = open_store(store_dir).load_model(w.model_id)
+    model = model.to(dev)
+    subjects, roi_set = list(ctx["subjects"]), roi_lib.build_roi_set(w.variant)
+    set_tf32(False)
+    wts, bias = collapse_heads(model, subjects, roi_set, device=dev)
+    enc = RoiEncoder(model.core, wts, bias, subjects, list(roi_set), "fp32").eval()   # strict fp32, BN unfolded
+    bs = ctx["agreement_batch"]
+    with torch.inference_mode():
+        ref = np.concatenate([enc(torch.from_numpy(exact[i:i + bs]).to(dev)).cpu().numpy()
+                              for i in range(0, len(exact), bs)])
+        out = np.concatenate([enc(got.pixels[i:i + bs]).cpu().numpy() for i in range(0, len(datas), bs)])
+    stats = agreement_stats(ref, out, subjects, list(roi_set))
+    print(f"  decode agreement ({decoder_name}): {got.how.count('device')} of {len(datas)} on the device path, "
+          f"pixels mean |diff| {diff.mean():.3f} levels, max {int(diff.max())}; min per-ROI r {stats['min_r']:.5f}, "
+          f"median {stats['median_r']:.6f}", flush=True)
+    del enc, model
+    return {"decoder": decoder_name, "model_id": w.model_id, "photos": list(jpegs), "images": len(datas),
+            "device_path_images": got.how.count("device"), "errors": [e for e in got.errors if e],
+            "pixel_mean_abs_diff_levels": float(diff.mean()), "pixel_max_abs_diff_levels": int(diff.max()),
+            "reference": "preprocess_bytes (exact CPU path), strict fp32 model on both sides", **stats}
+
+
 PARTS = {"matmul": part_matmul, "core": part_core, "encoder": part_encoder, "decode": part_decode,
-         "agreement": part_agreement}
+         "agreement": part_agreement, "decode_agreement": part_decode_agreement}
 
 
 def cmd_bench(argv) -> int:
@@ -819,6 +921,27 @@ def _rounded(x):
     return x
 
 
+AGREEMENT_BF16 = "bf16 (engine default: block1 fp32)"
+AGREEMENT_FP16 = "fp16 (block1 fp32, same structure)"
+
+
+def precision_choice(bench_parts: dict) -> dict:
+    """The README's rule for the CUDA default precision, applied to this run's measurements."""
+    variants = (bench_parts.get("agreement") or {}).get("variants") or {}
+    best = (bench_parts.get("core") or {}).get("best") or {}
+    try:
+        fp16, bf16 = variants[AGREEMENT_FP16]["demo_photos"], variants[AGREEMENT_BF16]["demo_photos"]
+        r16, rb, bad = fp16["min_r"], bf16["min_r"], fp16["non_finite_outputs"]
+        speed = best["fp16"]["images_per_s"] / best["bf16"]["images_per_s"]
+    except (KeyError, TypeError):
+        return {"status": "not measured (needs the core and agreement parts on CUDA)"}
+    choice = "fp16" if r16 is not None and r16 >= rb and not bad and speed >= 0.95 else "bf16"
+    return {"status": "ok", "choice": choice, "fp16_min_r": r16, "bf16_min_r": rb, "fp16_non_finite_outputs": bad,
+            "fp16_over_bf16_images_per_s": speed,
+            "rule": "fp16 if its min per-ROI r (demo photos) >= bf16's, no non-finite output, and its best core "
+                    "images/s >= 0.95x bf16's; else bf16"}
+
+
 def cmd_summarize(argv) -> int:
     """Merge what gpu_check.sh left in WORK into one summary JSON."""
     p = argparse.ArgumentParser(prog="gpu_bench.py summarize")
@@ -860,10 +983,10 @@ def cmd_summarize(argv) -> int:
                                      for s in ("demo_photos", "photo_crops", "status") if s in e}
                                  for n, e in v["variants"].items()}}
         return v
-    for name in ("matmul", "core", "encoder", "decode", "agreement"):
+    for name in ("matmul", "core", "encoder", "decode", "agreement", "decode_agreement"):
         v = bench_parts.get(name)
         if v is None:
-            key = "bench_agreement" if name == "agreement" else "bench_speed"
+            key = "bench_agreement" if name.endswith("agreement") else "bench_speed"
             st = shell.get(key, {}).get("status", "not run")
             parts[name] = {"status": st if st != "ok" else "not recorded"}
         elif "cpu_smoke" in v:
@@ -871,8 +994,11 @@ def cmd_summarize(argv) -> int:
                                                                 "seconds": v["cpu_smoke"].get("seconds")}}
         else:
             parts[name] = compact(name, v)
-    for name in ("pipeline_quick", "pipeline_full"):
+    for name in ("pipeline_quick", "pipeline_gpu_decode", "pipeline_full"):
         parts[name] = _pipeline_summary(shell.get(name), _load(w / f"{name}.json"))
+    if "pytest_gpu" in shell:
+        parts["pytest_gpu"] = shell["pytest_gpu"]
+    parts["cuda_precision_choice"] = precision_choice(bench_parts)
     bad = [n for n, v in parts.items() if isinstance(v, dict) and str(v.get("status", "")).startswith("failed")]
     smoke_bad = [n for n, v in parts.items() for k in ("cpu_smoke", "cpu_run") if isinstance(v, dict)
                  and isinstance(v.get(k), dict) and str(v[k].get("status", "")).startswith("failed")]

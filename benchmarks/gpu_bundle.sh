@@ -63,6 +63,8 @@ PACKAGES=(
   s3fs aiobotocore botocore jmespath python-dateutil six aioitertools wrapt
   aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl
   tqdm
+  # gpu_check.sh runs the tests marked gpu (pytest -m gpu; pyproject's addopts need pytest-timeout)
+  pytest pluggy iniconfig pygments pytest-timeout
 )
 BASE_SET="torch torchvision numpy pandas pyarrow pillow"
 # ray folders that neither `import ray.data` nor our pipeline import
@@ -169,6 +171,21 @@ echo "site tree: $((before / 1048576)) MiB unpacked, $((after / 1048576)) MiB af
 rm -rf "$OUTDIR.tmp"
 mkdir -p "$OUTDIR.tmp"
 tar -C "$SITE" --owner=0 --group=0 --numeric-owner --sort=name -cf - . | xz -"$XZ_LEVEL" -T0 > "$OUTDIR.tmp/site.tar.xz"
+# The demo photos (from scikit-image / scikit-learn / matplotlib, absent on the GPU machines) as the JPEG q92 files
+# the demo writes: gpu_bench.py and the gpu tests read them through GPU_CHECK_PHOTOS.
+"$HOSTPY" - "$OUTDIR.tmp/demo_photos.npz" <<'EOF'
+import io, sys
+import numpy as np
+from PIL import Image
+from screening.demo import packaged_photos
+jpegs = {}
+for name, (img, _) in sorted(packaged_photos().items()):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=92)
+    jpegs[name] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+np.savez(sys.argv[1], **jpegs)
+print(f"demo_photos.npz: {len(jpegs)} photos, {sum(map(len, jpegs.values())) / 2**20:.1f} MiB")
+EOF
 
 echo "== 4. manifest, size"
 "$HOSTPY" - "$OUTDIR.tmp" "$PYVER" "$WHEELS" "$after" "$FULL_BOTOCORE" "${RAY_STRIP[*]}" "${BOTOCORE_KEEP[*]}" "$BASE_SET" "${PACKAGES[@]}" <<'EOF'

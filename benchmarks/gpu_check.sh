@@ -13,9 +13,12 @@
 #  3. in the background: `screening make-store` of the full-size synthetic store (published architecture,
 #     57,051 vertices) for the agreement part, then the width-384 visual store for the full pipeline run;
 #  4. gpu_bench.py bench: matmul peak, core sweep fp32/TF32/bf16/fp16, ROI encoder vs reference, decode_jpeg(cuda);
-#  5. gpu_bench.py bench --parts agreement: bf16 / fp16 / TF32 vs fp32 on the demo photos, per-ROI Pearson r;
-#  6. the Ray pipeline from JPEG shards (benchmarks/pipeline_cpu.py): --quick with one GPU encoder and the
-#     machine's cores for CPU decode; then, with the time left, 16,384 425x425 JPEGs through the width-384 model.
+#  5. gpu_bench.py bench --parts agreement,decode_agreement: bf16 / fp16 / TF32 vs fp32 on the demo photos, per-ROI
+#     Pearson r, and --decode gpu's pixels vs the exact CPU decode through the model (photos: the bundle's copy);
+#  6. pytest -m gpu: the tests of the CUDA paths (tests/test_gpu_paths.py), which CPU machines deselect;
+#  7. the Ray pipeline from JPEG shards (benchmarks/pipeline_cpu.py): --quick with one GPU encoder and the
+#     machine's cores for CPU decode; the same with --decode gpu; then, with the time left, 16,384 425x425 JPEGs
+#     through the width-384 model.
 # Output: everything printed goes to $OUT/check.log (the store builds to $OUT/store.log), the merged measurements to
 # $OUT/bench.json, the pipelines' raw samples to $OUT/pipeline_*.json, and one $OUT/summary.json.
 # $OUT defaults to a new temp dir. Without CUDA every GPU part says "skipped: no CUDA" in the summary (and its code
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
     --python) PY=$2; shift 2 ;;
     --budget-s) BUDGET=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -151,6 +154,8 @@ export BUNDLE SITE W PY
 export -f bundle_unpack
 run_part bundle cpu 120 10 bash -c bundle_unpack
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+GPU_CHECK_PHOTOS=$(cd "$BUNDLE" 2>/dev/null && pwd)/demo_photos.npz
+export GPU_CHECK_PHOTOS
 
 # ---- 2. import ray, ray.data, our pipeline
 RAY_OK=0
@@ -191,14 +196,23 @@ if [ -n "$STORE_PID" ]; then
   while kill -0 "$STORE_PID" 2>/dev/null && [ "$(left)" -gt 100 ]; do sleep 2; done
   if kill -0 "$STORE_PID" 2>/dev/null; then echo "store build still running: agreement may fail"; fi
 fi
-run_part bench_agreement cpu 150 30 "$PY" benchmarks/gpu_bench.py bench --parts agreement --store "$STORE_ALL" \
-  --json "$W/agreement.json" --deadline $((DEADLINE - 75))
+run_part bench_agreement cpu 170 30 "$PY" benchmarks/gpu_bench.py bench --parts agreement,decode_agreement \
+  --store "$STORE_ALL" --json "$W/agreement.json" --deadline $((DEADLINE - 75))
 
-# ---- 6. the Ray pipeline from JPEG shards
+# ---- 6. the tests marked gpu (deselected on CPU machines, so they run only here)
+if [ "$CUDA" = 1 ]; then
+  run_part pytest_gpu gpu 120 30 "$PY" -m pytest -q -p no:logging -p no:cacheprovider -m gpu tests/test_gpu_paths.py
+else
+  record pytest_gpu "skipped: no CUDA (the gpu tests are deselected without it)" 0
+fi
+
+# ---- 7. the Ray pipeline from JPEG shards
 if [ "$RAY_OK" = 1 ]; then
   if [ "$CUDA" = 1 ]; then
     run_part pipeline_quick gpu 120 45 "$PY" benchmarks/pipeline_cpu.py --quick --num-gpus-per-encoder 1 \
       --num-cpus "$NCPU" --workdir "$W/pq" --json "$W/pipeline_quick.json"
+    run_part pipeline_gpu_decode gpu 120 45 "$PY" benchmarks/pipeline_cpu.py --quick --num-gpus-per-encoder 1 \
+      --decode gpu --num-cpus "$NCPU" --workdir "$W/pqg" --json "$W/pipeline_gpu_decode.json"
     if [ -n "$STORE_PID" ]; then wait "$STORE_PID" 2>/dev/null; fi
     if grep -q '"status": "ok"' "$W/parts/store.json" 2>/dev/null; then
       run_part pipeline_full gpu 240 60 "$PY" benchmarks/pipeline_cpu.py --rows 16384 --shard-rows 512 \
@@ -210,10 +224,12 @@ if [ "$RAY_OK" = 1 ]; then
   else
     run_part pipeline_quick gpu 240 45 "$PY" benchmarks/pipeline_cpu.py --quick --workdir "$W/pq" \
       --json "$W/pipeline_quick.json"
+    record pipeline_gpu_decode "skipped: no CUDA" 0
     record pipeline_full "skipped: no CUDA" 0
   fi
 else
   record pipeline_quick "skipped: ray not importable from the bundle" 0
+  record pipeline_gpu_decode "skipped: ray not importable from the bundle" 0
   record pipeline_full "skipped: ray not importable from the bundle" 0
 fi
 
@@ -222,7 +238,7 @@ if [ -n "$STORE_PID" ] && kill -0 "$STORE_PID" 2>/dev/null; then  # still buildi
   pkill -TERM -P "$STORE_PID" 2>/dev/null; kill "$STORE_PID" 2>/dev/null
 fi
 printf '{"elapsed_s": %d, "budget_s": %d}\n' $(( $(date +%s) - START )) "$BUDGET" > "$W/timing.json"
-for f in pipeline_quick pipeline_full; do [ -f "$W/$f.json" ] && cp "$W/$f.json" "$OUT/"; done
+for f in pipeline_quick pipeline_gpu_decode pipeline_full; do [ -f "$W/$f.json" ] && cp "$W/$f.json" "$OUT/"; done
 echo "== summary ($(( $(date +%s) - START )) s since start)"
 "$PY" benchmarks/gpu_bench.py summarize --work "$W" --out "$OUT/summary.json" --bench-out "$OUT/bench.json"
 rc=$?

@@ -2,6 +2,13 @@
 
     nice -n 10 python benchmarks/pipeline_cpu.py --rows 100000 --width 4 --image-size 64     # the memory run
     python benchmarks/pipeline_cpu.py --quick [--num-gpus-per-encoder 1]                       # < 2 minutes
+    nice -n 10 python benchmarks/pipeline_cpu.py --published STORE --images 64 --repeats 2     # pipeline vs API
+
+``--published STORE``: the published-size model (a full-width "all" store: ``screening make-store``), all 8
+subjects x every ROI, bf16, on all cores: steady-state ``screen()`` images/s against
+``BERG.encode(reduce="roi_mean", precision="bf16")`` images/s on the same images (real photographs as ~425 px
+JPEGs; the API gets them decoded, so its time excludes decoding), run back to back ``--repeats`` times: medians and
+their ratio. One-time setup (model load + collapse, and Ray start) is reported apart.
 
 Inputs: ``--rows / --shard-rows`` copies of one shard of small JPEGs (``--image-size``, default 64x64: decode is then
 cheap, so the run measures the pipeline and its memory, not libjpeg). Model: a reduced-width synthetic visual store
@@ -239,6 +246,127 @@ def report(args, r, wall, sampler, enc_ips, dec_ips, device):
                        "e2e": e2e, "steady": steady, "args": vars(args)}, f)
 
 
+def photo_jpegs(n: int, side: int = 425) -> list[bytes]:
+    """``n`` JPEGs (quality 90) of scikit-image's photographs, random crops with the short side ``side`` px."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    photos = [getattr(data, k)() for k in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+                                           "hubble_deep_field", "coins", "camera")]
+    photos = [np.stack([p] * 3, -1) if p.ndim == 2 else p[..., :3] for p in photos]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = p.shape[:2]
+        ch, cw = int(h * rng.uniform(0.7, 1)), int(w * rng.uniform(0.7, 1))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = Image.fromarray(np.ascontiguousarray(p[top:top + ch, left:left + cw]))
+        scale = side / min(img.size)
+        img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def api_rate(model, berg, pixels) -> float:
+    """images/s of ``BERG.encode(reduce="roi_mean")`` (its collapse built beforehand: setup, not throughput)."""
+    t0 = time.perf_counter()
+    berg.encode(model, pixels, reduce="roi_mean")
+    return len(pixels) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(in_dir, store_dir, out, shard_rows, batch_size) -> tuple[float, float, float]:
+    """(steady images/s between the first and the last unit commit, seconds to the first commit, wall)."""
+    from screening.pipeline import screen
+
+    shutil.rmtree(out, ignore_errors=True)
+    committed = os.path.join(out, "_committed")
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            for f in os.listdir(committed) if os.path.isdir(committed) else []:
+                seen.setdefault(f, time.perf_counter())
+            done.wait(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    # one unit per Ray batch and per part: units commit one after another, so first-to-last commit is steady state
+    screen(in_dir, store_dir, out, precision="bf16", batch_size=batch_size or shard_rows, write_batch_size=shard_rows,
+           progress=False)
+    wall = time.perf_counter() - t0
+    done.set()
+    t.join()
+    times = sorted(v for k, v in seen.items() if k.endswith(".json"))
+    n = len(os.listdir(committed)) * shard_rows
+    if len(times) < 2 or times[-1] - times[0] < 0.05 * wall:
+        # Ray Data handed every unit to one actor task, so the units committed together: fall back to the whole
+        # screen() call (Ray already up; plan, actor start with a warm cache, encode, commit) - a lower bound
+        return n / wall, (times[0] - t0) if times else wall, wall
+    return (len(times) - 1) * shard_rows / (times[-1] - times[0]), times[0] - t0, wall
+
+
+def published(args):
+    """Pipeline vs API on the published-size model, same images, back to back, ``--repeats`` times."""
+    import ray
+    import torch
+
+    from screening.api import BERG
+    from screening.preprocess import preprocess_bytes
+
+    work = args.workdir or tempfile.mkdtemp(prefix="pipebench-pub")
+    jpegs = photo_jpegs(args.images)
+    in_dir = os.path.join(work, "in")
+    shutil.rmtree(in_dir, ignore_errors=True)
+    os.makedirs(in_dir)
+    for s in range(0, args.images, args.shard_rows):
+        chunk = jpegs[s:s + args.shard_rows]
+        pq.write_table(pa.table({"image_id": [f"img{s + i:05d}" for i in range(len(chunk))],
+                                 "image": pa.array(chunk, pa.binary())}), os.path.join(in_dir, f"part-{s:05d}.parquet"))
+    pixels = np.stack([preprocess_bytes(b) for b in jpegs])
+    berg = BERG(args.published)
+    model_id = berg.store.model_ids()[0]
+    t0 = time.perf_counter()
+    model = berg.get_encoding_model(model_id, subject="all", precision="bf16")
+    model.roi_encoder()
+    model.heads = {}  # the timed roi_mean path no longer reads the full heads: free their 1.9 GB
+    api_setup = time.perf_counter() - t0
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rows = []
+    for r in range(args.repeats):
+        a = api_rate(model, berg, pixels)
+        p, first, wall = pipeline_rate(in_dir, args.published, os.path.join(work, f"out{r}"), args.shard_rows,
+                                       args.batch_size)
+        rows.append((a, p, first, wall))
+        print(f"repeat {r}: API {a:.3f} images/s, pipeline steady {p:.3f} images/s (ratio {p / a:.2f}); pipeline "
+              f"first commit at {first:.1f} s, wall {wall:.1f} s", flush=True)
+    ray.shutdown()
+    api, pipe = statistics.median(x[0] for x in rows), statistics.median(x[1] for x in rows)
+    print(f"\nCPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads (API) {torch.get_num_threads()}, load avg "
+          f"{os.getloadavg()[0]:.1f}; {args.images} images (~425 px JPEGs), shards of {args.shard_rows}, "
+          f"pipeline batch {args.batch_size}; model {model_id}, 8 subjects x {len(model.roi_names)} ROIs, bf16")
+    print("| metric | value |\n|---|---|")
+    print(f"| BERG.encode(reduce='roi_mean', bf16) images/s, median of {args.repeats} | {api:.3f} |")
+    print(f"| screen() steady images/s (first to last unit commit), median of {args.repeats} | {pipe:.3f} |")
+    print(f"| pipeline / API | {pipe / api:.2f} (per repeat: {', '.join(f'{x[1] / x[0]:.2f}' for x in rows)}) |")
+    print(f"| one-time: API load + collapse (s) | {api_setup:.1f} |")
+    print(f"| one-time: screen() start to first commit (s; Ray start, actor load + cached collapse, first shard) | "
+          f"{', '.join(f'{x[2]:.1f}' for x in rows)} |")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+
+
 def r_batch(args, device):
     return args.batch_size or (256 if device == "cuda" else 64)
 
@@ -250,7 +378,9 @@ def main():
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=None, help="encoder batch (default: the pipeline's)")
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "fp16"])
+    ap.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
+                    help="screen(decode=...): gpu = nvJPEG inside the GPU encoders")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     ap.add_argument("--num-gpus-per-encoder", type=float, default=0.0,
                     help="> 0: GPU encoders (the local Ray gets the machine's GPUs)")
@@ -258,7 +388,14 @@ def main():
     ap.add_argument("--encoder-seconds", type=float, default=10.0)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the raw samples here")
+    ap.add_argument("--published", default=None, metavar="STORE", help="pipeline vs API on this full-width store")
+    ap.add_argument("--images", type=int, default=64, help="--published: images per run")
+    ap.add_argument("--repeats", type=int, default=2, help="--published: back-to-back API / pipeline pairs")
     args = ap.parse_args()
+    if args.published:
+        args.shard_rows = min(args.shard_rows, 16)
+        args.batch_size = args.batch_size or 16
+        return published(args)
     if args.quick:
         args.rows, args.shard_rows, args.encoder_seconds = min(args.rows, 512), min(args.shard_rows, 128), 3.0
 
@@ -308,7 +445,8 @@ def main():
     sampler.start()
     t0 = time.perf_counter()
     r = screen(in_dir, store_dir, out, model_id=MODEL_ID, rois=ROIS, batch_size=args.batch_size,
-               precision=args.precision, num_gpus_per_encoder=args.num_gpus_per_encoder, progress=False)
+               precision=args.precision, num_gpus_per_encoder=args.num_gpus_per_encoder, progress=False,
+               decode=args.decode)
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()

@@ -3,12 +3,18 @@
     python benchmarks/rank.py --images 555556 --dir /tmp/rank-bench --generate-only   # 5,000,004 rows, 382 ROI columns
     python benchmarks/rank.py --dir /tmp/rank-bench --rank-arg=--roi=FFC ... --cleanup  # reuses the table
 
+Side by side with another checkout's ranker (e.g. the DuckDB one that was evaluated, ``git worktree add /tmp/rank-duckdb
+2fd3722`` plus ``pip install duckdb``), interleaved, medians reported::
+
+    python benchmarks/rank.py --dir /tmp/rank-bench --baseline /tmp/rank-duckdb --repeat 2 \
+        --rank-arg=--no-selectivity --rank-arg=--no-consensus --baseline-arg=--threads=2 --baseline-arg=--memory-limit-mb=1024
+
 The table has the ``all`` variant's columns (360 areas + 22 groups, float32), 8 subjects + ``mean``, and
 is written the way the pipeline's sink writes ``responses/``: same schema and row order, one file per
 ``--chunk-images`` images, row groups of 65,538 rows (see :func:`pipeline_row_group_rows`); generating it
 never holds more than one row group. An existing complete table under ``--dir`` is reused.
-Ranking runs in a child process; its wall time and peak RSS (``ru_maxrss`` of the child) are reported
-next to the table's size on disk and in memory.
+Ranking runs in a child process; its wall time and peak RSS (``ru_maxrss`` of that child from ``wait4``: the
+whole process, DuckDB's threads included) are reported next to the table's size on disk and in memory.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +90,55 @@ def generate(out: Path, n_images: int, chunk_images: int, seed: int) -> tuple[in
     return rows, len(cols)
 
 
+def rank_once(resp: Path, out: Path, extra: list[str], checkout: str | None) -> dict:
+    """One ``screening rank`` in a child process (``checkout`` first on its ``PYTHONPATH``): wall time and the
+    child's own peak RSS."""
+    cmd = [sys.executable, "-m", "screening.cli", "rank", str(resp.resolve()), str(out.resolve())] + extra
+    env = dict(os.environ)
+    if checkout:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(checkout).resolve())] + [p for p in [env.get("PYTHONPATH")] if p])
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env, cwd=checkout)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0), err_f.seek(0)
+        print(err_f.read()[-1500:], out_f.read()[-500:], sep="\n")
+    peak_kb = usage.ru_maxrss  # KiB on Linux
+    return {"args": extra, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_gb": round(peak_kb * 1024 / 1e9, 2), "returncode": proc.returncode}
+
+
+def compare(resp: Path, root: Path, args) -> int:
+    """Rank ``args.repeat`` times with each ranker, interleaved; print every run and the medians."""
+    meta = [pq.ParquetFile(p).metadata for p in sorted(resp.glob("*.parquet"))]
+    rows = sum(m.num_rows for m in meta)
+    ncols = meta[0].num_columns - 2
+    disk = sum(p.stat().st_size for p in resp.glob("*.parquet"))
+    in_mem = rows * ncols * 4
+    runs = [("current", None, args.rank_arg)]
+    if args.baseline:
+        runs.append(("baseline", args.baseline, args.rank_arg + args.baseline_arg))
+    results = {name: [] for name, _, _ in runs}
+    for rep in range(args.repeat):  # interleaved: each repetition runs every ranker once
+        for name, checkout, extra in runs:
+            r = rank_once(resp, root / f"rankings-{name}", extra, checkout)
+            print(json.dumps({"ranker": name, "repetition": rep + 1, **r}))
+            results[name].append(r)
+    summary = {"rows": rows, "roi_columns": ncols, "table_disk_gb": round(disk / 1e9, 2),
+               "table_float32_gb": round(in_mem / 1e9, 2), "row_group_rows": meta[0].row_group(0).num_rows,
+               "cpus": os.cpu_count(), "repeat": args.repeat}
+    for name, rs in results.items():
+        summary[name] = {"args": rs[0]["args"], "checkout": dict((n, c) for n, c, _ in runs)[name] or "this one",
+                         "median_wall_s": round(statistics.median(r["wall_s"] for r in rs), 1),
+                         "median_cpu_s": round(statistics.median(r["cpu_s"] for r in rs), 1),
+                         "median_peak_rss_gb": round(statistics.median(r["peak_rss_gb"] for r in rs), 2),
+                         "returncodes": [r["returncode"] for r in rs]}
+    print(json.dumps(summary, indent=1))
+    return max(r["returncode"] for rs in results.values() for r in rs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=555_556, help="images; rows = 9 x images (default 5,000,004)")
@@ -94,6 +150,11 @@ def main():
     ap.add_argument("--cleanup", action="store_true", help="delete DIR (table and rankings) at the end")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rank-arg", action="append", default=[], help="extra argument for `screening rank`")
+    ap.add_argument("--baseline-arg", action="append", default=[],
+                    help="extra argument for the baseline checkout's `screening rank` only (e.g. --threads=2)")
+    ap.add_argument("--baseline", metavar="CHECKOUT",
+                    help="also run the ranker of this source tree (a git worktree of an older commit)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved repetitions (default 1)")
     args = ap.parse_args()
     root = Path(args.dir)
     resp = root / "responses"
@@ -112,32 +173,13 @@ def main():
         print(f"reusing {resp} ({done.read_text()})")
     if args.generate_only:
         return 0
-    meta = [pq.ParquetFile(p).metadata for p in sorted(resp.glob("*.parquet"))]
-    rows = sum(m.num_rows for m in meta)
-    ncols = meta[0].num_columns - 2
-    disk = sum(p.stat().st_size for p in resp.glob("*.parquet"))
-    in_mem = rows * ncols * 4
-    cmd = [sys.executable, "-m", "screening.cli", "rank", str(resp), str(root / "rankings")] + args.rank_arg
-    print("command:", " ".join(cmd[2:]))
-    t1 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t1
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(proc.stderr[-3000:])
-    print(proc.stdout[-2000:])
-    result = {"rows": rows, "roi_columns": ncols, "table_disk_gb": round(disk / 1e9, 2),
-              "table_float32_gb": round(in_mem / 1e9, 2), "rank_wall_s": round(wall, 1),
-              "rank_peak_rss_gb": round(peak_kb / 1e6, 2), "rank_args": args.rank_arg,
-              "returncode": proc.returncode, "cpus": os.cpu_count()}
-    meta0 = pq.ParquetFile(sorted(resp.glob("*.parquet"))[0]).metadata
-    result["row_group_rows"] = meta0.row_group(0).num_rows
-    print(json.dumps(result, indent=1))
+    returncode = compare(resp, root, args)
     if args.cleanup:
         import shutil
 
         shutil.rmtree(root)
         print(f"deleted {root}")
-    return proc.returncode
+    return returncode
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Connects to the cluster the job runs on (``ray.init()`` picks up the job's addre
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -26,7 +27,8 @@ def main(argv=None) -> int:
     configure_parser(parser)
     args = parser.parse_args(argv)
     # Inside a job RAY_ADDRESS is set; elsewhere "auto" joins the cluster running on this node (never a new one).
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto")
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
+             logging_level=logging.INFO if args.verbose else logging.WARNING)
     return run_from_args(args)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from screening.fs import StorageOptions, add_storage_arguments
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -24,8 +26,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="ROI name (repeatable or comma list; `screening rois` lists them); default all areas + groups")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet); default print a summary")
-    p.add_argument("--endpoint-url", default=None)
-    p.add_argument("--anonymous", action="store_true", default=None)
+    add_storage_arguments(p)
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -73,7 +74,8 @@ def run_from_args(args) -> int:
     rois = [r.strip() for arg in args.roi for r in arg.split(",") if r.strip()] if args.roi else None
     paths = _files(args.images)
     _check_out(args.out)
-    berg = BERG(args.store, endpoint_url=args.endpoint_url, anonymous=args.anonymous)
+    options = StorageOptions.from_args(args)
+    berg = BERG(args.store, endpoint_url=options.endpoint_url, anonymous=options.anonymous)
     present = berg.store.model_ids()
     model_id = args.model_id or (present[0] if len(present) == 1 else DEFAULT_MODEL_ID)
     selection = {"roi": rois} if rois else None

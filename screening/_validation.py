@@ -13,6 +13,10 @@ from screening.exceptions import InvalidParameterError, StimulusError
 from screening.models._weights import SUBJECTS
 
 DEVICES = ("cpu", "cuda", "auto")
+#: Core precisions of the encoders: ``fp32`` is the published maths; ``bf16``/``fp16`` autocast the core after block1.
+#: fp16 is CUDA only: on CPUs float16 autocast is no fast path of ours (bf16 is), and its agreement is measured on GPU.
+PRECISIONS = ("fp32", "bf16", "fp16")
+CUDA_ONLY_PRECISIONS = ("fp16",)
 
 
 class SmallImageWarning(UserWarning):
@@ -105,6 +109,16 @@ def check_choice(name: str, value, valid: Iterable):
     if value not in valid:
         raise InvalidParameterError(f"{name}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
     return value
+
+
+def check_precision(precision, device: str) -> str:
+    """``precision`` is one of PRECISIONS and runs on ``device`` ("cpu" or "cuda")."""
+    check_choice("precision", precision, PRECISIONS)
+    if precision in CUDA_ONLY_PRECISIONS and device != "cuda":
+        cpu_ok = ", ".join(repr(p) for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
+        raise InvalidParameterError(f"precision={precision!r} needs a CUDA device (float16 autocast on a CPU "
+                                    f"measured slower than fp32) but this runs on {device!r}; valid precisions on a CPU: {cpu_ok}")
+    return precision
 
 
 def check_positive_int(name: str, value, allow_none: bool = True):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from screening.fs import StorageOptions, add_storage_arguments
+
 BANNER = """\
 ================================================================================
  SYNTHETIC WEIGHTS. This demo runs the published CNN8 architecture with random,
@@ -122,8 +124,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
     p.add_argument("--store", default=None, help="BERG root / s3:// / checkpoint URL; default a synthetic store")
     p.add_argument("--model-id", default=None)
-    p.add_argument("--endpoint-url", default=None)
-    p.add_argument("--anonymous", action="store_true", default=None)
+    add_storage_arguments(p)
     p.add_argument("--variant", default="all", choices=("all", "visual"), help="synthetic store variant")
     p.add_argument("--width", type=int, default=384, help="synthetic store width (384 = published)")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
@@ -136,6 +137,7 @@ def run_from_args(args) -> int:
     from screening.rank import rank
 
     t0 = time.perf_counter()
+    options = StorageOptions.from_args(args)
     out = Path(args.out).resolve()
     synthetic = args.store is None
     if synthetic:
@@ -153,7 +155,8 @@ def run_from_args(args) -> int:
     ingest(str(out / "images"), str(out / "shards"), shard_rows=16, overwrite=True)
     print("[3/5] screening on local Ray ...", flush=True)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,
-                              precision=args.precision, endpoint_url=args.endpoint_url, anonymous=args.anonymous)
+                              precision=args.precision, endpoint_url=options.endpoint_url,
+                              anonymous=options.anonymous)
     print("[4/5] ranking ...", flush=True)
     rank(str(out / "run" / "responses"), str(out / "run" / "rankings"), top_k=5)
     print("[5/5] report ...", flush=True)

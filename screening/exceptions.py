@@ -12,6 +12,7 @@ __all__ = [
     "InvalidParameterError",
     "StimulusError",
     "ModelNotFoundError",
+    "UnknownModelIdError",
     "ModelLoadError",
     "CheckpointError",
     "StoreError",
@@ -39,6 +40,11 @@ class StimulusError(ScreeningError, ValueError):
 
 class ModelNotFoundError(ScreeningError, LookupError):
     """The model id is unknown, or the store holds no such model."""
+
+
+class UnknownModelIdError(ModelNotFoundError, InvalidParameterError):
+    """A model id that is not one of the CNN8 models: BERG raises ModelNotFoundError, our rule says
+    InvalidParameterError; this is both, so either ``except`` catches it."""
 
 
 class ModelLoadError(ScreeningError, RuntimeError):

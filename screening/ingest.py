@@ -55,12 +55,13 @@ import json
 import os
 import posixpath
 import sys
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
+from screening.io.inputs import (IMAGE_EXTENSIONS, LIST_SUFFIXES, TAR_SUFFIXES, display, has_image_ext, is_tar,
+                                 iter_tar_images, read_list_entries, resolve_entry, walk_folder)
 
 __all__ = [
     "ingest",
@@ -72,11 +73,6 @@ __all__ = [
     "configure_parser",
     "run_from_args",
 ]
-
-#: File extensions taken from folders and archives (compared lower-case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_LIST_SUFFIXES = (".csv", ".txt", ".lst")
 
 #: Column names and Arrow types of an image shard.
 SHARD_SCHEMA_FIELDS = (("image_id", "string"), ("image", "binary"), ("source", "string"),
@@ -164,22 +160,8 @@ class _Item:
     read: Callable[[], bytes]
 
 
-def _has_image_ext(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _is_hidden(relpath: str) -> bool:
-    # "./a.jpg" (tar archives made with `tar -cf x.tar .`) is not hidden; "a/.b.jpg" is.
-    return any(part.startswith(".") for part in relpath.split("/") if part not in ("", ".", ".."))
-
-
-def _display(fs, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return f"s3://{path}" if protocol in ("s3", "s3a") else path
-
-
 class _Sources:
-    """Resolves ``src`` into an ordered stream of items; counts skipped files."""
+    """Resolves ``src`` into an ordered stream of items (rules: :mod:`screening.io.inputs`); counts skipped files."""
 
     def __init__(self, src: str, endpoint_url, anonymous):
         self.src = src
@@ -189,22 +171,23 @@ class _Sources:
         self.total: int | None = None
         self.fs, self.path = filesystem_for(src, endpoint_url=endpoint_url, anonymous=anonymous)
         lower = src.lower().rstrip("/")
-        if lower.endswith(_TAR_SUFFIXES):
+        if is_tar(lower):
             self.kind = "tar"
-        elif lower.endswith(_LIST_SUFFIXES):
+        elif lower.endswith(LIST_SUFFIXES):
             self.kind = "list"
         elif self.fs.isdir(self.path):
             self.kind = "folder"
-        elif self.fs.isfile(self.path) and _has_image_ext(lower):
+        elif self.fs.isfile(self.path) and has_image_ext(lower):
             self.kind = "file"
         elif not self.fs.exists(self.path):
             raise InvalidParameterError(f"SRC {src!r} does not exist")
         else:
             raise InvalidParameterError(
-                f"SRC {src!r} is not a folder, an image, a tar archive ({', '.join(_TAR_SUFFIXES)}) "
-                f"or a list file ({', '.join(_LIST_SUFFIXES)})")
+                f"SRC {src!r} is not a folder, an image, a tar archive ({', '.join(TAR_SUFFIXES)}) "
+                f"or a list file ({', '.join(LIST_SUFFIXES)})")
 
-    def _reader(self, fs, path: str) -> Callable[[], bytes]:
+    @staticmethod
+    def _reader(fs, path: str) -> Callable[[], bytes]:
         return lambda: fs.cat_file(path)
 
     def items(self) -> Iterator[_Item]:
@@ -212,68 +195,38 @@ class _Sources:
 
     def _file(self) -> Iterator[_Item]:
         self.total = 1
-        yield _Item(_display(self.fs, self.path), self._reader(self.fs, self.path))
+        yield _Item(display(self.fs, self.path), self._reader(self.fs, self.path))
 
     def _folder(self) -> Iterator[_Item]:
         root = self.path.rstrip("/")
         rels = []
-        for p in self.fs.find(root):
-            rel = p[len(root):].lstrip("/")
-            if _is_hidden(rel):
-                continue
-            if _has_image_ext(rel):
+        for rel, _info in walk_folder(self.fs, root):
+            if has_image_ext(rel):
                 rels.append(rel)
             else:
                 self.skipped += 1
-        rels.sort()
         self.total = len(rels)
         for rel in rels:
             p = f"{root}/{rel}"
-            yield _Item(_display(self.fs, p), self._reader(self.fs, p))
+            yield _Item(display(self.fs, p), self._reader(self.fs, p))
+
+    def _skip(self, _name: str) -> None:
+        self.skipped += 1
 
     def _tar(self) -> Iterator[_Item]:
-        archive = _display(self.fs, self.path)
-        with self.fs.open(self.path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:  # streaming: archive order, works on gzip and S3 streams
-                if not member.isfile():
-                    continue
-                name = member.name
-                if _is_hidden(name):
-                    continue
-                if not _has_image_ext(name):
-                    self.skipped += 1
-                    continue
-                fobj = tar.extractfile(member)
-                data = fobj.read() if fobj is not None else b""
+        archive = display(self.fs, self.path)
+        with self.fs.open(self.path, "rb") as f:  # streamed: archive order, works on gzip and S3 streams
+            for name, data in iter_tar_images(f, on_other=self._skip):
                 yield _Item(f"tar://{name}::{archive}", (lambda d=data: d))
 
-    def _list_entries(self) -> list[str]:
-        text = self.fs.cat_file(self.path).decode("utf-8-sig")
-        if self.path.lower().endswith(".csv"):
-            rows = list(csv.reader(io.StringIO(text)))
-            if not rows:
-                return []
-            header = [h.strip().lower() for h in rows[0]]
-            col = header.index("path") if "path" in header else header.index("uri") if "uri" in header else 0
-            return [r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()]
-        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
     def _list(self) -> Iterator[_Item]:
-        entries = self._list_entries()
+        entries = read_list_entries(self.fs, self.path)
         self.total = len(entries)
-        remote_list = "://" in self.src
-        base = posixpath.dirname(self.path) if remote_list else os.path.dirname(self.path)
         for entry in entries:
-            if "://" in entry:
-                # fsspec caches filesystem instances, so one per entry costs nothing.
-                fs, path = filesystem_for(entry, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
-                yield _Item(entry, self._reader(fs, path))
-            elif remote_list:  # a relative entry in a remote list is relative to the list's prefix
-                path = posixpath.normpath(posixpath.join(base, entry))
-                yield _Item(_display(self.fs, path), self._reader(self.fs, path))
-            else:
-                path = os.path.abspath(os.path.join(base, os.path.expanduser(entry)))
-                yield _Item(path, self._reader(self.fs, path))
+            uri = resolve_entry(entry, self.fs, self.path)
+            # fsspec caches filesystem instances, so one per entry costs nothing.
+            fs, path = filesystem_for(uri, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+            yield _Item(uri, self._reader(fs, path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +291,7 @@ class _Writer:
             os.makedirs(self.root, exist_ok=True)
 
     def location(self, name: str) -> str:
-        return _display(self.fs, f"{self.root.rstrip('/')}/{name}")
+        return display(self.fs, f"{self.root.rstrip('/')}/{name}")
 
     def write(self, name: str, data: bytes) -> str:
         from screening.store._fs import write_atomic
@@ -405,23 +358,38 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
         Bad ``src`` / ``out`` / sizes, ``src`` holds no image (an empty folder, archive or list), or
         ``out`` already holds an ingest and ``overwrite`` is False.
     """
-    import pyarrow as pa
-    from tqdm import tqdm
-
     src, out = os.fspath(src), os.fspath(out)
     shard_rows = _check_positive_int("shard_rows", shard_rows)
     row_group_rows = _check_positive_int("row_group_rows", row_group_rows)
     workers = _check_positive_int("workers", workers)
     sources = _Sources(src, endpoint_url, anonymous)
+    items = _nonempty_items(sources)
+    writer, old = _claim_out(out, endpoint_url, anonymous, overwrite)
+    result = IngestResult(out=out, manifest=writer.location(MANIFEST_NAME))
+    shards = _ShardWriter(writer, result, shard_rows, row_group_rows)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    _ingest_items(items, sources.total, shards, result, workers, show)
+    result.skipped = sources.skipped
+    _finish(writer, result, shards.meta, old, src)
+    return result
+
+
+def _nonempty_items(sources: _Sources) -> Iterator[_Item]:
+    """The items of ``sources``; nothing to read is a mistake in SRC, refused before OUT is touched."""
     items = sources.items()
     first = next(items, None)  # lists and folders know their size once the first item is out
-    if first is None:  # nothing to read is a mistake in SRC, refused before OUT is touched
+    if first is None:
         looked = {"folder": f"files ending in {', '.join(IMAGE_EXTENSIONS)} (any case, subfolders too, hidden "
                             "files skipped)",
                   "tar": f"members ending in {', '.join(IMAGE_EXTENSIONS)}",
                   "list": "entries (one path or URI per line / in the path column)"}.get(sources.kind, "images")
         other = f"; {sources.skipped} other file(s) were passed over" if sources.skipped else ""
-        raise InvalidParameterError(f"SRC {src!r} holds no images: looked for {looked}{other}")
+        raise InvalidParameterError(f"SRC {sources.src!r} holds no images: looked for {looked}{other}")
+    return _chain(first, items)
+
+
+def _claim_out(out: str, endpoint_url, anonymous, overwrite: bool) -> tuple[_Writer, list[str]]:
+    """The writer for OUT and the files of an earlier ingest there (refused unless ``overwrite``)."""
     writer = _Writer(out, endpoint_url, anonymous)
     old = writer.existing()
     if old and not overwrite:
@@ -430,32 +398,49 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
             "pass overwrite=True (--overwrite) to replace it, or choose an empty OUT")
     if MANIFEST_NAME in old:
         writer.remove(MANIFEST_NAME)  # first: a crash from here on leaves no valid manifest
+    return writer, old
 
-    result = IngestResult(out=out, manifest=writer.location(MANIFEST_NAME))
-    schema = _schema()
-    seen: dict[str, tuple[str, str]] = {}  # image_id -> (full sha256, first source)
-    columns: dict[str, list] = {name: [] for name, _ in SHARD_SCHEMA_FIELDS}
-    shard_meta: list[dict] = []
 
-    def flush() -> None:
-        n = len(columns["image_id"])
+class _ShardWriter:
+    """Buffers rows and writes ``shard-NNNNN.parquet`` every ``shard_rows`` rows (and at the end)."""
+
+    def __init__(self, writer: _Writer, result: IngestResult, shard_rows: int, row_group_rows: int):
+        self.writer, self.result = writer, result
+        self.shard_rows, self.row_group_rows = shard_rows, row_group_rows
+        self.schema = _schema()
+        self.columns: dict[str, list] = {name: [] for name, _ in SHARD_SCHEMA_FIELDS}
+        self.meta: list[dict] = []
+
+    def add(self, image_id: str, data: bytes, source: str, size: tuple[int, int]) -> None:
+        for name, v in zip(("image_id", "image", "source", "width", "height"), (image_id, data, source, *size)):
+            self.columns[name].append(v)
+        if len(self.columns["image_id"]) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        n = len(self.columns["image_id"])
         if n == 0:
             return
-        table = pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()},
-                         schema=schema)
-        name = f"shard-{len(shard_meta):05d}.parquet"
-        data = _parquet_bytes(table, row_group_rows, binary_column="image")
-        result.shards.append(writer.write(name, data))
-        shard_meta.append({"path": name, "rows": n, "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
-        result.rows += n
-        for v in columns.values():
+        table = pa.table({k: pa.array(v, type=self.schema.field(k).type) for k, v in self.columns.items()},
+                         schema=self.schema)
+        name = f"shard-{len(self.meta):05d}.parquet"
+        data = _parquet_bytes(table, self.row_group_rows, binary_column="image")
+        self.result.shards.append(self.writer.write(name, data))
+        self.meta.append({"path": name, "rows": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        self.result.rows += n
+        for v in self.columns.values():
             v.clear()
 
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    chained = _chain(first, items)
-    with tqdm(total=sources.total, unit="img", desc="ingest", file=sys.stderr, disable=not show) as bar:
-        for source, data, digest, size, error in _ordered_prefetch(_load, chained, workers):
+
+def _ingest_items(items, total, shards: _ShardWriter, result: IngestResult, workers: int, show: bool) -> None:
+    """Read and check every item on I/O threads (in order); keep the first of identical bytes."""
+    from tqdm import tqdm
+
+    seen: dict[str, tuple[str, str]] = {}  # image_id -> (full sha256, first source)
+    with tqdm(total=total, unit="img", desc="ingest", file=sys.stderr, disable=not show) as bar:
+        for source, data, digest, size, error in _ordered_prefetch(_load, items, workers):
             bar.update(1)
             if error is not None:
                 result.errors.append((source, error))
@@ -470,24 +455,19 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
                                                   "(different bytes, same 64-bit id prefix)"))
                 continue
             seen[image_id] = (digest, source)
-            columns["image_id"].append(image_id)
-            columns["image"].append(data)
-            columns["source"].append(source)
-            columns["width"].append(size[0])
-            columns["height"].append(size[1])
-            if len(columns["image_id"]) >= shard_rows:
-                flush()
-        flush()
-    result.skipped = sources.skipped
+            shards.add(image_id, data, source, size)
+        shards.flush()
+
+
+def _finish(writer: _Writer, result: IngestResult, shard_meta: list[dict], old: list[str], src: str) -> None:
+    """Side files, stale shards of an earlier ingest removed, and the manifest, written last."""
+    from screening import __version__
 
     writer.write(ERRORS_NAME, _csv_bytes(("source", "error"), result.errors))
     writer.write(DUPLICATES_NAME, _csv_bytes(("source", "image_id", "duplicate_of"), result.duplicates))
     for name in old:  # shards of an earlier, larger ingest
         if name != MANIFEST_NAME and name not in {m["path"] for m in shard_meta}:
             writer.remove(name)
-
-    from screening import __version__
-
     manifest = {
         "format": "screening-image-shards",
         "engine_version": __version__,
@@ -501,7 +481,6 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
         "duplicates": DUPLICATES_NAME,
     }
     writer.write(MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    return result
 
 
 def _csv_bytes(header: tuple[str, ...], rows) -> bytes:

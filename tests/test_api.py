@@ -172,7 +172,7 @@ def test_int_stimulus_in_range_is_accepted_without_cast_surprises(berg, model):
     ({"selection": {"rois": ["L_V1"]}}, r"unknown keys \['rois'\]; valid keys: roi, glasser_group, voxel_index"),
     ({"selection": {}}, r"selects nothing"),
     ({"device": "gpu"}, r"device='gpu' is not valid; valid devices: 'cpu', 'cuda', 'auto'"),
-    ({"precision": "fp16"}, r"precision='fp16' is not valid; valid values: 'fp32', 'bf16'"),
+    ({"precision": "fp8"}, r"precision='fp8' is not valid; valid values: 'fp32', 'bf16', 'fp16'"),
     ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
 ])
 def test_parameter_errors_name_value_and_valid_ones(berg, kwargs, match):

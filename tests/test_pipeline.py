@@ -121,12 +121,12 @@ def local_run(ray_local, visual_store, inputs, tmp_path_factory):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kwargs, match", [
-    ({"subjects": ["sub-09"]}, r"'sub-09' is not a subject; valid subjects: 'all', sub-01"),
+    ({"subjects": ["sub-09"]}, r"subjects 'sub-09' in \['sub-09'\] is not valid; valid values: 1, 2"),
     ({"rois": ["NOT_AN_AREA"]}, r"Unknown ROI 'NOT_AN_AREA'; valid ROIs"),
-    ({"precision": "fp16"}, r"precision='fp16' is not valid; valid precisions: fp32, bf16"),
+    ({"precision": "fp8"}, r"precision='fp8' is not valid; valid precisions: fp32, bf16, fp16"),
     ({"model_id": "nope"}, r"model_id='nope' is not in the store; models in the store: fmri-mosaic"),
     ({"image_column": "pixels"}, r"image_column='pixels' is not a column of the input shards; columns: image_id"),
-    ({"batch_size": 0}, r"batch_size must be a positive integer"),
+    ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
     ({"num_encoders": (3, 1)}, r"min <= max"),
 ])
 def test_invalid_arguments_fail_before_ray(visual_store, inputs, tmp_path, kwargs, match, monkeypatch):
@@ -172,7 +172,7 @@ def test_local_end_to_end_partition_and_manifest(local_run):
     units = ["part-000", "part-001", "part-corpus", "part-empty"]
     assert sorted(p.stem for p in (out / "_committed").iterdir()) == units
     on_disk = sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.parquet"))
-    listed = sorted(f for u in units for k in ("responses", "errors")
+    listed = sorted(f for u in units for k in ("responses", "errors", "sources")
                     for f in json.loads((out / "_committed" / f"{u}.json").read_text())["files"][k])
     assert on_disk == listed and listed
     assert sorted(p.name for p in (out / "responses").iterdir()) == units[:3]   # the empty shard has no part
@@ -278,7 +278,7 @@ def test_uncommitted_leftovers_are_ignored_and_overwritten(ray_local, visual_sto
     out = tmp_path / "out"
     (out / "responses").mkdir(parents=True)
     (out / "responses" / "part-001.parquet").write_bytes(b"half-written garbage")
-    assert committed_files(str(out)) == {"responses": [], "errors": []}
+    assert committed_files(str(out)) == {"responses": [], "errors": [], "sources": []}
     r = screen(str(root), str(visual_store), str(out), **_kw(subjects=["sub-02", "sub-05"]))
     resp, errs = read_run(out)
     assert_partition(resp, errs, ids, n_subjects=2)

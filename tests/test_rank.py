@@ -446,3 +446,26 @@ def test_atlas_area_group():
             assert atlas.glasser_group_id()[k] == atlas.area_group(name)
     with pytest.raises(InvalidParameterError, match="'FFA' is not an HCP-MMP1.0 area; valid: .*FFC"):
         atlas.area_group("FFA")
+
+
+def test_s3_responses_rank_as_the_local_files(tmp_path, monkeypatch):
+    # s3:// is read through pyarrow over s3fs (the moto server on loopback); the ranking equals the local one
+    from tests.s3server import dummy_credentials, s3_server, upload_dir
+
+    rng = np.random.default_rng(5)
+    local = tmp_path / "responses"
+    local.mkdir()
+    df = _table(400, ["sub-01", "sub-02", "mean"], rng)
+    for i, part in enumerate([df.iloc[j::2] for j in range(2)]):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), local / f"part-{i}.parquet")
+    kw = dict(rois=["FFC"], top_k=5, contrasts=["L_FFC:L_V1"], selectivity=False, consensus=False, **FAST)
+    want = rank(str(local), **kw)
+    dummy_credentials(monkeypatch)
+    with s3_server() as endpoint:
+        upload_dir(endpoint, local, "rank-s3", "run/responses")
+        got = rank("s3://rank-s3/run/responses", "s3://rank-s3/run/rankings", endpoint_url=endpoint, **kw)
+        back = read_rankings("s3://rank-s3/run/rankings", endpoint_url=endpoint)
+    key = ["kind", "roi", "subject", "rank"]
+    a, b = (x.sort_values(key).reset_index(drop=True) for x in (want, got))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(back) == len(got) and set(got.kind) == {"topk", "bottomk", "contrast"}

@@ -208,6 +208,44 @@ def test_report_histogram_lines_sit_at_the_kth_values(tmp_path):
         assert top == pytest.approx(t.response.iloc[9], rel=1e-5) and bottom == pytest.approx(b.response.iloc[4], rel=1e-5)
 
 
+def test_report_reads_only_committed_files_of_a_pipeline_run(tmp_path):
+    # A pipeline run's responses/ and errors/ may hold leftovers of an interrupted unit (no marker): the report,
+    # like rank, reads only the files the _committed/ markers list.
+    run = _make_run(tmp_path, n=40)
+    for kind in ("responses", "errors"):
+        (run / kind / "u0").mkdir()
+        (run / kind / "part-0.parquet").rename(run / kind / "u0" / "part-0.parquet")
+    (run / "_committed").mkdir()
+    (run / "_committed" / "u0.json").write_text(json.dumps(
+        {"unit": "u0", "files": {"responses": ["responses/u0/part-0.parquet"], "errors": ["errors/u0/part-0.parquet"]}}))
+    committed = pd.read_parquet(run / "responses" / "u0" / "part-0.parquet")
+    leftover = committed.assign(**{c: np.float32(1e6) for c in COLUMNS})
+    (run / "responses" / "u1").mkdir()
+    (run / "errors" / "u1").mkdir()
+    pq.write_table(pa.Table.from_pandas(leftover, preserve_index=False), run / "responses" / "u1" / "part-0.parquet")
+    pq.write_table(pa.table({"image_id": ["bad2"], "source": ["/data/stimuli/leftover.jpg"], "stage": ["decode"],
+                             "error": ["ImageDecodeError: leftover"]}), run / "errors" / "u1" / "part-0.parquet")
+    page = open(write_report(run, rois=["V1"], top_k=10, bottom_k=5, flatmaps=False), encoding="utf-8").read()
+    resp = committed[committed.subject == "mean"]
+    n = {c: len(atlas.roi_grayordinates()[c]) for c in ("L_V1", "R_V1")}
+    v1 = np.sort((resp.L_V1 * n["L_V1"] + resp.R_V1 * n["R_V1"]).to_numpy(np.float64) / (n["L_V1"] + n["R_V1"]))
+    top, bottom = _thresholds_on_page(page)["V1"]
+    assert top == pytest.approx(v1[-10], rel=1e-5) and bottom == pytest.approx(v1[4], rel=1e-5)
+    assert "errors (1)" in page and "broken.jpg" in page and "leftover" not in page
+
+
+def test_report_subject_in_any_spelling(tmp_path):
+    run = _make_run(tmp_path, n=12)
+    for spelling in ("1", "subj01"):
+        page = open(write_report(run, rois=["V1"], subject=spelling, top_k=2, bottom_k=2, flatmaps=False),
+                    encoding="utf-8").read()
+        assert "lists for subject sub-01" in page
+    for bad, match in (("9", "subject='9' is not valid; valid values: 1, 2"), ("1,2", "names 2 subjects"),
+                       ("sub-03", "'sub-03' is not in the rankings; valid: \\['sub-01', 'sub-02', 'mean'")):
+        with pytest.raises(InvalidParameterError, match=match):
+            write_report(run, rois=["V1"], subject=bad, flatmaps=False)
+
+
 # -- the page ---------------------------------------------------------------------------------------------
 def test_report_page_complete(tmp_path, monkeypatch):
     import screening.report as report

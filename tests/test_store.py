@@ -255,14 +255,16 @@ def test_metadata_with_wrong_vertex_count_is_refused(vis_paths, tmp_path):
 
 
 @pytest.mark.parametrize("subject,expected", [(1, "sub-01"), ("sub-08", "sub-08"), ("3", "sub-03"),
-                                              (np.int64(2), "sub-02"), ("sub-1", "sub-01")])
+                                              (np.int64(2), "sub-02"), ("sub-1", "sub-01"), ("01", "sub-01"),
+                                              ("subj04", "sub-04"), (" S5 ", "sub-05")])
 def test_normalize_subject(subject, expected):
     assert normalize_subject(subject) == expected
 
 
-@pytest.mark.parametrize("subject", [0, 9, "sub-09", True, 1.5, "one", None])
+@pytest.mark.parametrize("subject", [0, 9, "sub-09", True, 1.5, "one", None, "1,2", "all"])
 def test_normalize_subject_rejects(subject):
-    with pytest.raises(InvalidParameterError, match="valid subjects"):
+    # the one subject grammar (screening._validation.parse_subjects), limited to exactly one subject
+    with pytest.raises(InvalidParameterError, match="valid values|exactly one"):
         normalize_subject(subject)
 
 
@@ -388,6 +390,38 @@ def test_s3_anonymous_requests_are_unsigned(s3, monkeypatch, tmp_path):
         fs.cat_file("private/mirror/readme.txt")
 
 
+def test_storage_options_one_value_for_every_caller(s3, monkeypatch, tmp_path):
+    import argparse
+
+    from screening.fs import StorageOptions, add_storage_arguments
+
+    dummy_credentials(monkeypatch)
+    # the CLI flags: absent = decide by credentials (None), --anonymous = always unsigned
+    parser = argparse.ArgumentParser()
+    add_storage_arguments(parser)
+    assert StorageOptions.from_args(parser.parse_args([])) == StorageOptions()
+    assert StorageOptions.from_args(parser.parse_args(["--anonymous", "--endpoint-url", "http://h"])) == \
+        StorageOptions("http://h", True)
+    assert StorageOptions.of({"anonymous": False}) == StorageOptions(anonymous=False)
+    for bad in ({"anon": True}, "s3"):
+        with pytest.raises(InvalidParameterError, match="storage_options"):
+            StorageOptions.of(bad)
+    with pytest.raises(InvalidParameterError, match="not both"):
+        StorageOptions.of(StorageOptions(), anonymous=True)
+    # credentials configured: None signs, True does not; the fsspec dict carries the endpoint and the region
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert StorageOptions(s3).to_fsspec("brain-encoding-response-generator") == {
+        "anon": False, "client_kwargs": {"region_name": "us-west-2", "endpoint_url": s3}}
+    assert StorageOptions(s3, anonymous=True).to_fsspec("berg")["anon"] is True
+    # one object through the store: it pickles with it and drives the requests
+    s3.clear()
+    store = pickle.loads(pickle.dumps(open_store("s3://berg/mirror", storage_options=StorageOptions(s3, True),
+                                                 cache_dir=tmp_path / "c")))
+    assert store.storage_options == StorageOptions(s3, True) and store.model_ids() == [VIS]
+    assert s3.requests and not any(signed for _, _, signed in s3.requests)
+
+
 def test_s3_endpoint_from_environment(s3, monkeypatch, tmp_path):
     dummy_credentials(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", str(s3))
@@ -481,6 +515,22 @@ def test_https_checkpoint_url_cached_and_verified(http_base, vis_paths, tmp_path
         assert open_store(url, cache_dir=tmp_path / "c").checkpoint_file(VIS) == path
     assert sum(1 for m, _ in _Files.log if m == "GET") == 2
     assert _cache.read_sidecar(path) == want
+
+
+def test_full_length_corrupt_checkpoint_is_not_cached(http_base, vis_paths, tmp_path):
+    # No sha256 is published, so a checkpoint of the right length with wrong bytes is caught by the CRC32 of
+    # its torch zip members (one flipped byte in the tensor data), and a non-archive .pth is refused too.
+    w = get_weights(VIS)
+    good = vis_paths[1].read_bytes()
+    corrupt = bytearray(good)
+    corrupt[len(good) // 2] ^= 0x01
+    for i, (payload, match) in enumerate(((bytes(corrupt), "CRC32"), (os.urandom(len(good)), "not a readable"))):
+        _Files.files[f"/bad{i}/{w.filename}"] = payload
+        url = f"{http_base}/bad{i}/{w.filename}"
+        with pytest.raises(IntegrityError, match=match):
+            open_store(url, cache_dir=tmp_path / "c").checkpoint_file(VIS)
+        final = _cache.entry_path(url, tmp_path / "c")
+        assert not final.exists() and _cache.read_sidecar(final) is None and not list(final.parent.glob("*.part"))
 
 
 def test_interrupted_download_never_leaves_a_file(http_base, tmp_path):

@@ -78,8 +78,11 @@ def test_unit_commits_when_every_row_arrived_once_and_lists_exactly_its_parts(tm
     marker = json.loads((tmp_path / "out" / "_committed" / "u.json").read_text())
     assert ledger.stats.committed == ["u"] and not ledger.stats.failed
     on_disk = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").glob("*/u/*.parquet"))
-    assert on_disk == sorted(marker["files"]["responses"] + marker["files"]["errors"])
+    assert on_disk == sorted(marker["files"]["responses"] + marker["files"]["errors"] + marker["files"]["sources"])
     assert not stray.exists()
+    src = pa.concat_tables([pq.read_table(tmp_path / "out" / f) for f in marker["files"]["sources"]])
+    assert sorted(src.column("image_id").to_pylist()) == ["u-0", "u-1", "u-2", "u-3"]   # screened images, once each
+    assert len(marker["files"]["sources"]) == 2 and all(src.column("source").to_pylist())
     assert marker["images_ok"] == 4 and marker["errors"] == 1 and marker["responses_rows"] == 4 * len(LABELS)
     assert marker["input"] == {"uri": "/in/u.parquet", "size": 123, "version": "mtime_ns:1", "rows": 5}
     resp = pa.concat_tables([pq.read_table(tmp_path / "out" / f) for f in marker["files"]["responses"]])
@@ -121,7 +124,8 @@ def test_a_unit_written_in_several_parts_is_compacted_into_one_file_before_its_c
         [f"u-{r}" for r in (1, 3, 4, 6)] * 3)
     assert len(marker["files"]["errors"]) == 3   # error parts are small and stay as written
     on_disk = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").glob("*/u/*.parquet"))
-    assert on_disk == sorted([resp] + marker["files"]["errors"])   # the merged parts are gone
+    assert len(marker["files"]["sources"]) == 3   # and so are the source parts
+    assert on_disk == sorted([resp] + marker["files"]["errors"] + marker["files"]["sources"])   # merged parts gone
 
 
 def test_a_duplicated_and_a_missing_row_fail_the_unit_naming_them(tmp_path):
@@ -434,5 +438,7 @@ def test_interrupted_run_says_how_to_resume_and_releases_its_lock(visual_store, 
         assert not (out / "_lock.json").exists(), "the lock outlived its run"
     done = subprocess.run(cmd[:-2], cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # quiet by default: none of Ray's INFO lines, nor its core worker's constructor-arguments line
+    assert " INFO " not in done.stderr and "core_worker.cc" not in done.stderr, done.stderr[-3000:]
     resp, errs = read_run(out)
     assert_partition(resp, errs, ids, n_subjects=2)

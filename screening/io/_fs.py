@@ -1,21 +1,8 @@
-"""Local / s3:// filesystems for the pipeline (fsspec; wrapped for pyarrow where Ray needs it)."""
+"""Old home of ``to_uri`` / ``arrow_filesystem``; they live in :mod:`screening.fs`.
 
-from __future__ import annotations
+Kept as a re-export until the pipeline and ``io.image_source`` import :mod:`screening.fs` directly.
+"""
 
-from screening.store._fs import filesystem_for  # noqa: F401  (the one implementation, re-exported)
+__all__ = ["arrow_filesystem", "filesystem_for", "to_uri"]
 
-
-def to_uri(fs, path: str) -> str:
-    """Inverse of ``filesystem_for`` for display and manifests."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return f"s3://{path}" if protocol in ("s3", "s3a") else path
-
-
-def arrow_filesystem(fs):
-    """A pyarrow filesystem over an fsspec one (what ``ray.data.read_parquet(filesystem=...)`` takes)."""
-    import pyarrow.fs as pafs
-
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+from screening.fs import arrow_filesystem, filesystem_for, to_uri  # noqa: F401

@@ -1,6 +1,10 @@
-"""Image shards: find them, check their columns on the driver, and turn Arrow rows into (id, source, bytes).
+"""Image inputs: check Parquet shards on the driver, and read every kind of unit into rows (id, source, bytes).
 
-Two layouts are read (``docs/pipeline.md``):
+Units (planned by ``screening.pipeline.plan``, listed by ``screening.io.inputs``): a Parquet shard, a tar archive
+(``read_tar``: image members in archive order) or a list of image files (``read_files``). All three read tasks emit
+the same ``READ_COLUMNS`` rows with their identity (unit, row); what cannot be read becomes an error row.
+
+Two Parquet layouts are read (``docs/pipeline.md``):
 
 - the engine's own shards (``screening ingest``): ``image_id`` string, ``image`` binary, ``source`` string, ...;
 - Hugging Face ``datasets`` Parquet: ``image`` is a struct ``{bytes: binary, path: string}``.
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,8 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screening.exceptions import InvalidParameterError
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,21 @@ class Shard:
     unit: str      # output stem, deterministic per input path
     rows: int
     size: int = -1
-    version: str = ""   # S3: the ETag; local: mtime in ns (see file_version)
+    version: str = ""   # S3: the ETag; local: mtime in ns (see file_version); files: a digest (inputs.FileUnit)
+    kind: str = "parquet"           # "parquet" | "tar" (its image members) | "files" (image files, ``files``)
+    files: tuple[str, ...] = ()     # kind "files": the image files' locations, in row order
+    sizes: tuple[int, ...] = ()     # kind "files": their listed sizes (-1: could not be stat'ed)
+    broken: str = ""                # kind "tar": why the archive could not be read to its end (its last row)
 
     def identity(self) -> dict:
         return {"uri": self.uri, "size": self.size, "version": self.version, "rows": self.rows}
+
+    def read_item(self) -> dict:
+        """What the read task gets (``from_items``): Parquet items keep their original fields only."""
+        item = {"uri": self.uri, "unit": self.unit, "rows": self.rows, "size": self.size, "version": self.version}
+        if self.kind != "parquet":
+            item.update(kind=self.kind, files=list(self.files), sizes=list(self.sizes), broken=self.broken)
+        return item
 
 
 def file_version(info: dict) -> str:
@@ -103,7 +115,9 @@ def list_shards(fs, path: str) -> list[str]:
 
 def unit_names(paths: list[str]) -> list[str]:
     """Output stems: the file stem, plus 8 hex of sha1(path) where two inputs share a stem."""
-    stems = [_UNSAFE.sub("_", posixpath.basename(p).removesuffix(".parquet")) or "shard" for p in paths]
+    from screening.io.inputs import stem
+
+    stems = [stem(p) for p in paths]
     seen: dict[str, int] = {}
     for s in stems:
         seen[s] = seen.get(s, 0) + 1
@@ -250,6 +264,117 @@ def read_shard(item: dict, *, spec: ColumnSpec, endpoint_url=None, anonymous=Non
             start += g_rows
 
 
+def _changed_since_plan(item: dict, fs, path: str) -> str | None:
+    """Why the planned input (size, version) is no longer the file there, or None."""
+    try:
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+    except FileNotFoundError:
+        return "the input was deleted after the run was planned"
+    size, version = int(info.get("size", -1)), file_version(info)
+    if (size, version) != (item["size"], item["version"]):
+        return (f"the input changed after the run was planned (size {item['size']} -> {size}, version "
+                f"{item['version']} -> {version}); rerun to screen it")
+    return None
+
+
+class _Chunks:
+    """Collects rows of one unit and hands them out as ``READ_COLUMNS`` tables of ``chunk_rows``."""
+
+    def __init__(self, unit: str, chunk_rows: int):
+        self.unit, self.chunk_rows = unit, chunk_rows
+        self.rows, self.ids, self.sources, self.datas, self.errors = [], [], [], [], []
+
+    def add(self, row: int, source: str, data: bytes | None, error: str = ""):
+        self.rows.append(row)
+        self.ids.append(derived_id(data) if data is not None else None)
+        self.sources.append(source)
+        self.datas.append(data)
+        self.errors.append(error)
+        return self.take() if len(self.rows) >= self.chunk_rows else None
+
+    def take(self) -> pa.Table | None:
+        if not self.rows:
+            return None
+        n = len(self.rows)
+        t = pa.table({"unit": pa.array([self.unit] * n, pa.string()), "row": pa.array(self.rows, pa.int64()),
+                      "image_id": pa.array(self.ids, pa.string()), "source": pa.array(self.sources, pa.string()),
+                      "data": pa.array(self.datas, pa.binary()), "read_error": pa.array(self.errors, pa.string())})
+        self.rows, self.ids, self.sources, self.datas, self.errors = [], [], [], [], []
+        return t
+
+
+def read_tar(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+    """Rows of one planned tar (its image members in archive order, ``inputs.iter_tar_images``).
+
+    The archive is streamed once; members past a point where it breaks, and rows it no longer has, become error
+    rows (stage ``read``) naming the archive, like an unreadable row group of a Parquet shard.
+    """
+    from screening.io._fs import filesystem_for
+    from screening.io.inputs import iter_tar_images
+
+    fs, path = filesystem_for(item["uri"], endpoint_url=endpoint_url, anonymous=anonymous)
+    n, chunks, row = int(item["rows"]), _Chunks(item["unit"], chunk_rows), 0
+    reason = _changed_since_plan(item, fs, path)
+    if reason is None:
+        try:
+            with fs.open(path, "rb") as f:
+                for name, data in iter_tar_images(f):
+                    if row >= n:
+                        break
+                    if (t := chunks.add(row, f"tar://{name}::{item['uri']}", data)) is not None:
+                        yield t
+                    row += 1
+        except Exception as exc:  # noqa: BLE001 - the archive's own problem: its remaining rows become error rows
+            reason = f"the archive is unreadable after {row} image(s): {type(exc).__name__}: {exc}"
+    reason = reason or item.get("broken") or f"the archive ended after {row} of its {n} planned image(s)"
+    for r in range(row, n):
+        if (t := chunks.add(r, f"{item['uri']}#image={r}", None, reason)) is not None:
+            yield t
+    if (t := chunks.take()) is not None:
+        yield t
+
+
+def read_files(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+    """Rows of one planned unit of image files; a file that cannot be read, or whose size changed since the
+    listing, is an error row naming it."""
+    from screening.io._fs import filesystem_for
+
+    chunks = _Chunks(item["unit"], chunk_rows)
+    for row, (uri, size) in enumerate(zip(item["files"], item["sizes"])):
+        data, error = None, ""
+        try:
+            fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+            data = fs.cat_file(path)
+            if size >= 0 and len(data) != size:
+                data, error = None, f"the file changed after the run was planned (size {size} -> {len(data)})"
+        except Exception as exc:  # noqa: BLE001 - one file's problem is that file's error row
+            error = f"read failed: {type(exc).__name__}: {exc}"
+        if (t := chunks.add(row, uri, data, error)) is not None:
+            yield t
+    if (t := chunks.take()) is not None:
+        yield t
+
+
+def count_tar_images(uri: str, endpoint_url=None, anonymous=None) -> tuple[int, str]:
+    """``(image members, why the archive broke or "")``: a tar unit's row count, counted by a task on a worker."""
+    from screening.io._fs import filesystem_for
+    from screening.io.inputs import iter_tar_images
+
+    fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+    n = 0
+    try:
+        with fs.open(path, "rb") as f:
+            for _ in iter_tar_images(f):
+                n += 1
+    except Exception as exc:  # noqa: BLE001 - recorded; the unit gets one error row for it
+        return n, f"the archive is unreadable after {n} image(s): {type(exc).__name__}: {exc}"
+    return n, ""
+
+
+_READERS = {"tar": read_tar, "files": read_files}
+
+
 def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
     """``map_batches`` generator over planned shard items (``Shard`` fields): see :func:`read_shard`.
 
@@ -257,4 +382,9 @@ def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, c
     shards finish (and commit) one after another instead of all at the end; chunks keep blocks bounded in size.
     """
     for item in batch.to_pylist():
-        yield from read_shard(item, spec=spec, endpoint_url=endpoint_url, anonymous=anonymous, chunk_rows=chunk_rows)
+        reader = _READERS.get(item.get("kind") or "parquet")
+        if reader is None:
+            yield from read_shard(item, spec=spec, endpoint_url=endpoint_url, anonymous=anonymous,
+                                  chunk_rows=chunk_rows)
+        else:
+            yield from reader(item, endpoint_url=endpoint_url, anonymous=anonymous, chunk_rows=chunk_rows)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from screening._validation import PRECISIONS, check_precision
 from screening.exceptions import InvalidParameterError
 from screening.models._weights import (DEFAULT_MODEL_ID, IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, SPATIAL, SUBJECTS,
                                        CheckpointInfo, EncoderWeights, head_key, validate_state_dict,
@@ -21,7 +22,7 @@ from screening.models._weights import (DEFAULT_MODEL_ID, IMAGENET_MEAN, IMAGENET
 from screening.models.core import CNN8Core
 from screening.models.readout import FactorizedReadout
 
-PRECISIONS = ("fp32", "bf16")
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Peak activation memory per 224×224 image: block1/block2 outputs are C×222×222, ~3 live at once.
 _ACTIVATION_BYTES_PER_IMAGE = 3 * 384 * 222 * 222
 
@@ -33,21 +34,23 @@ def default_batch_size(device: str | torch.device, precision: str = "bf16") -> i
     if device.type != "cuda":
         return 16
     free, _ = torch.cuda.mem_get_info(device)
-    per_image = _ACTIVATION_BYTES_PER_IMAGE * (2 if precision == "bf16" else 4)
+    per_image = _ACTIVATION_BYTES_PER_IMAGE * (2 if precision in _HALF else 4)
     n = max(32, min(512, int(free * 0.5 // per_image)))
     return 1 << (n.bit_length() - 1)
 
 
 def core_features(core: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """Core output for normalised input; ``bf16`` = autocast + channels_last from block2 on.
+    """Core output for normalised input; ``bf16``/``fp16`` = autocast + channels_last from block2 on.
 
     block1 stays fp32: in bf16 the normalised pixels themselves would be rounded (~0.6 grey levels),
     which cost more agreement (min per-ROI r 0.9993 → 0.9996 with it in fp32) than its 0.6% of the FLOPs.
     """
-    if precision != "bf16":
+    if precision not in _HALF:
         return core(x)
+    if precision == "fp16" and x.device.type != "cuda":
+        check_precision(precision, x.device.type)
     x = core.block1(x.contiguous(memory_format=torch.channels_last))
-    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=_HALF[precision]):
         return core(x, start=1).float()
 
 
@@ -173,8 +176,9 @@ class RoiEncoder(nn.Module):
     core : CNN8Core
     roi_weights : torch.Tensor (S·R, C·H·W) and roi_bias (S·R,), from ``collapse_heads``.
     subjects, roi_names : labels of the output axes.
-    precision : {"fp32", "bf16"}
-        ``bf16`` runs the core under bf16 autocast with channels_last; the ROI matmul stays fp32.
+    precision : {"fp32", "bf16", "fp16"}
+        ``bf16``/``fp16`` run the core under bf16/float16 autocast with channels_last; the ROI matmul stays fp32.
+        ``fp16`` is CUDA only (refused on other devices).
     weights : EncoderWeights, optional
         The record of the weights (default: the default published model's); its ``mean``/``std`` normalise the
         input and its ``input_size`` is the image side the encoder takes.
@@ -194,19 +198,37 @@ class RoiEncoder(nn.Module):
         self.subjects = tuple(subjects)
         self.roi_names = tuple(roi_names)
         self.precision = precision
-        if precision == "bf16":
+        if precision in _HALF:
             self.core = self.core.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_model(cls, model: CNN8Multihead, subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]], *, precision: str = "fp32",
-                   fold_bn: bool = True, device: str | torch.device = "cpu") -> "RoiEncoder":
-        """Collapse ``model``'s heads to ``rois`` for ``subjects``; the full heads are not kept."""
+                   fold_bn: bool = True, device: str | torch.device = "cpu", cache_key: str | None = None,
+                   cache_dir=None) -> "RoiEncoder":
+        """Collapse ``model``'s heads to ``rois`` for ``subjects``; the full heads are not kept.
+
+        With ``cache_key`` (``collapsed.collapse_key``) on CPU, the collapsed matrix comes from the node-local
+        cache (``screening.models.collapsed``), memory-mapped and shared with every process that maps it; it is
+        built there once when absent. ``collapse_source`` says which: "hit", "built", "memory" or "collapsed".
+        """
         from screening.models.fast import fold_batchnorm
 
-        w, b = collapse_heads(model, subjects, rois, device=device)
+        check_precision(precision, torch.device(device).type)
+        source = "collapsed"
+        if cache_key is not None and torch.device(device).type == "cpu":
+            from screening.models.collapsed import load_or_build
+
+            shape = (model.core.width * SPATIAL * SPATIAL, len(subjects) * len(rois))
+            w_t, b, source = load_or_build(
+                cache_key, shape, lambda out: collapse_heads(model, subjects, rois, out=out)[1], cache_dir=cache_dir)
+            w = w_t.T
+        else:
+            w, b = collapse_heads(model, subjects, rois, device=device)
         core = fold_batchnorm(model.core) if fold_bn else model.core
-        return cls(core, w, b, subjects, list(rois), precision, model.weights).to(device).eval()
+        enc = cls(core, w, b, subjects, list(rois), precision, model.weights).to(device).eval()
+        enc.collapse_source = source
+        return enc
 
     @property
     def input_size(self) -> int:
@@ -243,20 +265,36 @@ class RoiEncoder(nn.Module):
 
 def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]],
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                   device: str | torch.device = "cpu", out: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack every subject's collapsed ROI weights: rows ordered subject-major, then ROI.
 
     ``heads`` is a model or a mapping subject → head (e.g. heads cut to a selection, ``FactorizedReadout.select``).
     ``rois`` maps a name to vertex indices of those heads, shared by all subjects, or to a per-subject mapping
     (reliability-filtered ROIs differ between subjects).
+
+    Returns W (S·R, C·P) as the transposed view of one (C·P, S·R) buffer (``out`` when given, e.g. a
+    memory-mapped file), the layout ``RoiEncoder`` multiplies with, so it takes W without a copy. Subjects are
+    collapsed one at a time into it: the peak is the result plus one subject's share, not 2-3x the result.
     """
-    ws, bs = [], []
-    for s in subjects:
+    n_r = len(rois)
+    bs = []
+    for i, s in enumerate(subjects):
         sets = [v[s] if isinstance(v, Mapping) else v for v in rois.values()]
         h = heads.head(s) if isinstance(heads, CNN8Multihead) else heads[s]
         with torch.no_grad():  # on the encoder's device: a GPU collapses 8 heads in about a second
             w, b = collapse_vertices(h._features.to(device), h.normalized_spatial(device=device), h.bias.to(device),
                                      sets)
-        ws.append(w)
+            if out is None:
+                out = torch.empty(w.shape[1], len(subjects) * n_r, dtype=torch.float32, device=w.device)
+            _check_out(out, w.shape[1], len(subjects) * n_r)
+            out[:, i * n_r:(i + 1) * n_r].copy_(w.T)
+        del w
         bs.append(b)
-    return torch.cat(ws), torch.cat(bs)
+    return out.T, torch.cat(bs)
+
+
+def _check_out(out: torch.Tensor, rows: int, cols: int) -> None:
+    if tuple(out.shape) != (rows, cols) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise InvalidParameterError(f"out must be a contiguous float32 ({rows}, {cols}) tensor (C·P, S·R); got "
+                                    f"{out.dtype} {tuple(out.shape)}")

@@ -1,4 +1,4 @@
-"""``screening run``: screen Parquet image shards on Ray Data (a thin layer over :func:`screening.pipeline.screen`)."""
+"""``screening run``: screen images (Parquet shards, folders, tars, lists) on Ray Data (a thin layer over :func:`screening.pipeline.screen`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def _json_arg(value: str | None, name: str):
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", help="Parquet shard file, directory or glob (local or s3://)")
+    parser.add_argument("images", help="Parquet shards, a folder of images, .tar / WebDataset shards "
+                                       "(shard-{000..009}.tar), a .csv/.txt list of paths or s3:// URIs, or a glob; "
+                                       "local or s3://")
     parser.add_argument("--store", required=True, help="model store location (path or s3://)")
     parser.add_argument("--out", required=True, help="output root (path or s3://)")
     parser.add_argument("--model-id", default=None, help="default: the store's only model, else the published 'all'")
@@ -38,15 +40,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="images per part file (default 8192 on GPU encoders, 1024 on CPU)")
     parser.add_argument("--redo-changed", action="store_true",
                         help="OUT holds results for shards that changed since: screen them again (default: refuse)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    from screening._validation import PRECISIONS
+
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS,
+                        help="core precision (default bf16; fp16 needs GPU encoders)")
     parser.add_argument("--num-encoders", type=int, default=None)
     parser.add_argument("--num-gpus-per-encoder", type=float, default=None,
                         help="default: 1 when the cluster has GPUs, else 0")
-    parser.add_argument("--num-cpus-per-encoder", type=float, default=1.0)
+    parser.add_argument("--num-cpus-per-encoder", type=float, default=None,
+                        help="default: 1 with GPUs; on CPU-only clusters sized from the nodes (docs/pipeline.md)")
     parser.add_argument("--exact-decode", action="store_true",
                         help="decode JPEGs at full size before resizing (default: DCT-domain downscale of JPEGs "
                              ">= 896 px, min per-ROI r 0.99992 vs exact; smaller images are bit-identical)")
     parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)  # the default now
+    parser.add_argument("--decode", default="cpu", choices=("cpu", "gpu"),
+                        help="where JPEGs are decoded: cpu tasks (default), or gpu: nvJPEG inside the GPU encoders "
+                             "(needs torchvision; other formats fall back to the exact CPU path)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--id-column", default="image_id")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// paths")
@@ -58,6 +67,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray address to connect to (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and progress bars")
     # Tests only: sleep this long per encoder batch, so a run stays in flight long enough to be killed.
     parser.add_argument("--test-throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -85,29 +95,31 @@ def run_from_args(args: argparse.Namespace) -> int:
     import threading
 
     from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
+    from screening.pipeline.console import ray_logging_level, run_console
     from screening.pipeline.run import screen
 
     try:
-        composites = _json_arg(args.composites, "--composites")
-        custom = _json_arg(args.custom_rois, "--custom-rois")
-        if args.address:
-            import ray
+        with run_console(args.verbose):  # the terminal is restored before any message below
+            composites = _json_arg(args.composites, "--composites")
+            custom = _json_arg(args.custom_rois, "--custom-rois")
+            if args.address:
+                import ray
 
-            if not ray.is_initialized():
-                ray.init(address=args.address)
-        if threading.current_thread() is threading.main_thread():
-            # after any ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        result = screen(
-            args.images, args.store, args.out, model_id=args.model_id, subjects=args.subjects,
-            rois=args.rois, composites=composites, custom_rois=custom, batch_size=args.batch_size,
-            precision=args.precision, num_encoders=args.num_encoders,
-            num_gpus_per_encoder=args.num_gpus_per_encoder, num_cpus_per_encoder=args.num_cpus_per_encoder,
-            fast_decode=not args.exact_decode, image_column=args.image_column, id_column=args.id_column,
-            endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
-            progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
-            noise_ceiling=args.noise_ceiling, redo_changed=args.redo_changed, write_batch_size=args.write_batch_size,
-            _throttle_s=args.test_throttle_s)
+                if not ray.is_initialized():
+                    ray.init(address=args.address, logging_level=ray_logging_level())
+            if threading.current_thread() is threading.main_thread():
+                # after any ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            result = screen(
+                args.images, args.store, args.out, model_id=args.model_id, subjects=args.subjects,
+                rois=args.rois, composites=composites, custom_rois=custom, batch_size=args.batch_size,
+                precision=args.precision, num_encoders=args.num_encoders,
+                num_gpus_per_encoder=args.num_gpus_per_encoder, num_cpus_per_encoder=args.num_cpus_per_encoder,
+                fast_decode=not args.exact_decode, image_column=args.image_column, id_column=args.id_column,
+                endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
+                progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
+                noise_ceiling=args.noise_ceiling, redo_changed=args.redo_changed, write_batch_size=args.write_batch_size,
+                decode=args.decode, _throttle_s=args.test_throttle_s)
     except (KeyboardInterrupt, _Terminated) as exc:
         n = _committed_count(args.out, args)
         done = f"{n} unit(s) are committed in {args.out}" if n >= 0 else f"committed units stay in {args.out}"

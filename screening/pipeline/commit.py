@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from screening.pipeline.outputs import ERRORS, RESPONSES, OutputLayout, utcnow
+from screening.pipeline.outputs import ERRORS, RESPONSES, SOURCES, OutputLayout, utcnow
 from screening.pipeline.parts import describe_rows
 
 
@@ -59,7 +59,7 @@ class UnitLedger:
 
     def add(self, receipts) -> int:
         n = 0
-        cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "n_ok", "n_err",
+        cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "sources", "n_ok", "n_err",
                                                               "n_read", "responses_rows", "failure")}
         rows = receipts.column("rows").to_pylist()
         for i, unit in enumerate(cols["unit"]):
@@ -93,7 +93,7 @@ class UnitLedger:
         st.errors += r["n_err"]
         st.read_errors += r["n_read"]
         st.responses_rows += r["responses_rows"]
-        st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], "rows": int(idx.size),
+        st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], SOURCES: r["sources"], "rows": int(idx.size),
                          "responses_rows": r["responses_rows"]})
 
     def _decide(self, st: UnitState) -> None:
@@ -127,7 +127,8 @@ class UnitLedger:
     def _commit(self, st: UnitState, compacted: dict | None = None) -> None:
         unit = st.shard.unit
         files = {RESPONSES: [p[RESPONSES] for p in st.parts if p[RESPONSES]],
-                 ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]]}
+                 ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]],
+                 SOURCES: [p[SOURCES] for p in st.parts if p[SOURCES]]}
         if compacted and "file" in compacted:
             files[RESPONSES] = [compacted["file"]]
         marker = {

@@ -26,10 +26,11 @@ from screening.store._fs import write_atomic
 
 RESPONSES = "responses"
 ERRORS = "errors"
+SOURCES = "sources"   # (image_id, source) of every screened image: where the report finds names and originals
 COMMITTED = "_committed"
 MANIFEST = "manifest.json"
 LOCK = "_lock.json"
-KINDS = (RESPONSES, ERRORS)
+KINDS = (RESPONSES, ERRORS, SOURCES)
 
 
 def utcnow() -> str:
@@ -37,7 +38,8 @@ def utcnow() -> str:
 
 
 def marker_files(marker: dict) -> dict[str, list[str]]:
-    """``{"responses": [...], "errors": [...]}`` (relative paths) of one marker; a single path is one part."""
+    """``{"responses": [...], "errors": [...], "sources": [...]}`` (relative paths) of one marker; a single path is
+    one part; a kind the marker does not have (runs before ``sources``) is empty."""
     files = marker.get("files") or {}
     return {k: ([files[k]] if isinstance(files.get(k), str) else list(files.get(k) or [])) for k in KINDS}
 
@@ -161,14 +163,15 @@ def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> Non
 
 
 def committed_files(out, *, endpoint_url=None, anonymous=None) -> dict[str, list[str]]:
-    """``{"responses": [...], "errors": [...]}``: URIs of the parts of committed units only, as their markers list.
+    """``{"responses": [...], "errors": [...], "sources": [...]}``: URIs of the parts of committed units only, as
+    their markers list.
 
     This is what every reader of a run (``ScreeningResult``, ``screening rank``, ``screening report``) opens; any
     other file under ``responses/`` or ``errors/`` is a leftover of a retried task or an interrupted run.
     """
     layout = out if isinstance(out, OutputLayout) else OutputLayout(out, endpoint_url=endpoint_url, anonymous=anonymous)
     markers = layout.markers()
-    files = {RESPONSES: [], ERRORS: []}
+    files = {kind: [] for kind in KINDS}
     for unit in sorted(markers):
         for kind, rels in marker_files(markers[unit]).items():
             files[kind] += [layout.uri(rel) for rel in rels]
@@ -181,7 +184,7 @@ def build_manifest(*, engine_version, config, model, rois, shards, markers, run=
         counts["images"] += m["rows"]
         counts["responses_rows"] += m["responses_rows"]
         counts["errors"] += m["errors"]
-    files = {RESPONSES: [], ERRORS: []}
+    files = {kind: [] for kind in KINDS}
     for unit in sorted(markers):
         for kind, rels in marker_files(markers[unit]).items():
             files[kind] += rels

@@ -16,13 +16,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from screening._validation import CUDA_ONLY_PRECISIONS, PRECISIONS, check_choice, check_positive_int, parse_subjects
 from screening.exceptions import InputChangedError, InvalidParameterError
-from screening.io._fs import filesystem_for, to_uri
-from screening.io.image_source import (ColumnSpec, Shard, column_spec, list_shards, read_footers, stat_shards,
+from screening.fs import to_uri
+from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar_images, read_footers, stat_shards,
                                        unit_names)
+from screening.io.inputs import IMAGE_EXTENSIONS, FoundInputs, file_units, find_inputs
 from screening.pipeline.outputs import OutputLayout, check_compatible
 
-PRECISIONS = ("fp32", "bf16")
+# Where images are decoded: "cpu" tasks before the encoders, or "gpu" (nvJPEG, inside GPU encoder actors).
+DECODES = ("cpu", "gpu")
 DEFAULT_BATCH_SIZE = {"cpu": 64, "gpu": 256}
 # Images per part file: 8192 x 9 labels = 73,728 response rows (one row group) on GPU; CPU encoders fill parts
 # ~100x slower, so a smaller part keeps commits (restart points) minutes, not hours, apart.
@@ -56,7 +59,7 @@ class ScreeningPlan:
     fast_decode: bool
     num_encoders: int | tuple[int, int] | None
     num_gpus_per_encoder: float | None
-    num_cpus_per_encoder: float
+    num_cpus_per_encoder: float | None   # None: sized from the cluster (check_resources)
     endpoint_url: str | None
     anonymous: bool | None
     progress: bool
@@ -66,6 +69,7 @@ class ScreeningPlan:
     reliability: Mapping | None = None
     redo: tuple[str, ...] = ()     # committed units whose input changed, to be redone (redo_changed=True)
     encoder_stage: str = "model"   # "null": benchmarks only (stages.NullEncoderActor)
+    decode: str = "cpu"            # "gpu": no decode tasks; the encoder actors decode (stages.device_decode_batch)
 
     @property
     def reliability_threshold(self) -> float | None:
@@ -86,14 +90,6 @@ def _check_bool(name, v):
     return bool(v)
 
 
-def _check_pos_int(name, v, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InvalidParameterError(f"{name} must be a positive integer{' or None' if allow_none else ''}; got {v!r}")
-    return int(v)
-
-
 def _check_nonneg(name, v, allow_none=True):
     if v is None and allow_none:
         return None
@@ -103,21 +99,8 @@ def _check_nonneg(name, v, allow_none=True):
 
 
 def resolve_subjects(subjects) -> tuple[str, ...]:
-    from screening.models._weights import SUBJECTS
-
-    if subjects is None or (isinstance(subjects, str) and subjects == "all"):
-        return tuple(SUBJECTS)
-    if isinstance(subjects, str):
-        subjects = [s for s in subjects.split(",") if s]
-    subjects = list(subjects)
-    if not subjects:
-        raise InvalidParameterError(f"subjects must name at least one subject; valid subjects: 'all', {', '.join(SUBJECTS)}")
-    for s in subjects:
-        if s not in SUBJECTS:
-            raise InvalidParameterError(f"subjects: {s!r} is not a subject; valid subjects: 'all', {', '.join(SUBJECTS)}")
-    if len(set(subjects)) != len(subjects):
-        raise InvalidParameterError(f"subjects lists a subject twice: {subjects}")
-    return tuple(subjects)
+    """Every spelling ``parse_subjects`` takes (the API's and the CLI's); None means all eight."""
+    return parse_subjects("all" if subjects is None else subjects, name="subjects")
 
 
 def resolve_store(store, *, endpoint_url=None, anonymous=None):
@@ -189,43 +172,89 @@ def reliability_rois(store, model_id: str, variant: str, roi_set, subjects, thre
 
 def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
                batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
-               num_cpus_per_encoder=1, fast_decode=True, image_column="image", id_column="image_id",
+               num_cpus_per_encoder=None, fast_decode=True, image_column="image", id_column="image_id",
                endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
                noise_ceiling="test_n-avg", redo_changed=False, write_batch_size=None,
-               encoder_stage="model") -> ScreeningPlan:
+               encoder_stage="model", decode="cpu") -> ScreeningPlan:
     """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
     from screening import __version__
-    from screening.rois import build_roi_set, default_roi_names, n_vertices
 
+    a = _check_run_args(precision=precision, batch_size=batch_size, write_batch_size=write_batch_size,
+                        fast_decode=fast_decode, decode=decode, progress=progress, redo_changed=redo_changed,
+                        num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
+                        num_encoders=num_encoders, image_column=image_column, id_column=id_column)
+    subjects = resolve_subjects(subjects)
+    reliability_threshold, noise_ceiling = check_reliability_args(reliability_threshold, noise_ceiling)
+    store = resolve_store(store, endpoint_url=endpoint_url, anonymous=anonymous)
+    model_id = resolve_model_id(store, model_id)
+    fingerprint = dict(store.fingerprint(model_id))
+    roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, subjects, rois, composites, custom_rois,
+                                             reliability_threshold, noise_ceiling)
+    layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
+    markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
+    shards, spec = plan_inputs(os.fspath(images), markers, image_column=image_column, id_column=id_column,
+                               endpoint_url=endpoint_url, anonymous=anonymous)
+    config = {
+        "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
+        "store": str(getattr(store, "location", store)), "endpoint_url": endpoint_url, "anonymous": anonymous,
+        "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
+        "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": a["fast_decode"],
+        "decode": decode, "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
+        **{k: a[k] for k in ("batch_size", "write_batch_size", "num_encoders", "num_gpus_per_encoder",
+                             "num_cpus_per_encoder")},
+        "engine_version": __version__, "reliability_threshold": reliability_threshold, "noise_ceiling": noise_ceiling,
+    }
+    config_key = _config_key(fingerprint, subjects, nv, roi_set, precision, a["fast_decode"], image_column, id_column,
+                             decode, None if reliability is None else [reliability_threshold, noise_ceiling])
+    check_compatible(markers, config_key, os.fspath(out))
+    redo = check_inputs(markers, shards, os.fspath(out), a["redo_changed"])
+    pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
+    return ScreeningPlan(
+        images=os.fspath(images), out=os.fspath(out), shards=shards, pending=pending, spec=spec, store=store,
+        model_id=model_id, fingerprint=fingerprint, subjects=subjects, rois=roi_set, roi_names=tuple(roi_set),
+        n_vertices=nv, precision=precision, decode_batch_size=DECODE_BATCH_SIZE, endpoint_url=endpoint_url,
+        anonymous=anonymous, config=config, config_key=config_key, throttle_s=float(throttle_s),
+        reliability=reliability, redo=redo, encoder_stage=encoder_stage, decode=decode,
+        **{k: a[k] for k in ("batch_size", "write_batch_size", "fast_decode", "num_encoders", "num_gpus_per_encoder",
+                             "num_cpus_per_encoder", "progress")})
+
+
+def _check_run_args(*, precision, batch_size, write_batch_size, fast_decode, decode, progress, redo_changed,
+                    num_gpus_per_encoder, num_cpus_per_encoder, num_encoders, image_column, id_column) -> dict:
+    """The scalar run options, checked and normalised (nothing here touches the store or the inputs)."""
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
-    batch_size = _check_pos_int("batch_size", batch_size)
-    write_batch_size = _check_pos_int("write_batch_size", write_batch_size)
-    fast_decode = _check_bool("fast_decode", fast_decode)
-    progress = _check_bool("progress", progress)
-    redo_changed = _check_bool("redo_changed", redo_changed)
-    num_gpus_per_encoder = _check_nonneg("num_gpus_per_encoder", num_gpus_per_encoder)
-    num_cpus_per_encoder = _check_nonneg("num_cpus_per_encoder", num_cpus_per_encoder, allow_none=False)
-    if num_gpus_per_encoder is not None and num_gpus_per_encoder > 1 and num_gpus_per_encoder != int(num_gpus_per_encoder):
-        raise InvalidParameterError(f"num_gpus_per_encoder above 1 must be a whole number; got {num_gpus_per_encoder}")
+    check_choice("decode", decode, DECODES)
+    gpus = _check_nonneg("num_gpus_per_encoder", num_gpus_per_encoder)
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        raise InvalidParameterError(f"num_gpus_per_encoder above 1 must be a whole number; got {gpus}")
     if isinstance(num_encoders, (tuple, list)):
         if len(num_encoders) != 2:
             raise InvalidParameterError(f"num_encoders must be an int or a (min, max) pair; got {num_encoders!r}")
-        lo, hi = (_check_pos_int("num_encoders", v, allow_none=False) for v in num_encoders)
+        lo, hi = (check_positive_int("num_encoders", v, allow_none=False) for v in num_encoders)
         if lo > hi:
             raise InvalidParameterError(f"num_encoders=(min, max) needs min <= max; got {num_encoders!r}")
         num_encoders = (lo, hi)
     else:
-        num_encoders = _check_pos_int("num_encoders", num_encoders)
+        num_encoders = check_positive_int("num_encoders", num_encoders)
     for name, v in (("image_column", image_column), ("id_column", id_column)):
         if not isinstance(v, str) or not v:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {v!r}")
-    subjects = resolve_subjects(subjects)
-    reliability_threshold, noise_ceiling = check_reliability_args(reliability_threshold, noise_ceiling)
+    return {"batch_size": check_positive_int("batch_size", batch_size),
+            "write_batch_size": check_positive_int("write_batch_size", write_batch_size),
+            # GPU decode and its CPU fallback are full-size decodes
+            "fast_decode": _check_bool("fast_decode", fast_decode) and decode == "cpu",
+            "progress": _check_bool("progress", progress), "redo_changed": _check_bool("redo_changed", redo_changed),
+            "num_gpus_per_encoder": gpus,
+            "num_cpus_per_encoder": _check_nonneg("num_cpus_per_encoder", num_cpus_per_encoder),
+            "num_encoders": num_encoders}
 
-    store = resolve_store(store, endpoint_url=endpoint_url, anonymous=anonymous)
-    model_id = resolve_model_id(store, model_id)
-    fingerprint = dict(store.fingerprint(model_id))
+
+def _resolve_rois(store, model_id, fingerprint, subjects, rois, composites, custom_rois, reliability_threshold,
+                  noise_ceiling):
+    """``(roi_set, reliability or None, vertices per ROI)``: named ROIs, composites and custom sets, per subject."""
+    from screening.rois import build_roi_set, default_roi_names, n_vertices
+
     variant = fingerprint["variant"]
     if isinstance(rois, str):
         rois = [r for r in rois.split(",") if r]
@@ -239,58 +268,92 @@ def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, 
         # Per subject, keep the ROI vertices whose noise ceiling passes; the collapse stays exact (one matmul).
         roi_set, reliability = reliability_rois(store, model_id, variant, roi_set, subjects, reliability_threshold,
                                                 noise_ceiling, bool(fingerprint.get("synthetic")))
-    nv = n_vertices(roi_set, subjects)
+    return roi_set, reliability, n_vertices(roi_set, subjects)
 
-    # Inputs: list shards, read footers (row counts), check columns on the first schema.
-    in_fs, in_path = filesystem_for(os.fspath(images), endpoint_url=endpoint_url, anonymous=anonymous)
-    paths = list_shards(in_fs, in_path)
-    if not paths:
-        raise InvalidParameterError(f"images={os.fspath(images)!r} holds no .parquet files")
-    metas = read_footers(in_fs, paths)
-    spec = column_spec(metas[0].schema.to_arrow_schema(), image_column, id_column)
-    for p, m in zip(paths[1:], metas[1:]):
-        other = column_spec(m.schema.to_arrow_schema(), image_column, id_column)
-        if other != spec:
-            raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
-                                        f"({spec}); all shards of a run must share one layout")
-    stats = stat_shards(in_fs, paths)
-    shards = tuple(Shard(p, to_uri(in_fs, p), u, int(m.num_rows), size, version)
-                   for p, u, m, (size, version) in zip(paths, unit_names(paths), metas, stats))
 
-    config = {
-        "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
-        "store": str(getattr(store, "location", store)), "endpoint_url": endpoint_url, "anonymous": anonymous,
-        "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
-        "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": fast_decode,
-        "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
-        "batch_size": batch_size, "write_batch_size": write_batch_size, "num_encoders": num_encoders, "num_gpus_per_encoder": num_gpus_per_encoder,
-        "num_cpus_per_encoder": num_cpus_per_encoder, "engine_version": __version__,
-        "reliability_threshold": reliability_threshold, "noise_ceiling": noise_ceiling,
-    }
+def _config_key(fingerprint, subjects, nv, roi_set, precision, fast_decode, image_column, id_column, decode,
+                reliability) -> str:
+    """What the results depend on; a resume with another key is refused. Keys of earlier versions stay valid."""
     key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
                "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
                                                        np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
                             for n, v in roi_set.items()},
                "precision": precision, "fast_decode": fast_decode, "image_column": image_column,
                "id_column": id_column}
+    if decode != "cpu":  # GPU decode changes pixels slightly: no resume across decoders; CPU keys stay as before
+        key_src["decode"] = decode
     if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
-        key_src["reliability"] = [reliability_threshold, noise_ceiling]
-    config_key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key_src["reliability"] = reliability
+    return hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
-    markers = layout.markers()
-    check_compatible(markers, config_key, os.fspath(out))
-    redo = check_inputs(markers, shards, os.fspath(out), redo_changed)
-    pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
-    return ScreeningPlan(
-        images=os.fspath(images), out=os.fspath(out), shards=shards, pending=pending, spec=spec, store=store,
-        model_id=model_id, fingerprint=fingerprint, subjects=subjects, rois=roi_set, roi_names=tuple(roi_set),
-        n_vertices=nv, precision=precision, batch_size=batch_size, write_batch_size=write_batch_size,
-        decode_batch_size=DECODE_BATCH_SIZE,
-        fast_decode=fast_decode, num_encoders=num_encoders, num_gpus_per_encoder=num_gpus_per_encoder,
-        num_cpus_per_encoder=num_cpus_per_encoder, endpoint_url=endpoint_url, anonymous=anonymous,
-        progress=progress, config=config, config_key=config_key, throttle_s=float(throttle_s),
-        reliability=reliability, redo=redo, encoder_stage=encoder_stage)
+
+# Direct inputs (folders, tars, lists) have no id column: the id is derived from the bytes, as for Parquet without one.
+DIRECT_SPEC = ColumnSpec("image", False, None, None)
+
+
+def plan_inputs(images: str, markers: Mapping[str, dict], *, image_column: str, id_column: str, endpoint_url=None,
+                anonymous=None) -> tuple[tuple[Shard, ...], ColumnSpec]:
+    """The run's units and how to read their rows, from whatever ``images`` is (``screening.io.inputs``)."""
+    found = find_inputs(images, endpoint_url=endpoint_url, anonymous=anonymous)
+    if found.kind == "parquet":
+        return _parquet_shards(found, image_column, id_column)
+    if found.kind == "tar":
+        return _tar_shards(found, markers, endpoint_url, anonymous), DIRECT_SPEC
+    units = file_units(found, endpoint_url=endpoint_url, anonymous=anonymous)
+    return tuple(Shard(u.uri, u.uri, u.unit, len(u.files), u.size, u.version, kind="files", files=u.files,
+                       sizes=u.sizes) for u in units), DIRECT_SPEC
+
+
+def _parquet_shards(found: FoundInputs, image_column: str, id_column: str):
+    """Footers (row counts) and one column layout for every shard, checked on the driver."""
+    fs, paths = found.fs, list(found.paths)
+    metas = read_footers(fs, paths)
+    spec = column_spec(metas[0].schema.to_arrow_schema(), image_column, id_column)
+    for p, m in zip(paths[1:], metas[1:]):
+        other = column_spec(m.schema.to_arrow_schema(), image_column, id_column)
+        if other != spec:
+            raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
+                                        f"({spec}); all shards of a run must share one layout")
+    stats = stat_shards(fs, paths)
+    return tuple(Shard(p, to_uri(fs, p), u, int(m.num_rows), size, version)
+                 for p, u, m, (size, version) in zip(paths, unit_names(paths), metas, stats)), spec
+
+
+def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], endpoint_url, anonymous) -> tuple[Shard, ...]:
+    """One unit per archive; its rows (image members) are counted by Ray tasks, unless a marker already records
+    them for this very archive (same URI, size, version): a rerun after success starts no Ray."""
+    fs, paths = found.fs, list(found.paths)
+    stats = stat_shards(fs, paths)
+    units = unit_names(paths)
+    shards = [Shard(p, to_uri(fs, p), u, 0, size, version, kind="tar")
+              for p, u, (size, version) in zip(paths, units, stats)]
+    rows = {}
+    for s in shards:
+        rec = (markers.get(s.unit) or {}).get("input") or {}
+        if (rec.get("uri"), rec.get("size"), rec.get("version")) == (s.uri, s.size, s.version):
+            rows[s.unit] = (int(rec.get("rows", 0)), "")
+    todo = [s for s in shards if s.unit not in rows]
+    rows.update(zip((s.unit for s in todo), _count_tar_rows([s.uri for s in todo], endpoint_url, anonymous)))
+    out = []
+    for s in shards:
+        n, broken = rows[s.unit]
+        if n == 0 and not broken:
+            broken = f"the archive holds no image member ({', '.join(IMAGE_EXTENSIONS)})"
+        # an archive that breaks gets one more row: the error row that names it
+        out.append(Shard(s.path, s.uri, s.unit, n + (1 if broken else 0), s.size, s.version, kind="tar",
+                         broken=broken))
+    return tuple(out)
+
+
+def _count_tar_rows(uris: list[str], endpoint_url, anonymous) -> list[tuple[int, str]]:
+    """Image members per archive, counted by one Ray task per archive (archive bytes never reach the driver)."""
+    if not uris:
+        return []
+    from screening.pipeline.run import _ensure_ray
+
+    ray = _ensure_ray()
+    count = ray.remote(num_cpus=1, max_retries=3)(count_tar_images)
+    return [tuple(r) for r in ray.get([count.remote(u, endpoint_url, anonymous) for u in uris])]
 
 
 def _what_changed(recorded: dict | None, shard: Shard) -> str | None:
@@ -338,10 +401,16 @@ class Resources:
     batch_size: int
     device: str
     write_batch_size: int
+    threads: int | None = None     # torch threads per actor (CPU encoders; GPU ones keep torch's default)
+    task_cpus: float = 1.0         # Ray CPUs per read / decode task
+    memory: int | None = None      # Ray memory per actor (CPU encoders: its private part, sizing.actor_footprint)
+    forward_chunk: int | None = None  # images per forward inside one actor batch (CPU: bounds activations)
 
 
-def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resources:
-    """Resolve GPUs / pool size / batch size against ``ray.cluster_resources()``; raise instead of waiting forever."""
+def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=None) -> Resources:
+    """Resolve GPUs / pool size / batch size against ``ray.cluster_resources()`` and, for CPU encoders, the alive
+    nodes' resources (``nodes``: their ``CPU`` / ``memory``; default: the cluster as one node); raise instead of
+    waiting forever."""
     gpus = float(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 0))
     g = plan.num_gpus_per_encoder
@@ -351,35 +420,66 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float]) -> Resour
         raise InvalidParameterError(
             f"num_gpus_per_encoder={plan.num_gpus_per_encoder} but the Ray cluster has {gpus:g} GPU(s); "
             f"use num_gpus_per_encoder=0 (CPU encoders) or connect to a cluster with GPUs")
-    c = plan.num_cpus_per_encoder
+    if g == 0:
+        _check_cpu_encoders(plan)
+        return _cpu_resources(plan, cluster, nodes)
+    c = 1.0 if plan.num_cpus_per_encoder is None else plan.num_cpus_per_encoder
     if c > cpus:
         raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {cpus:g} CPU(s); "
                                     f"valid: 0 .. {cpus:g}")
-    if g > 0:
-        auto_max = max(1, int(gpus // g))
-    else:
-        # Leave at least one CPU for the decode tasks.
-        auto_max = max(1, int((cpus - 1) // c) if c > 0 else 1)
     if plan.num_encoders is None:
-        lo, hi = 1, auto_max
+        lo, hi = 1, max(1, int(gpus // g))
     elif isinstance(plan.num_encoders, tuple):
         lo, hi = plan.num_encoders
     else:
         lo = hi = plan.num_encoders
-    if g > 0 and lo * g > gpus:
+    if lo * g > gpus:
         raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_gpus_per_encoder={g:g} needs "
                                     f"{lo * g:g} GPUs; the cluster has {gpus:g}")
-    if g == 0 and lo * c > cpus:
-        raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_cpus_per_encoder={c:g} needs "
-                                    f"{lo * c:g} CPUs; the cluster has {cpus:g}")
     if cpus - lo * c < 1:
         # read and decode tasks each need a whole CPU: without one left they never start (the run would hang)
         raise InvalidParameterError(
             f"the Ray cluster has {cpus:g} CPU(s) and {lo} encoder(s) x num_cpus_per_encoder={c:g} hold "
             f"{lo * c:g}; at least 1 CPU must stay free for reading and decoding. Use a smaller "
             f"num_cpus_per_encoder (e.g. {max(0.0, (cpus - 1) / max(lo, 1)):g}) or a cluster with more CPUs")
-    kind = "gpu" if g > 0 else "cpu"
-    batch = plan.batch_size or DEFAULT_BATCH_SIZE[kind]
-    return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=batch,
-                     device="cuda" if g > 0 else "cpu",
-                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE[kind])
+    if plan.decode == "gpu":
+        _check_torchvision()
+    return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=plan.batch_size or
+                     DEFAULT_BATCH_SIZE["gpu"], device="cuda",
+                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["gpu"])
+
+
+def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> Resources:
+    """CPU encoders: nearly every core to few multi-threaded actors, bounded by memory (``sizing``)."""
+    from screening.pipeline.sizing import CPU_FORWARD_CHUNK, actor_footprint, size_cpu_pool
+
+    width = int(plan.fingerprint.get("width") or 384)
+    footprint = actor_footprint(width, len(plan.subjects) * len(plan.roi_names), plan.precision)
+    per_node = [(float(n.get("CPU", 0)), n.get("memory")) for n in (nodes or [cluster])]
+    pool = size_cpu_pool(per_node, footprint, width, num_encoders=plan.num_encoders,
+                         num_cpus_per_encoder=plan.num_cpus_per_encoder)
+    return Resources(num_gpus=0.0, num_cpus=pool.num_cpus, min_size=pool.min_size, max_size=pool.max_size,
+                     batch_size=plan.batch_size or DEFAULT_BATCH_SIZE["cpu"], device="cpu",
+                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["cpu"],
+                     threads=pool.threads, task_cpus=pool.task_cpus, memory=pool.memory,
+                     forward_chunk=CPU_FORWARD_CHUNK)
+
+
+def _check_cpu_encoders(plan: ScreeningPlan) -> None:
+    """CPU encoders cannot take the GPU-only options; refused before any task (CLI: exit 2)."""
+    if plan.precision in CUDA_ONLY_PRECISIONS:
+        raise InvalidParameterError(
+            f"precision={plan.precision!r} (--precision {plan.precision}) needs GPU encoders, but this run's "
+            f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='bf16'")
+    if plan.decode == "gpu":
+        raise InvalidParameterError(
+            "decode='gpu' (--decode gpu) needs GPU encoders, but this run's encoders are CPU ones (no GPUs in the "
+            "cluster, or num_gpus_per_encoder=0); use decode='cpu' (--decode cpu, the default)")
+
+
+def _check_torchvision() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise InvalidParameterError("decode='gpu' (--decode gpu) needs torchvision (its nvJPEG decoder): install "
+                                    "the torchvision release made for this torch, or use decode='cpu'")

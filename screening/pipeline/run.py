@@ -3,7 +3,7 @@
 The plan, for the pending shards only::
 
     from_items(shards) -> map_batches(read_shards, batch_size=1)           # one read task per shard; rows + identity
-      -> map_batches(decode_batch, batch_format="pyarrow", num_cpus=1)       # CPU tasks: bytes -> uint8 224x224
+      -> map_batches(decode_batch, batch_format="pyarrow", num_cpus=task)    # CPU tasks: bytes -> uint8 224x224
       -> map_batches(EncoderActor, compute=ActorPoolStrategy(min, max),      # GPU (or CPU) actors: ROI means
                      num_gpus=..., batch_size=..., fn_constructor_kwargs=...)
       -> map_batches(write_parts, batch_size=write_batch_size)             # tasks: part files + receipts
@@ -110,10 +110,10 @@ class ScreeningResult:
 
 
 def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
-           batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=1,
+           batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=None,
            fast_decode=True, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
            progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", redo_changed=False,
-           write_batch_size=None, _throttle_s=0.0, _encoder_stage="model") -> ScreeningResult:
+           write_batch_size=None, decode="cpu", _throttle_s=0.0, _encoder_stage="model") -> ScreeningResult:
     """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
 
     Parameters
@@ -134,14 +134,23 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
         Encoder batch; default 256 on GPU, 64 on CPU.
     precision : {"bf16", "fp32"}, default="bf16"
     num_encoders : int or (min, max), optional
-        Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder) or 1..(CPUs - 1).
+        Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder), or on CPU nodes as many actors as
+        their cores and memory hold (docs/pipeline.md, "Sizing on CPU").
     num_gpus_per_encoder : float, optional
         Default: 1 if the cluster has GPUs, else 0. Asking for GPUs on a cluster without them raises.
-    num_cpus_per_encoder : float, default=1
+    num_cpus_per_encoder : float, optional
+        Default: 1 for GPU encoders; for CPU encoders nearly all of a node's cores (up to 16 per actor, as many
+        torch threads), less a read / decode share sized from their measured costs.
     fast_decode : bool, default=True
         JPEG DCT-domain downscaling (``preprocess_bytes(fast=True)``) for JPEGs whose short side is >= 896 px:
         min per-ROI r 0.99992 against the exact path, measured on ~4000 px photos; smaller JPEGs and other
         formats are bit-identical. False: the exact path (the in-memory API always uses it).
+    decode : {"cpu", "gpu"}, default="cpu"
+        ``"gpu"``: no decode tasks; GPU encoder actors decode JPEGs with nvJPEG (``torchvision.io.decode_jpeg``)
+        and crop/resize them on the GPU as the exact path does; other formats and any image nvJPEG refuses take the
+        exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
+        before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
+        output screened with one is not resumed with the other.
     image_column, id_column : str
         ``image`` may be binary or the Hugging Face struct ``{bytes, path}``; a missing id column derives the id
         as the first 16 hex digits of sha256(image bytes).
@@ -183,7 +192,8 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
                       fast_decode=fast_decode, image_column=image_column, id_column=id_column,
                       endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s,
                       reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling,
-                      redo_changed=redo_changed, write_batch_size=write_batch_size, encoder_stage=_encoder_stage)
+                      redo_changed=redo_changed, write_batch_size=write_batch_size, encoder_stage=_encoder_stage,
+                      decode=decode)
     return execute(plan)
 
 
@@ -196,7 +206,9 @@ def _ensure_ray():
     if not ray.is_initialized():
         main = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGTERM) if main else None
-        ray.init(log_to_driver=True)
+        from screening.pipeline.console import ray_logging_level
+
+        ray.init(log_to_driver=True, logging_level=ray_logging_level())
         if callable(handler):  # Ray's core worker replaces a SIGTERM handler set before init (the CLI's)
             signal.signal(signal.SIGTERM, handler)
     return ray
@@ -241,7 +253,8 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     stats = None
     if pending:
         ray = _ensure_ray()
-        res = check_resources(plan, ray.cluster_resources())
+        res = check_resources(plan, ray.cluster_resources(),
+                              [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         with _output_errors(plan.out, "removing leftovers and writing the manifest"):
             n_left = layout.remove_leftovers([s.unit for s in pending], markers)
             layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
@@ -296,22 +309,26 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     encoder_cls = stages.NullEncoderActor if plan.encoder_stage == "null" else stages.EncoderActor
     # One read task per shard (read_parquet in Ray 2.60 coalesces small files into one read task, which would make
     # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
-    items = [{"uri": s.uri, "unit": s.unit, "rows": s.rows, "size": s.size, "version": s.version} for s in pending]
+    items = [s.read_item() for s in pending]   # Parquet shards, tar archives or lists of image files
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=1,
+    ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
                         fn_kwargs={"spec": plan.spec, "endpoint_url": plan.endpoint_url, "anonymous": plan.anonymous,
                                    "chunk_rows": READ_CHUNK_ROWS})
-    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size, num_cpus=1,
-                        memory=DECODE_TASK_MEMORY,
-                        fn_kwargs={"image_column": plan.spec.image_column, "fast": plan.fast_decode})
+    if plan.decode == "cpu":   # decode="gpu": the encoder actors decode the raw bytes
+        ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
+                            num_cpus=res.task_cpus,
+                            memory=DECODE_TASK_MEMORY,
+                            fn_kwargs={"image_column": plan.spec.image_column, "fast": plan.fast_decode})
     ds = ds.map_batches(
         encoder_cls, batch_format="numpy", batch_size=res.batch_size,
         compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
-        num_gpus=res.num_gpus, num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
                                "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
-                               "num_threads": max(1, int(res.num_cpus)) if res.device == "cpu" else None,
-                               "throttle_s": plan.throttle_s},
+                               "num_threads": res.threads, "forward_chunk": res.forward_chunk,
+                               "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
+                               "throttle_s": plan.throttle_s, "decode": plan.decode,
+                               "image_column": plan.spec.image_column},
         # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
         # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.
     )
@@ -361,9 +378,12 @@ class _RayCompactor:
 def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
     from ray.data import DataContext
 
+    from screening.pipeline.console import is_verbose
+
     ctx = DataContext.get_current()
     old_bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = plan.progress and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
+    # Ray Data's own bars only in verbose mode: ours counts committed-ready images, theirs blocks per operator
+    ctx.enable_progress_bars = plan.progress and is_verbose() and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
     bar = None
     if plan.progress:
         from tqdm.auto import tqdm

@@ -6,8 +6,13 @@ Every row carries its identity (``unit``, ``row``: its index in the shard) throu
 ``screening.preprocess.preprocess_bytes``. A row that fails (unreadable or null bytes: stage ``read``; anything raised
 while decoding: stage ``decode``) becomes an error row; the batch never fails because of one image.
 
+``device_decode_batch`` (``decode="gpu"``): the same rows decoded inside the encoder actor instead, from the read
+stage's raw bytes, by ``screening.device_decode`` (nvJPEG, exact CPU path per image as the fallback); the pixels
+stay on the GPU. The same error rows and stages as ``decode_batch``.
+
 ``EncoderActor``: one per actor-pool slot. ``__init__`` loads the model from the store once, collapses every
-(subject, ROI) mean into one matrix (``RoiEncoder.from_model``) and drops the full vertex heads. ``__call__`` encodes
+(subject, ROI) mean into one matrix (``RoiEncoder.from_model``; on CPU memory-mapped from the node cache, which the
+first actor of a machine builds, ``screening.models.collapsed``) and drops the full vertex heads. ``__call__`` encodes
 the decoded rows and passes error rows through, so every input row leaves the plan exactly once.
 """
 
@@ -21,14 +26,9 @@ import numpy as np
 STAGE_OK = ""
 
 
-def decode_batch(table, *, image_column: str, fast: bool):
-    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
-    from screening.preprocess import preprocess_bytes
-
-    datas = table.column("data").to_pylist()
-    read_error = table.column("read_error").to_pylist()
+def _read_stage(datas, read_error, image_column: str):
+    """(stage, error) per row after reading: "read" for an unreadable row or null bytes, else STAGE_OK."""
     n = len(datas)
-    pixels = np.zeros((n, 3, 224, 224), dtype=np.uint8)
     stage = np.full(n, STAGE_OK, dtype=object)
     error = np.full(n, "", dtype=object)
     for i, data in enumerate(datas):
@@ -36,63 +36,119 @@ def decode_batch(table, *, image_column: str, fast: bool):
             stage[i], error[i] = "read", read_error[i]
         elif data is None:
             stage[i], error[i] = "read", f"the {image_column!r} bytes are null"
-        else:
-            try:
-                pixels[i] = preprocess_bytes(data, fast=fast)
-            except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
-                stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
-    return {
-        "unit": np.asarray(table.column("unit").to_pylist(), dtype=object),
-        "row": table.column("row").to_numpy(),
-        "image_id": np.asarray(table.column("image_id").to_pylist(), dtype=object),
-        "source": np.asarray(table.column("source").to_pylist(), dtype=object),
-        "stage": stage,
-        "error": error,
-        "pixels": pixels,
-    }
+    return stage, error
+
+
+def _identity(batch) -> dict:
+    return {"unit": np.asarray(batch["unit"], dtype=object), "row": np.asarray(batch["row"]),
+            "image_id": np.asarray(batch["image_id"], dtype=object),
+            "source": np.asarray(batch["source"], dtype=object)}
+
+
+def decode_batch(table, *, image_column: str, fast: bool):
+    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
+    from screening.preprocess import preprocess_bytes
+
+    datas = table.column("data").to_pylist()
+    stage, error = _read_stage(datas, table.column("read_error").to_pylist(), image_column)
+    pixels = np.zeros((len(datas), 3, 224, 224), dtype=np.uint8)
+    for i in np.flatnonzero(stage == STAGE_OK):
+        try:
+            pixels[i] = preprocess_bytes(datas[i], fast=fast)
+        except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
+            stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
+    ids = {k: table.column(k).to_pylist() for k in ("unit", "image_id", "source")}
+    return {**_identity({**ids, "row": table.column("row").to_numpy()}), "stage": stage, "error": error,
+            "pixels": pixels}
+
+
+def device_decode_batch(batch: dict, *, image_column: str, device, gpu_decode) -> dict:
+    """Numpy rows from ``read_shards`` -> ``decode_batch``'s rows, ``pixels`` a uint8 torch tensor on ``device``.
+
+    ``gpu_decode``: ``torchvision.io.decode_jpeg``'s contract (``screening.device_decode``).
+    """
+    import torch
+
+    from screening.device_decode import decode_on_device
+
+    datas = list(batch["data"])
+    stage, error = _read_stage(datas, list(batch["read_error"]), image_column)
+    ok = np.flatnonzero(stage == STAGE_OK)
+    decoded = decode_on_device([bytes(datas[i]) for i in ok], device=device, gpu_decode=gpu_decode)
+    pixels = decoded.pixels.new_zeros((len(datas),) + tuple(decoded.pixels.shape[1:]))
+    pixels[torch.as_tensor(ok, device=pixels.device)] = decoded.pixels
+    for j, i in enumerate(ok):
+        if decoded.errors[j]:
+            stage[i], error[i] = "decode", decoded.errors[j]
+    return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
 
 
 class EncoderActor:
     """Callable class for ``map_batches(compute=ActorPoolStrategy(...))``."""
 
     def __init__(self, *, store, model_id: str, subjects, rois, precision: str, device: str = "cpu",
-                 num_threads: int | None = None, throttle_s: float = 0.0):
+                 num_threads: int | None = None, throttle_s: float = 0.0, decode: str = "cpu",
+                 image_column: str = "image", forward_chunk: int | None = None,
+                 checkpoint_sha256: str | None = None):
         import torch
 
+        from screening.models.collapsed import collapse_key
         from screening.models.encoder import RoiEncoder
 
         if device == "cuda" and not torch.cuda.is_available():
             from screening.exceptions import InvalidParameterError
 
             raise InvalidParameterError("the encoder actor was given a GPU but torch sees no CUDA device")
+        self.decode, self.image_column, self.device = decode, image_column, device
+        if decode == "gpu":
+            from screening.device_decode import torchvision_decoder
+            from screening.exceptions import InvalidParameterError
+
+            if device != "cuda":
+                raise InvalidParameterError(f"decode='gpu' (--decode gpu) needs a CUDA encoder; this one is on "
+                                            f"{device!r}")
+            self.gpu_decode = torchvision_decoder()
         if num_threads:
             torch.set_num_threads(int(num_threads))
         model, _info = store.load_model(model_id)
         # Arrays arrive read-only (zero-copy from the object store); per-subject (reliability-filtered) mappings too.
         rois = {k: (np.array(v) if isinstance(v, np.ndarray) else {s: np.array(c) for s, c in v.items()})
                 for k, v in rois.items()}
-        self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device)
+        # CPU: the collapsed matrix comes from the node cache, built once per machine and mapped by every actor
+        key = collapse_key(checkpoint_sha256, list(subjects), rois) if checkpoint_sha256 else None
+        self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device,
+                                             cache_key=key, cache_dir=getattr(store, "cache_dir", None))
+        self.forward_chunk = forward_chunk
         del model
         gc.collect()
         self.n_subjects = len(self.encoder.subjects)
         self.n_rois = len(self.encoder.roi_names)
         self.throttle_s = throttle_s
 
-    def _encode(self, pixels: np.ndarray) -> np.ndarray:
-        out = self.encoder.encode_numpy(pixels)                    # (k, S, R) float32
+    def _encode(self, pixels) -> np.ndarray:
+        step = self.forward_chunk or len(pixels)   # CPU: activations of one chunk, not of the whole batch
+        out = np.concatenate([self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)])
         mean = out.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
         return np.concatenate([out, mean], axis=1)                  # (k, S+1, R)
+
+    def _forward(self, pixels) -> np.ndarray:
+        if isinstance(pixels, np.ndarray):
+            return self.encoder.encode_numpy(pixels)               # (k, S, R) float32
+        return self.encoder(pixels).cpu().numpy()                  # decoded on the device already
 
     def __call__(self, batch: dict) -> dict:
         if self.throttle_s:
             time.sleep(self.throttle_s)  # tests only: keeps a run in flight long enough to kill things
+        if self.decode == "gpu":
+            batch = device_decode_batch(batch, image_column=self.image_column, device=self.device,
+                                        gpu_decode=self.gpu_decode)
         stage = np.asarray(batch["stage"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         n = stage.shape[0]
         roi = np.full((n, self.n_subjects + 1, self.n_rois), np.nan, dtype=np.float32)
         ok = np.flatnonzero(stage == STAGE_OK)
         if ok.size:
-            pixels = np.asarray(batch["pixels"])
+            pixels = batch["pixels"] if self.decode == "gpu" else np.asarray(batch["pixels"])
             try:
                 roi[ok] = self._encode(pixels[ok])
             except Exception:  # noqa: BLE001 - retry row by row so one bad row cannot sink the batch

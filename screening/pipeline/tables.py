@@ -28,6 +28,15 @@ def response_table(ids, roi: np.ndarray, labels, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+SOURCE_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string())])
+
+
+def source_table(ids, sources) -> pa.Table:
+    """One row per screened image: its id and where it came from (file, ``tar://member::archive``, shard column)."""
+    return pa.table({"image_id": pa.array(list(ids), pa.string()), "source": pa.array(list(sources), pa.string())},
+                    schema=SOURCE_SCHEMA)
+
+
 def error_table(ids, sources, stages, errors) -> pa.Table:
     return pa.table({"image_id": pa.array(list(ids), pa.string()), "source": pa.array(list(sources), pa.string()),
                      "stage": pa.array(list(stages), pa.string()), "error": pa.array(list(errors), pa.string())},

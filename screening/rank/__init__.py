@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from screening.exceptions import InvalidParameterError
+from screening.fs import StorageOptions, add_storage_arguments
 from screening.rank._engine import (
     CONSENSUS_SUBJECT,
     RANKINGS_SCHEMA,
@@ -36,6 +37,7 @@ __all__ = [
     "rank_with_sets",
     "read_rankings",
     "read_rankings_metadata",
+    "roi_values",
     "RankingNote",
     "DEFAULT_COMPOSITES",
     "RANKINGS_SCHEMA",
@@ -179,8 +181,8 @@ def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(
         processed in chunks, one column-projected scan each.
     endpoint_url : str, optional
         S3 endpoint for ``s3://`` paths.
-    anonymous : bool, default=False
-        Unsigned S3 access.
+    anonymous : bool, optional
+        True: unsigned S3 requests; None (default): signed when credentials exist, else unsigned (``screening.fs``).
     progress : callable, optional
         Called with a short message after each scan.
 
@@ -240,6 +242,36 @@ def read_rankings_metadata(path, *, endpoint_url=None, anonymous=None) -> dict:
     return json.loads(raw.decode()) if raw else {}
 
 
+def roi_values(responses, roi: str, subject: str, *, manifest=None, members=None, endpoint_url=None,
+               anonymous=None):
+    """Every finite value of one ROI for one subject, as :func:`rank` computes it (the report's histograms).
+
+    ``responses`` as for :func:`rank`; ``members`` are the columns rank averaged for this ROI (rankings metadata
+    ``members``); without them the name is resolved again against the table. Streamed; only the member columns
+    of that subject's rows are read.
+    """
+    import numpy as np
+
+    from screening.rank._engine import KEY_COLUMNS, _batch_matrix, _Evaluator
+    from screening.rank._rois import RoiResolver, Target
+
+    dataset, _, _ = _as_dataset(responses, endpoint_url, anonymous)
+    cols = [f.name for f in dataset.schema if f.name not in KEY_COLUMNS]
+    res = RoiResolver(cols, [subject], manifest_rois=(manifest or {}).get("rois"))
+    if members and all(c in cols for c in members):
+        members = tuple(members)
+        w = np.ones(1) if len(members) == 1 else np.array([res.vertex_count(c, subject) for c in members])
+        target = Target(roi, members, frozenset(), {subject: w})
+    else:
+        target = res.resolve(roi)
+    ev = _Evaluator([target], list(target.members))
+    parts = []
+    for b in dataset.to_batches(columns=list(target.members), filter=ds.field("subject") == subject):
+        v = ev(_batch_matrix(b, list(target.members)), subject)[:, 0]
+        parts.append(v[np.isfinite(v)])
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 # -- CLI -------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``screening rank`` arguments."""
@@ -266,8 +298,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed batch")
     parser.add_argument("--memory-budget-mb", type=float, default=512.0, help="bound on consensus accumulators")
-    parser.add_argument("--endpoint-url", help="S3 endpoint URL")
-    parser.add_argument("--anonymous", action="store_true", help="unsigned S3 access")
+    add_storage_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -287,7 +318,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                         comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
                         null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
                         batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                        endpoint_url=args.endpoint_url, anonymous=args.anonymous, progress=progress)
+                        endpoint_url=args.endpoint_url, anonymous=StorageOptions.from_args(args).anonymous,
+                        progress=progress)
     except InvalidParameterError as exc:
         print(f"screening rank: error: {exc}", file=sys.stderr)
         return 2

@@ -186,6 +186,25 @@ def _by_subject(subj: np.ndarray):
         yield str(s), np.flatnonzero(inv == i)
 
 
+def _set_null_stats(means, set_score, largest: bool, q: float, m: int):
+    """Per column: the set null's quantile, mean, the set's margin over it and its p (NaN without a set null)."""
+    if means is None:
+        nan = np.full(m, np.nan)
+        return nan, nan, nan, nan
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mq = _col_quantile(means, q if largest else 1.0 - q)
+        mmean = np.nanmean(means, axis=0)
+        ok = np.isfinite(means).all(axis=0) & np.isfinite(set_score)
+        if largest:
+            smargin = set_score - mq
+            sp = (1.0 + (means >= set_score).sum(axis=0)) / (1.0 + means.shape[0])
+        else:
+            smargin = mq - set_score
+            sp = (1.0 + (means <= set_score).sum(axis=0)) / (1.0 + means.shape[0])
+    return tuple(np.where(ok, a, np.nan) for a in (mq, mmean, smargin, sp))
+
+
 def _col_quantile(a: np.ndarray, q: float) -> np.ndarray:
     """Per-column quantile of the finite values (NaN for an empty column); fast path without NaN."""
     out = np.full(a.shape[1], np.nan)
@@ -471,21 +490,7 @@ class Ranker:
         # set-level null, vectorised over columns
         means = self._null_means(null_matrix, ks)
         set_score = np.array([np.mean(r[0]) if len(r[0]) else np.nan for r in results])
-        if means is not None:
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mq = _col_quantile(means, q if largest else 1.0 - q)
-                mmean = np.nanmean(means, axis=0)
-                ok = np.isfinite(means).all(axis=0) & np.isfinite(set_score)
-                if largest:
-                    smargin = set_score - mq
-                    sp = (1.0 + (means >= set_score).sum(axis=0)) / (1.0 + means.shape[0])
-                else:
-                    smargin = mq - set_score
-                    sp = (1.0 + (means <= set_score).sum(axis=0)) / (1.0 + means.shape[0])
-            mq, mmean, smargin, sp = (np.where(ok, a, np.nan) for a in (mq, mmean, smargin, sp))
-        else:
-            mq = mmean = smargin = sp = np.full(m, np.nan)
+        mq, mmean, smargin, sp = _set_null_stats(means, set_score, largest, q, m)
         R = self.rows
         for j, name in enumerate(names):
             v, ids, pl = results[j]
@@ -552,11 +557,7 @@ class Ranker:
             first = ci == 0
             sel = first and self.selectivity
             con_pairs = self.contrast_pairs if first else []
-            need = set(self.ranked[chunk].tolist()) if do_cons else set()
-            if sel:
-                need |= set(self.ranked.tolist()) | set(self.comp_idx.tolist())
-            for _, a, b in con_pairs:
-                need |= {self.tindex[a], self.tindex[b]}
+            need = self._needed_targets(chunk if do_cons else None, sel, con_pairs)
             if not need:
                 continue
             tsub = np.array(sorted(need), dtype=np.int64)
@@ -605,6 +606,15 @@ class Ranker:
                 self._emit_consensus(chunk, acc_z, acc_r, acc_n, image_index)
                 del acc_z, acc_r, acc_n
             self.progress(f"scan 2 chunk {ci + 1}/{len(chunks)} done")
+
+    def _needed_targets(self, consensus_chunk, selectivity: bool, con_pairs) -> set:
+        """Target indices scan 2 evaluates for this chunk: its consensus ROIs, selectivity's, the contrasts'."""
+        need = set(self.ranked[consensus_chunk].tolist()) if consensus_chunk is not None else set()
+        if selectivity:
+            need |= set(self.ranked.tolist()) | set(self.comp_idx.tolist())
+        for _, a, b in con_pairs:
+            need |= {self.tindex[a], self.tindex[b]}
+        return need
 
     def _contrast_scores(self, t, z, loc, pairs):
         ia = np.array([loc[self.tindex[a]] for _, a, _ in pairs])

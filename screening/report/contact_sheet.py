@@ -17,18 +17,18 @@ CAPTION = 30
 PAD = 6
 
 
-def _open_shards(images, filesystem=None, endpoint_url=None, anonymous=None):
+def _open_shards(images, filesystem=None, storage_options=None):
     """A dataset over image shards: a folder/glob (listed as the pipeline lists it), a list of shard
     paths/URIs (a manifest's ``shards``), or a dataset."""
     if isinstance(images, ds.Dataset):
         return images
     from screening.io.image_source import list_shards
-    from screening.store._fs import filesystem_for
+    from screening.fs import filesystem_for
 
     def fs_path(p):
         if filesystem is not None:
             return filesystem, str(p)
-        return filesystem_for(str(p), endpoint_url=endpoint_url, anonymous=anonymous)
+        return filesystem_for(str(p), storage_options)
 
     if isinstance(images, (list, tuple)):
         if not images:
@@ -45,8 +45,8 @@ def _open_shards(images, filesystem=None, endpoint_url=None, anonymous=None):
 
 
 def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_id", image_column="image",
-                        source_column="source", with_bytes=True, endpoint_url=None,
-                        anonymous=None) -> dict[str, dict]:
+                        source_column="source", with_bytes=True,
+                        storage_options=None) -> dict[str, dict]:
     """``{image_id: {"bytes": ..., "source": ...}}`` of the given images, one read with a pushed-down
     ``image_id`` filter that decodes only the id, image and source columns (without the image column
     when ``with_bytes=False``: then ``bytes`` is ``None``).
@@ -62,7 +62,7 @@ def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_
         Column names (the run manifest's ``config.id_column`` / ``config.image_column``). ``source``
         falls back to the struct's ``path``, else ``None``.
     with_bytes : bool, default=True
-    endpoint_url, anonymous : optional
+    storage_options : screening.fs.StorageOptions or dict, optional
         S3 access for ``s3://`` shards.
 
     Returns
@@ -78,7 +78,7 @@ def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_
     ids = sorted({str(i) for i in image_ids})
     if not ids:
         return {}
-    dataset = _open_shards(images, filesystem, endpoint_url, anonymous)
+    dataset = _open_shards(images, filesystem, storage_options)
     names = dataset.schema.names
     for what, col in (("id_column", id_column), ("image_column", image_column)):
         if col not in names:

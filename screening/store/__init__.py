@@ -4,7 +4,8 @@
 
 - a local BERG root directory (the layout in ``docs/store.md``);
 - ``s3://bucket[/prefix]`` — a BERG root in S3 (e.g. ``s3://brain-encoding-response-generator``,
-  anonymous), or any S3-compatible endpoint (``endpoint_url=``); files are downloaded into the cache;
+  anonymous), or any S3-compatible endpoint (``storage_options=StorageOptions(endpoint_url=...)``); files are
+  downloaded into the cache;
 - ``https://…/<published checkpoint filename>.pth`` — a checkpoint alone. Its metadata is then
   synthesised from the package atlas (vertex mapping, Glasser groups, ROI grayordinates, subject id);
   there are no noise ceilings and no stimulus lists in that case.
@@ -24,10 +25,10 @@ from urllib.parse import urlparse
 from screening.exceptions import (CheckpointError, InvalidParameterError, ModelLoadError,
                                   ModelNotFoundError, StoreError, UnsafePickleError)
 from screening.models._weights import PUBLISHED, PUBLISHED_WIDTH, SUBJECTS, EncoderWeights, get_weights
-from screening.store._fs import filesystem_for, is_remote, join
+from screening.fs import StorageOptions, filesystem_for, is_remote, join, resolve_anonymous
 
 __all__ = ["open_store", "ModelStore", "normalize_subject", "normalize_metadata", "load_metadata_npy",
-           "filesystem_for"]
+           "filesystem_for", "StorageOptions"]
 
 
 def __getattr__(name):  # lazy: the unpickler pulls numpy only when used
@@ -39,17 +40,13 @@ def __getattr__(name):  # lazy: the unpickler pulls numpy only when used
 
 
 def normalize_subject(subject) -> str:
-    """``1`` / ``"1"`` / ``"sub-01"`` / ``"sub-1"`` → ``"sub-01"``; anything else raises."""
-    i = -1
-    if isinstance(subject, str):
-        digits = subject[4:] if subject.lower().startswith("sub-") else subject
-        i = int(digits) if digits.isdigit() else -1
-    elif not isinstance(subject, bool) and hasattr(subject, "__index__"):
-        i = int(subject.__index__())
-    if not 1 <= i <= len(SUBJECTS):
-        raise InvalidParameterError(
-            f"subject={subject!r} is not valid; valid subjects: 1..8 or {', '.join(SUBJECTS)}")
-    return SUBJECTS[i - 1]
+    """One subject, in any spelling :func:`screening._validation.parse_subjects` takes, -> ``"sub-0N"``."""
+    from screening._validation import parse_subjects
+
+    subjects = parse_subjects(subject)
+    if len(subjects) != 1:
+        raise InvalidParameterError(f"subject={subject!r} names {len(subjects)} subjects; give exactly one")
+    return subjects[0]
 
 
 def normalize_metadata(meta: dict, *, name: str = "<metadata>", n_vertices: int | None = None) -> dict:
@@ -77,11 +74,10 @@ class ModelStore:
     Build with :func:`open_store`. Picklable; clients are rebuilt lazily after unpickling.
     """
 
-    def __init__(self, location: str, *, endpoint_url: str | None = None, anonymous: bool | None = None,
+    def __init__(self, location: str, *, storage_options: StorageOptions | None = None,
                  cache_dir: str | os.PathLike | None = None):
         self.location = str(location)
-        self.endpoint_url = endpoint_url
-        self.anonymous = anonymous
+        self.storage_options = StorageOptions.of(storage_options)
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         scheme = urlparse(self.location).scheme.lower()
         self.kind = "url" if scheme in ("http", "https") else ("s3" if is_remote(self.location) else "local")
@@ -108,7 +104,7 @@ class ModelStore:
         self._synthetic: dict[str, dict | None] = {}
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in ("location", "endpoint_url", "anonymous", "cache_dir", "kind",
+        return {k: getattr(self, k) for k in ("location", "storage_options", "cache_dir", "kind",
                                               "_url_model_id")}
 
     def __setstate__(self, state):
@@ -123,8 +119,7 @@ class ModelStore:
         if self._fs is None:
             with self._lock:
                 if self._fs is None:
-                    self._fs, self._root = filesystem_for(self.location, endpoint_url=self.endpoint_url,
-                                                          anonymous=self.anonymous)
+                    self._fs, self._root = filesystem_for(self.location, self.storage_options)
         return self._fs, self._root
 
     def _display(self, rel: str) -> str:
@@ -300,9 +295,7 @@ def _exists(fs, path: str) -> bool:
 
 
 def _access_hint(store: ModelStore) -> str:
-    from screening.store._fs import resolve_anonymous
-
-    return "anonymous access" if resolve_anonymous(store.anonymous) else "signed with the configured credentials"
+    return "anonymous access" if resolve_anonymous(store.storage_options.anonymous) else "signed with the configured credentials"
 
 
 def _atlas_metadata(w: EncoderWeights, subject: str) -> dict:
@@ -324,7 +317,8 @@ def _atlas_metadata(w: EncoderWeights, subject: str) -> dict:
     }
 
 
-def open_store(location: str | os.PathLike, *, endpoint_url: str | None = None, anonymous: bool | None = None,
+def open_store(location: str | os.PathLike, *, storage_options: StorageOptions | dict | None = None,
+               endpoint_url: str | None = None, anonymous: bool | None = None,
                cache_dir: str | os.PathLike | None = None) -> ModelStore:
     """Open a model store.
 
@@ -332,10 +326,11 @@ def open_store(location: str | os.PathLike, *, endpoint_url: str | None = None, 
     ----------
     location : str or path-like
         Local BERG root, ``s3://bucket[/prefix]`` BERG root, or ``https://…/<published filename>.pth``.
-    endpoint_url : str, optional
-        S3-compatible endpoint; default ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL`` / AWS.
-    anonymous : bool, optional
-        S3 only. ``None``: sign if credentials are configured, else unsigned. ``True``: always unsigned.
+    storage_options : StorageOptions or dict, optional
+        S3 only: endpoint and credentials mode (:mod:`screening.fs`). Default: the environment's endpoint;
+        signed when credentials are configured, else unsigned.
+    endpoint_url, anonymous
+        The two fields of ``storage_options``, given separately (the BERG API's keywords).
     cache_dir : path, optional
         Download cache; default ``$SCREENING_CACHE_DIR`` or ``~/.cache/screening``.
 
@@ -360,7 +355,8 @@ def open_store(location: str | os.PathLike, *, endpoint_url: str | None = None, 
         raise InvalidParameterError(
             f"unsupported store location {loc!r}; valid forms: a local directory, s3://bucket[/prefix], "
             "https://…/<checkpoint>.pth")
-    store = ModelStore(loc, endpoint_url=endpoint_url, anonymous=anonymous, cache_dir=cache_dir)
+    options = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
+    store = ModelStore(loc, storage_options=options, cache_dir=cache_dir)
     if store.kind == "local" and not Path(store.location).is_dir():
         raise StoreError(f"model store directory not found: {store.location}")
     return store

@@ -15,7 +15,17 @@ A cache hit is re-verified once per process: the file's sha256 is recomputed and
 deletes the entry and downloads again. When the source can still be reached its size is compared too, so a
 replaced remote file is fetched again.
 
+No sha256 is published for the MOSAIC checkpoints (model card, BERG bucket), so a full-length download with
+wrong bytes cannot be caught by its digest. A checkpoint (``.pth`` / ``.pt``) is therefore checked as what it is,
+a torch zip archive with a CRC32 per member: the whole archive is read back and every member's CRC compared
+before the file is renamed into place (``zipfile.testzip``; a one-byte flip anywhere in the tensor data fails it).
+
 ``http://`` is accepted only for loopback hosts (local test servers); use ``https://`` elsewhere.
+
+Why hand-written: ``pooch.retrieve(known_hash=...)`` has no S3 downloader (anonymous or signed), no lock (two Ray
+actors download the same 2 GB twice), and re-hashes a cached file on every call (no per-process memo);
+fsspec's ``filecache::`` does no size or digest check and its cache index is not safe across processes. With
+either, this module's download, check and lock would still have to be written around it.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import os
 import sys
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -37,6 +48,8 @@ from screening.exceptions import IntegrityError, InvalidParameterError, StoreErr
 __all__ = ["cache_root", "entry_path", "fetch", "file_sha256", "read_sidecar", "sha256_of_file"]
 
 CHUNK = 8 << 20
+#: Files checked as torch zip archives (CRC32 of every member) before they are cached.
+TORCH_ARCHIVE_SUFFIXES = (".pth", ".pt")
 PROGRESS_MIN_BYTES = 64 << 20
 _VERIFIED: dict[str, tuple] = {}  # path -> (stat key, sha256) verified in this process
 
@@ -79,7 +92,7 @@ def read_sidecar(path: str | os.PathLike) -> str | None:
 def _atomic_write_text(path: Path, text: str) -> None:
     from fsspec.implementations.local import LocalFileSystem
 
-    from screening.store._fs import write_atomic
+    from screening.fs import write_atomic
 
     write_atomic(LocalFileSystem(), str(path), text.encode())
 
@@ -277,6 +290,17 @@ def _cache_hit_ok(final: Path, source: _Source, expected: str | None) -> bool:
     return True
 
 
+def check_torch_archive(path: str | os.PathLike, *, what: str) -> None:
+    """Raise ``IntegrityError`` unless ``path`` is a readable torch zip archive whose members all match their CRC32."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise IntegrityError(f"{what} is not a readable torch checkpoint archive ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise IntegrityError(f"{what} is corrupt: member {bad!r} does not match its CRC32")
+
+
 def _evict(final: Path) -> None:
     _VERIFIED.pop(str(final), None)
     for p in (final, Path(str(final) + ".sha256")):
@@ -315,6 +339,8 @@ def _download(source: _Source, final: Path, expected: str | None, progress: bool
         digest = h.hexdigest()
         if expected and digest != expected:
             raise IntegrityError(f"download of {source.url} has sha256 {digest}, expected {expected}")
+        if final.suffix.lower() in TORCH_ARCHIVE_SUFFIXES:
+            check_torch_archive(tmp, what=f"download of {source.url}")
         os.replace(tmp, final)
         _atomic_write_text(Path(str(final) + ".sha256"), f"{digest}  {final.name}\n")
         with contextlib.suppress(OSError):

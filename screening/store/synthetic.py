@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from screening import atlas
+from screening._validation import check_positive_int
 from screening.exceptions import InvalidParameterError
 from screening.models._weights import SPATIAL, SUBJECTS, save_checkpoint, weights_for_variant
 
@@ -195,8 +196,9 @@ def _noise_ceilings(seed: int, subject_index: int) -> dict[str, np.ndarray]:
 def synthetic_metadata(variant: str, subject: str, *, seed: int = 0, width: int = 384,
                        n_stimuli: int = 100) -> dict:
     """One subject's metadata dict, in the BERG schema, with the real atlas and synthetic placeholders."""
-    if subject not in SUBJECTS:
-        raise InvalidParameterError(f"subject={subject!r} is not valid; valid subjects: {', '.join(SUBJECTS)}")
+    from screening.store import normalize_subject
+
+    subject = normalize_subject(subject)
     mask = atlas.variant_vertex_mask(variant)
     names = np.array([f"synthetic_stimulus_{i:05d}.png" for i in range(n_stimuli)], dtype=object)
     n_test = max(1, n_stimuli // 50)
@@ -295,8 +297,7 @@ def make_store(root: str | os.PathLike, *, variant: str = "all", seed: int = 0, 
     if variant not in ("all", "visual"):
         raise InvalidParameterError(f"variant={variant!r} is not valid; valid variants: 'all', 'visual'")
     w = weights_for_variant(variant)
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise InvalidParameterError(f"width={width!r} is not valid; expected a positive int (published: 384)")
+    width = check_positive_int("width", width, allow_none=False)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InvalidParameterError(f"seed={seed!r} is not valid; expected an int")
     root = Path(root).expanduser().resolve()

@@ -1,0 +1,149 @@
+"""CPU pool sizing (``screening.pipeline.sizing``) and the node cache of collapsed ROI matrices
+(``screening.models.collapsed``): the cached matrix is the fresh collapse, bit for bit; a bad entry is rebuilt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from screening.exceptions import InvalidParameterError
+from screening.pipeline.sizing import (MAX_THREADS_PER_ENCODER, ActorFootprint, actor_footprint, size_cpu_pool,
+                                       task_reserve)
+
+GIB = 2**30
+PUBLISHED = actor_footprint(384, 8 * 379)   # all 8 subjects x every ROI of the whole-cortex model
+
+
+def test_published_footprint_matches_the_measured_matrix():
+    assert PUBLISHED.shared == 384 * 26 * 26 * 8 * 379 * 4      # 2.9 GiB, the collapsed matrix
+    assert 2 * GIB < PUBLISHED.private < 4 * GIB                  # core + 16 images of activations + runtime
+
+
+def test_small_cpu_node_gives_the_encoder_nearly_every_core():
+    pool = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384)
+    assert (pool.min_size, pool.max_size, pool.threads) == (1, 1, 2)
+    assert pool.num_cpus == pytest.approx(2 - task_reserve(2, 384)) and pool.num_cpus >= 1.75
+    assert 0 < pool.task_cpus <= 0.0625                          # read / decode: a fraction of a CPU
+    assert pool.memory == PUBLISHED.private
+
+
+def test_big_node_few_fat_actors_and_memory_bounds_the_count():
+    pool = size_cpu_pool([(64, 512 * GIB)], PUBLISHED, 384)
+    assert pool.max_size == 4 and pool.threads == MAX_THREADS_PER_ENCODER
+    assert 4 * pool.num_cpus <= 64 - task_reserve(64, 384) + 1e-9 and 0 < pool.task_cpus <= 1
+    tight = size_cpu_pool([(64, 10 * GIB)], PUBLISHED, 384)      # 2.9 GiB shared + ~3 GiB each: 2 fit
+    assert tight.max_size == 2 and tight.threads >= 31            # the cores go to the actors that fit
+    two_nodes = size_cpu_pool([(64, 512 * GIB), (64, 10 * GIB)], PUBLISHED, 384)
+    assert two_nodes.max_size == 4 + 2 and two_nodes.threads == 16  # one size of actor: 16 threads on both nodes
+
+
+def test_tiny_models_leave_decoding_half_the_node():
+    pool = size_cpu_pool([(2, 20 * GIB)], actor_footprint(16, 8 * 10), 16)
+    assert (pool.num_cpus, pool.threads, pool.max_size) == (1.0, 1, 1)
+
+
+def test_user_overrides_and_their_errors():
+    pool = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=2)
+    assert (pool.min_size, pool.max_size, pool.threads) == (2, 2, 1) and pool.num_cpus == pytest.approx(0.875)
+    pool = size_cpu_pool([(8, 64 * GIB)], PUBLISHED, 384, num_cpus_per_encoder=2)
+    assert (pool.num_cpus, pool.threads, pool.max_size) == (2, 2, 3)
+    with pytest.raises(InvalidParameterError, match=r"num_cpus_per_encoder=64 but the Ray cluster has 2 CPU"):
+        size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_cpus_per_encoder=64)
+    with pytest.raises(InvalidParameterError, match=r"num_encoders=3 needs 3 encoder actor\(s\) of 1 CPU.*fits 1 by "
+                                                    r"CPUs .* and \d+ by memory"):
+        size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=3, num_cpus_per_encoder=1)
+    with pytest.raises(InvalidParameterError, match=r"fits 3 by CPUs .* and 1 by memory"):
+        size_cpu_pool([(64, 8 * GIB)], PUBLISHED, 384, num_encoders=2, num_cpus_per_encoder=16)
+    with pytest.raises(InvalidParameterError, match=r"needs 2.9 GiB \(the collapsed ROI matrix.*largest node .* "
+                                                    r"4.0 GiB"):
+        size_cpu_pool([(64, 4 * GIB)], PUBLISHED, 384)
+    assert ActorFootprint(GIB, GIB).fits(None) > 1000           # memory unknown: cores alone decide
+
+
+# --------------------------------------------------------------------------- node cache of collapsed matrices
+
+@pytest.fixture(scope="module")
+def small():
+    from screening.models.collapsed import collapse_key
+    from screening.models.encoder import CNN8Multihead
+    from screening.rois import build_roi_set
+    from screening.store.synthetic import synthetic_state_dict
+
+    model = CNN8Multihead.from_state_dict(synthetic_state_dict("visual", seed=0, width=8))
+    subjects = ["sub-01", "sub-05"]
+    rois = build_roi_set("visual", ["V1", "V2", "FFC", "group_01", "group_05"])
+    return model, subjects, rois, collapse_key("sha-of-the-checkpoint", subjects, rois)
+
+
+def _encoder(small, **kw):
+    from screening.models.encoder import RoiEncoder
+
+    model, subjects, rois, key = small
+    return RoiEncoder.from_model(model, subjects, rois, precision="fp32", **kw)
+
+
+def test_cached_matrix_is_the_fresh_collapse_bit_for_bit(small, tmp_path):
+    fresh = _encoder(small)
+    built = _encoder(small, cache_key=small[3], cache_dir=tmp_path)
+    hit = _encoder(small, cache_key=small[3], cache_dir=tmp_path)
+    assert (fresh.collapse_source, built.collapse_source, hit.collapse_source) == ("collapsed", "built", "hit")
+    for enc in (built, hit):
+        assert torch.equal(enc.roi_weights_t, fresh.roi_weights_t) and torch.equal(enc.roi_bias, fresh.roi_bias)
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(hit(x), fresh(x))
+    assert [p.name for p in (tmp_path / "collapsed").iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def _entry(tmp_path, key):
+    return tmp_path / "collapsed" / f"{key}.f32", tmp_path / "collapsed" / f"{key}.json"
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("flip", "data checksum differs"),
+    ("truncate", "bytes, expected"),
+    ("foreign", "foreign entry"),
+    ("header", "unreadable header"),
+])
+def test_bad_cache_entry_is_refused_and_rebuilt(small, tmp_path, damage, why):
+    fresh = _encoder(small)
+    _encoder(small, cache_key=small[3], cache_dir=tmp_path)
+    data, head = _entry(tmp_path, small[3])
+    if damage == "flip":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        data.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        data.write_bytes(data.read_bytes()[:-4])
+    elif damage == "foreign":  # another key's header (another model / ROI set) under this name
+        head.write_text(json.dumps({**json.loads(head.read_text()), "key": "0" * 40}))
+    else:
+        head.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match=why):
+        again = _encoder(small, cache_key=small[3], cache_dir=tmp_path)
+    assert again.collapse_source == "built"
+    assert torch.equal(again.roi_weights_t, fresh.roi_weights_t) and torch.equal(again.roi_bias, fresh.roi_bias)
+    assert _encoder(small, cache_key=small[3], cache_dir=tmp_path).collapse_source == "hit"
+
+
+def test_unusable_cache_dir_collapses_in_memory(small, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.warns(RuntimeWarning, match="not usable"):
+        enc = _encoder(small, cache_key=small[3], cache_dir=blocker)
+    assert enc.collapse_source == "memory"
+    assert torch.equal(enc.roi_weights_t, _encoder(small).roi_weights_t)
+
+
+def test_key_names_what_the_matrix_depends_on(small):
+    from screening.models.collapsed import collapse_key
+
+    _, subjects, rois, key = small
+    assert collapse_key("other-checkpoint", subjects, rois) != key
+    assert collapse_key("sha-of-the-checkpoint", subjects[:1], rois) != key
+    moved = dict(rois, V1=np.asarray(rois["V1"])[1:])
+    assert collapse_key("sha-of-the-checkpoint", subjects, moved) != key
+    per_subject = {k: {s: v for s in subjects} for k, v in rois.items()}   # same sets, per-subject form
+    assert collapse_key("sha-of-the-checkpoint", subjects, per_subject) == key
