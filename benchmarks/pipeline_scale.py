@@ -618,7 +618,7 @@ def run_screen(args, in_dir, out):
     extra = {"write_batch_size": args.write_batch_size} if "write_batch_size" in inspect.signature(screen).parameters \
         else {}  # the driver-side sink (before the write path) has no write stage
     r = screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
-               num_cpus_per_encoder=0, progress=False, _encoder_stage="null", _throttle_s=args.throttle_s,
+               num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
                batch_size=args.encoder_batch_size, **extra)
     return r
 

@@ -94,7 +94,7 @@ def main():
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     fig = {}
     kw = dict(model_id=MODEL_ID, precision="fp32", num_encoders=1, num_cpus_per_encoder=0, progress=False,
-              _encoder_stage="null", write_batch_size=8192)
+              encoder_stage="null", write_batch_size=8192)
     for name in ("ours", "ray-plain", "ray-ckpt"):   # interleaved would be fairer; one of each fits this budget
         out = os.path.join(work, name)
         t0 = time.perf_counter()

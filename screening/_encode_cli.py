@@ -75,7 +75,7 @@ def run_from_args(args) -> int:
     paths = _files(args.images)
     _check_out(args.out)
     options = StorageOptions.from_args(args)
-    berg = BERG(args.store, endpoint_url=options.endpoint_url, anonymous=options.anonymous)
+    berg = BERG(args.store, storage_options=options)
     present = berg.store.model_ids()
     model_id = args.model_id or (present[0] if len(present) == 1 else DEFAULT_MODEL_ID)
     selection = {"roi": rois} if rois else None

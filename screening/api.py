@@ -114,16 +114,18 @@ class BERG:
     berg_dir : str
         A BERG root: local directory, ``s3://bucket[/prefix]`` (e.g. ``s3://brain-encoding-response-generator``),
         or a direct https URL of a published checkpoint.
-    endpoint_url, anonymous, cache_dir
-        Passed to :func:`screening.store.open_store`.
+    storage_options, cache_dir
+        Passed to :func:`screening.store.open_store` (``storage_options``: a :class:`screening.fs.StorageOptions`
+        or a dict of its fields); ``endpoint_url=`` / ``anonymous=`` may be given instead of ``storage_options``.
     """
 
-    def __init__(self, berg_dir: str, *, endpoint_url: str | None = None, anonymous: bool | None = None,
-                 cache_dir: str | None = None):
+    def __init__(self, berg_dir: str, *, storage_options=None, endpoint_url: str | None = None,
+                 anonymous: bool | None = None, cache_dir: str | None = None):
         from screening.store import open_store
 
         self.berg_dir = berg_dir
-        self.store = open_store(str(berg_dir), endpoint_url=endpoint_url, anonymous=anonymous, cache_dir=cache_dir)
+        self.store = open_store(str(berg_dir), storage_options=storage_options, endpoint_url=endpoint_url,
+                                anonymous=anonymous, cache_dir=cache_dir)
 
     # -- metadata ---------------------------------------------------------------------------------
     def get_model_metadata(self, model_id: str, subject=1):

@@ -155,8 +155,7 @@ def run_from_args(args) -> int:
     ingest(str(out / "images"), str(out / "shards"), shard_rows=16, overwrite=True)
     print("[3/5] screening on local Ray ...", flush=True)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,
-                              precision=args.precision, endpoint_url=options.endpoint_url,
-                              anonymous=options.anonymous)
+                              precision=args.precision, storage_options=options)
     print("[4/5] ranking ...", flush=True)
     rank(str(out / "run" / "responses"), str(out / "run" / "rankings"), top_k=5)
     print("[5/5] report ...", flush=True)

@@ -59,14 +59,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from screening._validation import check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
-from screening.io.inputs import (IMAGE_EXTENSIONS, LIST_SUFFIXES, TAR_SUFFIXES, display, has_image_ext, is_tar,
+from screening.fs import StorageOptions, add_storage_arguments, filesystem_for, is_local, to_uri
+
+from screening.io.inputs import (IMAGE_EXTENSIONS, LIST_SUFFIXES, TAR_SUFFIXES, has_image_ext, is_tar,
                                  iter_tar_images, read_list_entries, resolve_entry, walk_folder)
 
 __all__ = [
     "ingest",
     "IngestResult",
-    "filesystem_for",
     "image_id_for",
     "IMAGE_EXTENSIONS",
     "SHARD_SCHEMA_FIELDS",
@@ -84,17 +86,6 @@ ERRORS_NAME = "ingest_errors.csv"
 DUPLICATES_NAME = "ingest_duplicates.csv"
 _ID_HEX = 16
 _READ_WINDOW = 32  # files read ahead by the I/O threads; bounds memory to ~32 images
-
-
-def filesystem_for(uri, endpoint_url: str | None = None, anonymous: bool | None = None):
-    """Return ``(fsspec filesystem, path)`` for a local path, ``file://`` or ``s3://`` URI.
-
-    A thin front for :func:`screening.store._fs.filesystem_for` (the one place that builds
-    filesystems; its docstring has the credential and endpoint rules), imported lazily.
-    """
-    from screening.store._fs import filesystem_for as _filesystem_for
-
-    return _filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
 
 
 def image_id_for(data: bytes) -> str:
@@ -163,13 +154,12 @@ class _Item:
 class _Sources:
     """Resolves ``src`` into an ordered stream of items (rules: :mod:`screening.io.inputs`); counts skipped files."""
 
-    def __init__(self, src: str, endpoint_url, anonymous):
+    def __init__(self, src: str, storage: StorageOptions):
         self.src = src
-        self.endpoint_url = endpoint_url
-        self.anonymous = anonymous
+        self.storage = storage
         self.skipped = 0
         self.total: int | None = None
-        self.fs, self.path = filesystem_for(src, endpoint_url=endpoint_url, anonymous=anonymous)
+        self.fs, self.path = filesystem_for(src, storage)
         lower = src.lower().rstrip("/")
         if is_tar(lower):
             self.kind = "tar"
@@ -195,7 +185,7 @@ class _Sources:
 
     def _file(self) -> Iterator[_Item]:
         self.total = 1
-        yield _Item(display(self.fs, self.path), self._reader(self.fs, self.path))
+        yield _Item(to_uri(self.fs, self.path), self._reader(self.fs, self.path))
 
     def _folder(self) -> Iterator[_Item]:
         root = self.path.rstrip("/")
@@ -208,13 +198,13 @@ class _Sources:
         self.total = len(rels)
         for rel in rels:
             p = f"{root}/{rel}"
-            yield _Item(display(self.fs, p), self._reader(self.fs, p))
+            yield _Item(to_uri(self.fs, p), self._reader(self.fs, p))
 
     def _skip(self, _name: str) -> None:
         self.skipped += 1
 
     def _tar(self) -> Iterator[_Item]:
-        archive = display(self.fs, self.path)
+        archive = to_uri(self.fs, self.path)
         with self.fs.open(self.path, "rb") as f:  # streamed: archive order, works on gzip and S3 streams
             for name, data in iter_tar_images(f, on_other=self._skip):
                 yield _Item(f"tar://{name}::{archive}", (lambda d=data: d))
@@ -225,7 +215,7 @@ class _Sources:
         for entry in entries:
             uri = resolve_entry(entry, self.fs, self.path)
             # fsspec caches filesystem instances, so one per entry costs nothing.
-            fs, path = filesystem_for(uri, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+            fs, path = filesystem_for(uri, self.storage)
             yield _Item(uri, self._reader(fs, path))
 
 
@@ -283,18 +273,17 @@ def _parquet_bytes(table, row_group_rows: int, *, binary_column: str | None = No
 class _Writer:
     """Atomic whole-file writes to a local folder or an S3 prefix."""
 
-    def __init__(self, out: str, endpoint_url, anonymous):
-        self.fs, self.root = filesystem_for(out, endpoint_url=endpoint_url, anonymous=anonymous)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+    def __init__(self, out: str, storage: StorageOptions):
+        self.fs, self.root = filesystem_for(out, storage)
+        self.local = is_local(self.fs)
         if self.local:
             os.makedirs(self.root, exist_ok=True)
 
     def location(self, name: str) -> str:
-        return display(self.fs, f"{self.root.rstrip('/')}/{name}")
+        return to_uri(self.fs, f"{self.root.rstrip('/')}/{name}")
 
     def write(self, name: str, data: bytes) -> str:
-        from screening.store._fs import write_atomic
+        from screening.fs import write_atomic
 
         write_atomic(self.fs, f"{self.root.rstrip('/')}/{name}", data)
         return self.location(name)
@@ -314,15 +303,9 @@ class _Writer:
             pass
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
 def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
-           endpoint_url: str | None = None, anonymous: bool | None = None, overwrite: bool = False,
-           workers: int = 8, progress: bool | None = None) -> IngestResult:
+           storage_options=None, endpoint_url: str | None = None, anonymous: bool | None = None,
+           overwrite: bool = False, workers: int = 8, progress: bool | None = None) -> IngestResult:
     """Write the images of ``src`` as Parquet image shards under ``out``.
 
     Parameters
@@ -336,10 +319,9 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
         Rows per shard (about 100 MB of typical photos).
     row_group_rows : int, default=128
         Rows per Parquet row group: the unit a reader fetches, ~13 MB at ~100 kB per image.
-    endpoint_url : str, optional
-        S3-compatible endpoint for ``s3://`` locations (MinIO, moto, ...).
-    anonymous : bool, optional
-        Unsigned S3 requests; ``None`` signs when credentials are configured.
+    storage_options : screening.fs.StorageOptions or dict, optional
+        S3 endpoint and credentials mode for ``s3://`` locations (``endpoint_url=`` / ``anonymous=`` may be
+        given instead; see :mod:`screening.fs`).
     overwrite : bool, default=False
         Replace an earlier ingest in ``out``. Without it, an ``out`` holding shards or a manifest
         is refused, so two datasets never mix.
@@ -359,12 +341,13 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
         ``out`` already holds an ingest and ``overwrite`` is False.
     """
     src, out = os.fspath(src), os.fspath(out)
-    shard_rows = _check_positive_int("shard_rows", shard_rows)
-    row_group_rows = _check_positive_int("row_group_rows", row_group_rows)
-    workers = _check_positive_int("workers", workers)
-    sources = _Sources(src, endpoint_url, anonymous)
+    shard_rows = check_positive_int("shard_rows", shard_rows, allow_none=False)
+    row_group_rows = check_positive_int("row_group_rows", row_group_rows, allow_none=False)
+    workers = check_positive_int("workers", workers, allow_none=False)
+    storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
+    sources = _Sources(src, storage)
     items = _nonempty_items(sources)
-    writer, old = _claim_out(out, endpoint_url, anonymous, overwrite)
+    writer, old = _claim_out(out, storage, overwrite)
     result = IngestResult(out=out, manifest=writer.location(MANIFEST_NAME))
     shards = _ShardWriter(writer, result, shard_rows, row_group_rows)
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -388,9 +371,9 @@ def _nonempty_items(sources: _Sources) -> Iterator[_Item]:
     return _chain(first, items)
 
 
-def _claim_out(out: str, endpoint_url, anonymous, overwrite: bool) -> tuple[_Writer, list[str]]:
+def _claim_out(out: str, storage: StorageOptions, overwrite: bool) -> tuple[_Writer, list[str]]:
     """The writer for OUT and the files of an earlier ingest there (refused unless ``overwrite``)."""
-    writer = _Writer(out, endpoint_url, anonymous)
+    writer = _Writer(out, storage)
     old = writer.existing()
     if old and not overwrite:
         raise InvalidParameterError(
@@ -509,13 +492,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-rows", type=int, default=1000, help="rows per shard (default 1000)")
     parser.add_argument("--row-group-rows", type=int, default=128,
                         help="rows per Parquet row group (default 128)")
-    parser.add_argument("--endpoint-url", default=None,
-                        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
-    anon = parser.add_mutually_exclusive_group()
-    anon.add_argument("--anonymous", dest="anonymous", action="store_true", default=None,
-                      help="unsigned S3 requests (public buckets)")
-    anon.add_argument("--no-anonymous", dest="anonymous", action="store_false",
-                      help="always sign S3 requests")
+    add_storage_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier ingest in OUT")
     parser.add_argument("--workers", type=int, default=8, help="reader threads (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -525,7 +502,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run ``screening ingest``; 0 on success, 1 when nothing could be ingested, 2 on bad arguments."""
     try:
         result = ingest(args.src, args.out, shard_rows=args.shard_rows, row_group_rows=args.row_group_rows,
-                        endpoint_url=args.endpoint_url, anonymous=args.anonymous, overwrite=args.overwrite,
+                        storage_options=StorageOptions.from_args(args), overwrite=args.overwrite,
                         workers=args.workers, progress=False if args.quiet else None)
     except ScreeningError as e:
         print(f"screening ingest: error: {e}", file=sys.stderr)

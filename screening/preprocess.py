@@ -70,6 +70,7 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
+from screening._validation import check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError
 
 __all__ = [
@@ -149,9 +150,7 @@ def _describe_unknown(data: bytes) -> str:
 
 
 def _check_max_pixels(max_pixels: object) -> int:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise InvalidParameterError(f"max_pixels must be a positive int; got {max_pixels!r}")
-    return int(max_pixels)
+    return check_positive_int("max_pixels", max_pixels, allow_none=False)
 
 
 def _open(data: bytes) -> ImageFile.ImageFile:

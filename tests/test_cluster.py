@@ -94,7 +94,7 @@ def test_a_worker_node_killed_mid_run(cluster, visual_store, tmp_path):
 
     def run():
         try:
-            box["r"] = screen(str(root), str(visual_store), str(out), **_kw(_throttle_s=0.7))
+            box["r"] = screen(str(root), str(visual_store), str(out), **_kw(throttle_s=0.7))
         except BaseException as exc:  # noqa: BLE001
             box["e"] = exc
 

@@ -16,6 +16,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
+from screening.fs import StorageOptions
 from screening.cli import main
 from tests.image_corpus import bad_image_corpus, encode
 
@@ -128,6 +129,7 @@ def test_folder_of_photos_to_rankings_and_report(folder_run, photos, monkeypatch
 
 def test_folder_rerun_does_nothing_and_a_changed_file_is_refused_or_redone(folder_run, visual_store, capsys,
                                                                             monkeypatch):
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
 
     root, out, _ = folder_run
@@ -142,8 +144,8 @@ def test_folder_rerun_does_nothing_and_a_changed_file_is_refused_or_redone(folde
     assert _run(root, visual_store, out) == 2
     err = capsys.readouterr().err
     assert "changed since they were screened" in err and "--redo-changed" in err and "Traceback" not in err
-    plan = build_plan(str(root), str(visual_store), str(out), subjects=SUBJECTS, rois=ROIS, precision="fp32",
-                      batch_size=8, redo_changed=True)
+    plan = build_plan(RunConfig.of(str(root), str(visual_store), str(out), subjects=SUBJECTS, rois=ROIS, precision="fp32",
+                      batch_size=8, redo_changed=True))
     unit = [s.unit for s in plan.shards if str(victim) in s.files]
     assert plan.redo == tuple(unit) and [s.unit for s in plan.pending] == unit   # only that unit is redone
 
@@ -216,6 +218,7 @@ def test_webdataset_shards_to_rankings_and_report(ray_local, visual_store, photo
 
 
 def test_plain_tar_rows_land_once_by_identity(ray_local, visual_store, photos, tmp_path):
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
 
     items = sorted(photos.items())[:4]
@@ -225,7 +228,7 @@ def test_plain_tar_rows_land_once_by_identity(ray_local, visual_store, photos, t
             info = tarfile.TarInfo(f"set/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    plan = build_plan(str(archive), str(visual_store), str(tmp_path / "out"), subjects=SUBJECTS, rois=ROIS)
+    plan = build_plan(RunConfig.of(str(archive), str(visual_store), str(tmp_path / "out"), subjects=SUBJECTS, rois=ROIS))
     (shard,) = plan.shards
     assert (shard.kind, shard.rows, shard.uri, shard.size) == ("tar", 4, str(archive), archive.stat().st_size)
     got = _read_rows(plan)
@@ -234,6 +237,7 @@ def test_plain_tar_rows_land_once_by_identity(ray_local, visual_store, photos, t
 
 
 def test_truncated_tar_keeps_its_images_and_names_the_break(ray_local, visual_store, photos, tmp_path):
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
 
     items = sorted(photos.items())[:2]
@@ -246,7 +250,7 @@ def test_truncated_tar_keeps_its_images_and_names_the_break(ray_local, visual_st
     archive = tmp_path / "cut.tar"
     first = 512 + -(-len(items[0][1]) // 512) * 512   # header + data padded to 512-byte blocks
     archive.write_bytes(buf.getvalue()[: first + 512 + 100])   # cut inside the 2nd member's data
-    plan = build_plan(str(archive), str(visual_store), str(tmp_path / "out"), subjects=SUBJECTS, rois=ROIS)
+    plan = build_plan(RunConfig.of(str(archive), str(visual_store), str(tmp_path / "out"), subjects=SUBJECTS, rois=ROIS))
     got = _read_rows(plan)
     unit = plan.shards[0].unit
     assert got[(unit, 0)][:2] == (_sid(items[0][1]), f"tar://{items[0][0]}::{archive}")
@@ -254,6 +258,7 @@ def test_truncated_tar_keeps_its_images_and_names_the_break(ray_local, visual_st
 
 
 def test_csv_and_text_lists_of_paths(visual_store, photos, tmp_path):
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
 
     items = sorted(photos.items())[:3]
@@ -270,20 +275,21 @@ def test_csv_and_text_lists_of_paths(visual_store, photos, tmp_path):
     txt = tmp_path / "images.txt"
     txt.write_text("# one per line\n" + "".join(f"{tmp_path / 'sub' / n}\n" for n, _ in items))
     for src, n in ((lst, 4), (txt, 3)):
-        plan = build_plan(str(src), str(visual_store), str(tmp_path / f"out-{src.suffix}"), subjects=SUBJECTS,
-                          rois=ROIS)
+        plan = build_plan(RunConfig.of(str(src), str(visual_store), str(tmp_path / f"out-{src.suffix}"), subjects=SUBJECTS,
+                          rois=ROIS))
         got = _read_rows(plan)
         rows = [got[k] for k in sorted(got)]
         assert len(rows) == n
         assert [r[:2] for r in rows[:3]] == [(_sid(d), str(tmp_path / "sub" / nm)) for nm, d in items]
     assert all(r[2] == "" for r in rows)   # the .txt list: every file read
-    plan = build_plan(str(lst), str(visual_store), str(tmp_path / "out-csv"), subjects=SUBJECTS, rois=ROIS)
+    plan = build_plan(RunConfig.of(str(lst), str(visual_store), str(tmp_path / "out-csv"), subjects=SUBJECTS, rois=ROIS))
     last = _read_rows(plan)[(plan.shards[0].unit, 3)]
     assert last[:2] == (None, str(tmp_path / "gone.jpg")) and "FileNotFoundError" in last[2]
 
 
 def test_s3_folder_and_uri_list(visual_store, photos, tmp_path, monkeypatch):
     """On S3 (moto on loopback): a prefix of images and a CSV of s3:// URIs, listed (sizes, ETags) and read."""
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
     from tests.s3server import dummy_credentials, s3_server, upload_dir
 
@@ -298,8 +304,8 @@ def test_s3_folder_and_uri_list(visual_store, photos, tmp_path, monkeypatch):
         for d in ("imgs", "lists"):
             upload_dir(endpoint, tmp_path / d, "data", d)
         for src, kind in (("s3://data/imgs", "files"), ("s3://data/lists/uris.csv", "files")):
-            plan = build_plan(src, str(visual_store), str(tmp_path / "out" / kind / src[-4:]), subjects=SUBJECTS,
-                              rois=ROIS, endpoint_url=str(endpoint))
+            plan = build_plan(RunConfig.of(src, str(visual_store), str(tmp_path / "out" / kind / src[-4:]), subjects=SUBJECTS,
+                              rois=ROIS, endpoint_url=str(endpoint)))
             assert [s.kind for s in plan.shards] == [kind] and plan.shards[0].rows == 3
             assert plan.shards[0].version.startswith("files-sha256:")
             import pyarrow as pa
@@ -307,7 +313,7 @@ def test_s3_folder_and_uri_list(visual_store, photos, tmp_path, monkeypatch):
             from screening.io.image_source import read_shards
 
             rows = [r for t in read_shards(pa.Table.from_pylist([plan.shards[0].read_item()]), spec=plan.spec,
-                                           endpoint_url=str(endpoint)) for r in t.to_pylist()]
+                                           storage=StorageOptions(endpoint_url=str(endpoint))) for r in t.to_pylist()]
             assert [(r["row"], r["image_id"], r["read_error"]) for r in rows] == [
                 (i, _sid(d), "") for i, (_, d) in enumerate(items)], src
             assert rows[0]["source"] == f"s3://data/imgs/{items[0][0]}"

@@ -166,16 +166,17 @@ def test_gpu_only_options_are_refused_by_the_plan_without_gpus(visual_store, tmp
     """Before any task: decode='gpu' and precision='fp16' need GPU encoders; decode='gpu' needs torchvision too."""
     import importlib.util
 
+    from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan, check_resources
 
     shard = _shard(tmp_path / "in" / "a.parquet")
     kw = dict(model_id=VIS, rois=["V1"], progress=False)
-    gpu_plan = build_plan(str(shard), str(visual_store), str(tmp_path / "o1"), decode="gpu", **kw)
-    assert gpu_plan.config["decode"] == "gpu" and gpu_plan.fast_decode is False
+    gpu_plan = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o1"), decode="gpu", **kw))
+    assert gpu_plan.config["decode"] == "gpu" and gpu_plan.options.fast_decode is False
     with pytest.raises(InvalidParameterError, match=r"decode='gpu' \(--decode gpu\) needs GPU encoders.*use "
                                                     r"decode='cpu' \(--decode cpu, the default\)"):
         check_resources(gpu_plan, {"CPU": 2.0})
-    fp16 = build_plan(str(shard), str(visual_store), str(tmp_path / "o2"), precision="fp16", **kw)
+    fp16 = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o2"), precision="fp16", **kw))
     with pytest.raises(InvalidParameterError, match=r"precision='fp16' \(--precision fp16\) needs GPU encoders"):
         check_resources(fp16, {"CPU": 2.0})
     assert check_resources(fp16, {"CPU": 4.0, "GPU": 1.0}).device == "cuda"
@@ -185,8 +186,8 @@ def test_gpu_only_options_are_refused_by_the_plan_without_gpus(visual_store, tmp
     else:
         assert check_resources(gpu_plan, {"CPU": 4.0, "GPU": 1.0}).device == "cuda"
     with pytest.raises(InvalidParameterError, match=r"decode='nvjpeg' is not valid; valid values: 'cpu', 'gpu'"):
-        build_plan(str(shard), str(visual_store), str(tmp_path / "o3"), decode="nvjpeg", **kw)
-    cpu_plan = build_plan(str(shard), str(visual_store), str(tmp_path / "o1"), **kw)
+        build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o3"), decode="nvjpeg", **kw))
+    cpu_plan = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o1"), **kw))
     assert cpu_plan.config_key != gpu_plan.config_key
 
 

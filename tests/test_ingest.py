@@ -15,7 +15,8 @@ import pytest
 
 from screening import cli
 from screening.exceptions import InvalidParameterError
-from screening.ingest import ERRORS_NAME, filesystem_for, image_id_for, ingest
+from screening.fs import filesystem_for
+from screening.ingest import ERRORS_NAME, image_id_for, ingest
 from tests.image_corpus import bad_image_corpus, encode, photo_like
 
 CORPUS = bad_image_corpus()
@@ -207,7 +208,7 @@ def test_single_image_and_bad_sources(tmp_path):
     other.write_bytes(b"1")
     with pytest.raises(InvalidParameterError, match=r"not a folder, an image, a tar archive"):
         ingest(other, tmp_path / "o3")
-    with pytest.raises(InvalidParameterError, match=r"shard_rows must be a positive int; got 0"):
+    with pytest.raises(InvalidParameterError, match=r"shard_rows=0 must be a positive integer"):
         ingest(img, tmp_path / "o4", shard_rows=0)
     with pytest.raises(InvalidParameterError, match=r"unsupported location 'ftp://h/x'"):
         ingest(img, "ftp://h/x")

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from screening.fs import StorageOptions
 from screening.exceptions import InvalidParameterError
 from tests.image_corpus import bad_image_corpus, encode, photo_like
 
@@ -326,7 +327,7 @@ def test_s3_inputs_outputs_and_store(ray_local, visual_store, tmp_path, monkeypa
         kw = _kw(endpoint_url=str(endpoint), subjects=["sub-01", "sub-08"])
         r = screen("s3://data/shards", "s3://models/berg", "s3://data/runs/r1", **kw)
         assert r.counts["images"] == len(ids) and r.units_run == 3
-        files = committed_files("s3://data/runs/r1", endpoint_url=str(endpoint))
+        files = committed_files("s3://data/runs/r1", storage=StorageOptions(endpoint_url=str(endpoint)))
         assert files["responses"][0].startswith("s3://data/runs/r1/responses/part-")
         assert_partition(r.responses(), r.errors(), ids, n_subjects=2)
         assert r.responses_dataset().count() == len(ids) * 3
@@ -377,7 +378,7 @@ def test_killed_encoder_actor_is_restarted_and_no_row_is_lost(ray_local, visual_
         try:
             box["result"] = screen(str(root), str(visual_store), str(out),
                                    **_kw(subjects=["sub-03"], batch_size=16, num_encoders=1, write_batch_size=32,
-                                         _throttle_s=0.5))
+                                         throttle_s=0.5))
         except BaseException as exc:  # noqa: BLE001
             box["error"] = exc
 

@@ -192,7 +192,7 @@ def test_max_pixels_is_the_only_size_limit(monkeypatch):
 
 @pytest.mark.parametrize("bad", [0, -5, True, 1.5, "100"])
 def test_max_pixels_validated(bad):
-    with pytest.raises(InvalidParameterError, match=re.escape(f"max_pixels must be a positive int; got {bad!r}")):
+    with pytest.raises(InvalidParameterError, match=re.escape(f"max_pixels={bad!r} must be a positive integer")):
         P.decode_image(CORPUS["rgb_png"][0], max_pixels=bad)
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from screening.fs import StorageOptions
 from screening.exceptions import InputChangedError, OutputError, RunLockedError, UnitsFailedError
 from screening.io.image_source import Shard
 from screening.pipeline.commit import UnitLedger
@@ -242,7 +243,7 @@ def test_a_second_live_run_on_the_same_out_is_refused(ray_local, visual_store, t
     ids = make_shards(root, 2, 8, seed=24)
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", screen(str(root), str(visual_store), str(out),
-                                                                    **_kw(_throttle_s=1.0))))
+                                                                    **_kw(throttle_s=1.0))))
     t.start()
     deadline = time.time() + 60
     while not (out / "_lock.json").exists() and time.time() < deadline:
@@ -269,7 +270,7 @@ def _corrupt_first_row_group(path: Path) -> int:
 
 @pytest.mark.timeout(300)
 def test_shards_that_break_after_planning_become_read_errors(ray_local, visual_store, tmp_path):
-    from screening.pipeline import build_plan, execute
+    from screening.pipeline import RunConfig, build_plan, execute
 
     root, out = tmp_path / "in", tmp_path / "out"
     ids = make_shards(root, 4, 6, seed=25)
@@ -277,7 +278,7 @@ def test_shards_that_break_after_planning_become_read_errors(ray_local, visual_s
     pq.write_table(pq.read_table(root / "part-000.parquet"), root / "part-000.parquet", row_group_size=3,
                    compression="snappy")
     bad_rows = _corrupt_first_row_group(root / "part-000.parquet")
-    plan = build_plan(str(root), str(visual_store), str(out), **_kw())
+    plan = build_plan(RunConfig.of(str(root), str(visual_store), str(out), **_kw()))
     (root / "part-001.parquet").unlink()                                   # deleted after planning
     write_shard(root / "part-002.parquet", ids[12:18], _jpegs(6, 99))      # replaced after planning
     result = execute(plan)   # no exception: a broken shard is that shard's problem only
@@ -325,7 +326,7 @@ def test_s3_faults_are_retried_or_fail_only_their_unit(ray_local, visual_store, 
         with pytest.raises(UnitsFailedError, match=r"(?s)1 unit\(s\) could not be committed; the other 2 are.*"
                                                    r"unit 'part-001'.*failed 3 times"):
             screen(str(root), str(visual_store), "s3://runs/r2", **_kw(endpoint_url=proxy.url))
-        files = committed_files("s3://runs/r2", endpoint_url=s3)
+        files = committed_files("s3://runs/r2", storage=StorageOptions(endpoint_url=s3))
         assert files["responses"] and not any("/part-001/" in f for f in files["responses"])
         proxy.clear()
         r2 = screen(str(root), str(visual_store), "s3://runs/r2", **_kw(endpoint_url=proxy.url))
@@ -366,7 +367,7 @@ def test_output_disk_full_fails_units_cleanly_and_a_rerun_completes(ray_local, v
     def run():
         try:
             box["r"] = screen(str(root), str(visual_store), str(out),
-                              **_kw(batch_size=16, write_batch_size=32, _throttle_s=1.0))
+                              **_kw(batch_size=16, write_batch_size=32, throttle_s=1.0))
         except BaseException as exc:  # noqa: BLE001
             box["e"] = exc
 

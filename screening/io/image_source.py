@@ -215,16 +215,16 @@ def _unreadable(item: dict, rows, reason: str) -> pa.Table:
                        [None] * len(rows), reason)
 
 
-def read_shard(item: dict, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+def read_shard(item: dict, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256):
     """Rows of one planned shard as ``READ_COLUMNS`` tables; what cannot be read becomes error rows, never a crash.
 
     The shard is read only if it is still the file that was planned (same size and version); else, or if it is gone
     or its footer no longer parses, every row is an error row (stage ``read``) naming the reason. A row group that
     fails to decode makes error rows of its unread rows, and reading goes on with the next row group.
     """
-    from screening.io._fs import filesystem_for
+    from screening.fs import filesystem_for
 
-    fs, path = filesystem_for(item["uri"], endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, path = filesystem_for(item["uri"], storage)
     n = int(item["rows"])
     try:
         fs.invalidate_cache(path)
@@ -304,16 +304,16 @@ class _Chunks:
         return t
 
 
-def read_tar(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+def read_tar(item: dict, *, storage=None, chunk_rows: int = 256):
     """Rows of one planned tar (its image members in archive order, ``inputs.iter_tar_images``).
 
     The archive is streamed once; members past a point where it breaks, and rows it no longer has, become error
     rows (stage ``read``) naming the archive, like an unreadable row group of a Parquet shard.
     """
-    from screening.io._fs import filesystem_for
+    from screening.fs import filesystem_for
     from screening.io.inputs import iter_tar_images
 
-    fs, path = filesystem_for(item["uri"], endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, path = filesystem_for(item["uri"], storage)
     n, chunks, row = int(item["rows"]), _Chunks(item["unit"], chunk_rows), 0
     reason = _changed_since_plan(item, fs, path)
     if reason is None:
@@ -335,16 +335,16 @@ def read_tar(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int =
         yield t
 
 
-def read_files(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+def read_files(item: dict, *, storage=None, chunk_rows: int = 256):
     """Rows of one planned unit of image files; a file that cannot be read, or whose size changed since the
     listing, is an error row naming it."""
-    from screening.io._fs import filesystem_for
+    from screening.fs import filesystem_for
 
     chunks = _Chunks(item["unit"], chunk_rows)
     for row, (uri, size) in enumerate(zip(item["files"], item["sizes"])):
         data, error = None, ""
         try:
-            fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+            fs, path = filesystem_for(uri, storage)
             data = fs.cat_file(path)
             if size >= 0 and len(data) != size:
                 data, error = None, f"the file changed after the run was planned (size {size} -> {len(data)})"
@@ -356,12 +356,12 @@ def read_files(item: dict, *, endpoint_url=None, anonymous=None, chunk_rows: int
         yield t
 
 
-def count_tar_images(uri: str, endpoint_url=None, anonymous=None) -> tuple[int, str]:
+def count_tar_images(uri: str, storage=None) -> tuple[int, str]:
     """``(image members, why the archive broke or "")``: a tar unit's row count, counted by a task on a worker."""
-    from screening.io._fs import filesystem_for
+    from screening.fs import filesystem_for
     from screening.io.inputs import iter_tar_images
 
-    fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, path = filesystem_for(uri, storage)
     n = 0
     try:
         with fs.open(path, "rb") as f:
@@ -375,7 +375,7 @@ def count_tar_images(uri: str, endpoint_url=None, anonymous=None) -> tuple[int, 
 _READERS = {"tar": read_tar, "files": read_files}
 
 
-def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, chunk_rows: int = 256):
+def read_shards(batch, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256):
     """``map_batches`` generator over planned shard items (``Shard`` fields): see :func:`read_shard`.
 
     One Ray task per shard (``from_items(..., override_num_blocks=len(shards))``) keeps a shard's rows together, so
@@ -384,7 +384,7 @@ def read_shards(batch, *, spec: ColumnSpec, endpoint_url=None, anonymous=None, c
     for item in batch.to_pylist():
         reader = _READERS.get(item.get("kind") or "parquet")
         if reader is None:
-            yield from read_shard(item, spec=spec, endpoint_url=endpoint_url, anonymous=anonymous,
+            yield from read_shard(item, spec=spec, storage=storage,
                                   chunk_rows=chunk_rows)
         else:
-            yield from reader(item, endpoint_url=endpoint_url, anonymous=anonymous, chunk_rows=chunk_rows)
+            yield from reader(item, storage=storage, chunk_rows=chunk_rows)

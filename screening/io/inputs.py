@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from screening.exceptions import InvalidParameterError
+from screening.fs import filesystem_for, to_uri
 
 #: File extensions taken from folders, archives and as single files (compared lower-case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -58,13 +59,6 @@ def is_tar(name: str) -> bool:
 def is_hidden(relpath: str) -> bool:
     # "./a.jpg" (tar archives made with `tar -cf x.tar .`) is not hidden; "a/.b.jpg" is.
     return any(part.startswith(".") for part in relpath.split("/") if part not in ("", ".", ".."))
-
-
-def display(fs, path: str) -> str:
-    """The location as a user writes it: ``s3://bucket/key`` or a local path."""
-    from screening.io._fs import to_uri
-
-    return to_uri(fs, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,9 +110,9 @@ def resolve_entry(entry: str, list_fs, list_path: str) -> str:
     """A list entry as a location: URIs as given, relative paths against the list's folder (local or remote)."""
     if "://" in entry:
         return entry
-    remote = display(list_fs, list_path) != list_path
+    remote = to_uri(list_fs, list_path) != list_path
     if remote:
-        return display(list_fs, posixpath.normpath(posixpath.join(posixpath.dirname(list_path), entry)))
+        return to_uri(list_fs, posixpath.normpath(posixpath.join(posixpath.dirname(list_path), entry)))
     return os.path.abspath(os.path.join(os.path.dirname(list_path), os.path.expanduser(entry)))
 
 
@@ -176,11 +170,10 @@ def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> FoundInputs:
     raise InvalidParameterError(f"images={images!r} holds nothing screening run reads ({what}); accepted: {ACCEPTED}")
 
 
-def find_inputs(images: str, *, endpoint_url=None, anonymous=None) -> FoundInputs:
+def find_inputs(images: str, *, storage=None) -> FoundInputs:
     """Classify ``images`` (file, folder, glob or brace pattern; local or ``s3://``); raise naming what was found."""
-    from screening.io._fs import filesystem_for
 
-    fs, path = filesystem_for(images, endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, path = filesystem_for(images, storage)
     if "{" in path or any(ch in path for ch in "*?["):
         paths = sorted({p for pat in expand_braces(path) for p in
                         (fs.glob(pat) if any(ch in pat for ch in "*?[") else [pat] if fs.isfile(pat) else [])})
@@ -240,13 +233,12 @@ def _file_units(name: str, root: str, files, sizes, versions) -> list[FileUnit]:
     return units
 
 
-def file_units(found: FoundInputs, *, endpoint_url=None, anonymous=None) -> list[FileUnit]:
+def file_units(found: FoundInputs, *, storage=None) -> list[FileUnit]:
     """Units of a folder / glob of images (sizes and versions from the listing) or of a list (stat'ed in parallel)."""
-    from screening.io._fs import filesystem_for
     from screening.io.image_source import file_version
 
     if found.kind == "files":
-        files = [display(found.fs, p) for p in found.paths]
+        files = [to_uri(found.fs, p) for p in found.paths]
         sizes = [int(i.get("size", -1)) for i in found.infos]
         versions = [file_version(i) for i in found.infos]
         return _file_units(stem(found.root), found.root, files, sizes, versions)
@@ -257,7 +249,7 @@ def file_units(found: FoundInputs, *, endpoint_url=None, anonymous=None) -> list
 
     def stat(uri):
         try:
-            fs, p = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+            fs, p = filesystem_for(uri, storage)
             info = fs.info(p)
             return int(info.get("size", -1)), file_version(info)
         except (FileNotFoundError, OSError, ValueError) as exc:  # read (and reported) per row by the read task

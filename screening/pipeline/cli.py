@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 
-def _json_arg(value: str | None, name: str):
-    if value is None:
-        return None
-    text = value
-    if not value.lstrip().startswith("{") and os.path.exists(value):
-        with open(value) as f:
-            text = f.read()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        from screening.exceptions import InvalidParameterError
-
-        raise InvalidParameterError(f"{name} must be JSON (inline or a file path); got {value!r}: {exc}") from None
-    return obj
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from screening._validation import PRECISIONS
+    from screening.fs import add_storage_arguments
+    from screening.pipeline.config import DECODES
+
     parser.add_argument("images", help="Parquet shards, a folder of images, .tar / WebDataset shards "
                                        "(shard-{000..009}.tar), a .csv/.txt list of paths or s3:// URIs, or a glob; "
                                        "local or s3://")
@@ -40,8 +27,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="images per part file (default 8192 on GPU encoders, 1024 on CPU)")
     parser.add_argument("--redo-changed", action="store_true",
                         help="OUT holds results for shards that changed since: screen them again (default: refuse)")
-    from screening._validation import PRECISIONS
-
     parser.add_argument("--precision", default="bf16", choices=PRECISIONS,
                         help="core precision (default bf16; fp16 needs GPU encoders)")
     parser.add_argument("--num-encoders", type=int, default=None)
@@ -53,13 +38,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="decode JPEGs at full size before resizing (default: DCT-domain downscale of JPEGs "
                              ">= 896 px, min per-ROI r 0.99992 vs exact; smaller images are bit-identical)")
     parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)  # the default now
-    parser.add_argument("--decode", default="cpu", choices=("cpu", "gpu"),
+    parser.add_argument("--decode", default="cpu", choices=DECODES,
                         help="where JPEGs are decoded: cpu tasks (default), or gpu: nvJPEG inside the GPU encoders "
                              "(needs torchvision; other formats fall back to the exact CPU path)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--id-column", default="image_id")
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// paths")
-    parser.add_argument("--anonymous", action="store_true", help="unsigned S3 requests (public buckets)")
+    add_storage_arguments(parser)
     parser.add_argument("--reliability-threshold", type=float, default=None,
                         help="keep, per subject, ROI vertices whose noise ceiling is >= this (store metadata units)")
     parser.add_argument("--noise-ceiling", default="test_n-avg",
@@ -76,8 +60,9 @@ def _committed_count(out, args) -> int:
     try:
         from screening.pipeline.outputs import OutputLayout
 
-        return len(OutputLayout(out, endpoint_url=args.endpoint_url,
-                                anonymous=True if args.anonymous else None).markers())
+        from screening.fs import StorageOptions
+
+        return len(OutputLayout(out, storage=StorageOptions.from_args(args)).markers())
     except Exception:  # noqa: BLE001 - only for the interrupt message
         return -1
 
@@ -96,12 +81,12 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
     from screening.pipeline.console import ray_logging_level, run_console
-    from screening.pipeline.run import screen
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.run import screen_config
 
     try:
         with run_console(args.verbose):  # the terminal is restored before any message below
-            composites = _json_arg(args.composites, "--composites")
-            custom = _json_arg(args.custom_rois, "--custom-rois")
+            config = RunConfig.from_args(args)
             if args.address:
                 import ray
 
@@ -110,16 +95,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             if threading.current_thread() is threading.main_thread():
                 # after any ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process
                 signal.signal(signal.SIGTERM, _on_sigterm)
-            result = screen(
-                args.images, args.store, args.out, model_id=args.model_id, subjects=args.subjects,
-                rois=args.rois, composites=composites, custom_rois=custom, batch_size=args.batch_size,
-                precision=args.precision, num_encoders=args.num_encoders,
-                num_gpus_per_encoder=args.num_gpus_per_encoder, num_cpus_per_encoder=args.num_cpus_per_encoder,
-                fast_decode=not args.exact_decode, image_column=args.image_column, id_column=args.id_column,
-                endpoint_url=args.endpoint_url, anonymous=True if args.anonymous else None,
-                progress=not args.no_progress, reliability_threshold=args.reliability_threshold,
-                noise_ceiling=args.noise_ceiling, redo_changed=args.redo_changed, write_batch_size=args.write_batch_size,
-                decode=args.decode, _throttle_s=args.test_throttle_s)
+            result = screen_config(config)
     except (KeyboardInterrupt, _Terminated) as exc:
         n = _committed_count(args.out, args)
         done = f"{n} unit(s) are committed in {args.out}" if n >= 0 else f"committed units stay in {args.out}"

@@ -21,7 +21,7 @@ import uuid
 
 from screening.exceptions import RunLockedError
 from screening.pipeline.outputs import LOCK, OutputLayout
-from screening.store._fs import write_atomic
+from screening.fs import write_atomic
 
 HEARTBEAT_S = float(os.environ.get("SCREENING_LOCK_HEARTBEAT_S", 5))
 STALE_S = float(os.environ.get("SCREENING_LOCK_STALE_S", 60))

@@ -21,8 +21,7 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
 from screening.exceptions import InvalidParameterError
-from screening.io._fs import filesystem_for, to_uri
-from screening.store._fs import write_atomic
+from screening.fs import StorageOptions, filesystem_for, is_local, to_uri, write_atomic
 
 RESPONSES = "responses"
 ERRORS = "errors"
@@ -47,17 +46,16 @@ def marker_files(marker: dict) -> dict[str, list[str]]:
 class OutputLayout:
     """Paths and marker I/O under one output root (picklable: holds only the URI and options)."""
 
-    def __init__(self, out, *, endpoint_url=None, anonymous=None):
+    def __init__(self, out, *, storage=None):
         self.out = str(out)
-        self.endpoint_url = endpoint_url
-        self.anonymous = anonymous
-        self.fs, self.root = filesystem_for(self.out, endpoint_url=endpoint_url, anonymous=anonymous)
+        self.storage = StorageOptions.of(storage)
+        self.fs, self.root = filesystem_for(self.out, self.storage)
 
     def __getstate__(self):
-        return {"out": self.out, "endpoint_url": self.endpoint_url, "anonymous": self.anonymous}
+        return {"out": self.out, "storage": self.storage}
 
     def __setstate__(self, state):
-        self.__init__(state["out"], endpoint_url=state["endpoint_url"], anonymous=state["anonymous"])
+        self.__init__(state["out"], storage=state["storage"])
 
     # -- paths (scheme-less, inside self.fs) --------------------------------------------------
     def join(self, *parts: str) -> str:
@@ -73,8 +71,7 @@ class OutputLayout:
         return to_uri(self.fs, self.join(rel))
 
     def is_local(self) -> bool:
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return protocol in ("file", "local")
+        return is_local(self.fs)
 
     # -- markers ------------------------------------------------------------------------------
     def markers(self) -> dict[str, dict]:
@@ -162,14 +159,14 @@ def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> Non
             f"delete it to start over")
 
 
-def committed_files(out, *, endpoint_url=None, anonymous=None) -> dict[str, list[str]]:
+def committed_files(out, *, storage=None) -> dict[str, list[str]]:
     """``{"responses": [...], "errors": [...], "sources": [...]}``: URIs of the parts of committed units only, as
     their markers list.
 
     This is what every reader of a run (``ScreeningResult``, ``screening rank``, ``screening report``) opens; any
     other file under ``responses/`` or ``errors/`` is a leftover of a retried task or an interrupted run.
     """
-    layout = out if isinstance(out, OutputLayout) else OutputLayout(out, endpoint_url=endpoint_url, anonymous=anonymous)
+    layout = out if isinstance(out, OutputLayout) else OutputLayout(out, storage=storage)
     markers = layout.markers()
     files = {kind: [] for kind in KINDS}
     for unit in sorted(markers):

@@ -16,60 +16,60 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from screening._validation import CUDA_ONLY_PRECISIONS, PRECISIONS, check_choice, check_positive_int, parse_subjects
+from screening._validation import CUDA_ONLY_PRECISIONS
 from screening.exceptions import InputChangedError, InvalidParameterError
-from screening.fs import to_uri
+from screening.fs import StorageOptions, to_uri
 from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar_images, read_footers, stat_shards,
                                        unit_names)
 from screening.io.inputs import IMAGE_EXTENSIONS, FoundInputs, file_units, find_inputs
+from screening.pipeline.config import RunConfig
 from screening.pipeline.outputs import OutputLayout, check_compatible
 
-# Where images are decoded: "cpu" tasks before the encoders, or "gpu" (nvJPEG, inside GPU encoder actors).
-DECODES = ("cpu", "gpu")
-DEFAULT_BATCH_SIZE = {"cpu": 64, "gpu": 256}
+# Rows per encoder actor call (Ray's batch). On CPU the actor runs them as forwards of the encoder's own
+# CPU_BATCH_SIZE (screening.models.encoder), which bounds its activations.
+ACTOR_BATCH_ROWS = {"cpu": 64, "gpu": 256}
 # Images per part file: 8192 x 9 labels = 73,728 response rows (one row group) on GPU; CPU encoders fill parts
 # ~100x slower, so a smaller part keeps commits (restart points) minutes, not hours, apart.
 DEFAULT_WRITE_BATCH_SIZE = {"cpu": 1024, "gpu": 8192}
 DECODE_BATCH_SIZE = 32
-NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 SYNTHETIC_RELIABILITY_NOTE = ("noise ceilings of a synthetic store are synthetic: reliability filtering is "
                               "meaningless here")
 
 
 @dataclass(frozen=True)
 class ScreeningPlan:
-    """A validated, immutable description of one screening run (see ``build_plan``)."""
+    """One run, resolved (see ``build_plan``): the checked options and what they resolve to.
 
-    images: str
-    out: str
+    ``options`` is what was asked (a :class:`RunConfig`); the other fields are what planning found: the opened
+    store, the model and its fingerprint, the subjects and ROI sets, the input shards and which are pending.
+    """
+
+    options: RunConfig
     shards: tuple[Shard, ...]
     pending: tuple[Shard, ...]
     spec: ColumnSpec
     store: Any
     model_id: str
     fingerprint: Mapping
-    subjects: tuple[str, ...]
     rois: Mapping[str, np.ndarray]
-    roi_names: tuple[str, ...]
     n_vertices: Mapping
-    precision: str
-    batch_size: int | None
-    write_batch_size: int | None
-    decode_batch_size: int
-    fast_decode: bool
-    num_encoders: int | tuple[int, int] | None
-    num_gpus_per_encoder: float | None
-    num_cpus_per_encoder: float | None   # None: sized from the cluster (check_resources)
-    endpoint_url: str | None
-    anonymous: bool | None
-    progress: bool
-    config: Mapping
+    config: Mapping              # the manifest's record of the run's options, resolved
     config_key: str
-    throttle_s: float = 0.0
     reliability: Mapping | None = None
     redo: tuple[str, ...] = ()     # committed units whose input changed, to be redone (redo_changed=True)
-    encoder_stage: str = "model"   # "null": benchmarks only (stages.NullEncoderActor)
-    decode: str = "cpu"            # "gpu": no decode tasks; the encoder actors decode (stages.device_decode_batch)
+    decode_batch_size: int = DECODE_BATCH_SIZE
+
+    @property
+    def out(self) -> str:
+        return self.options.out
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return self.options.subjects
+
+    @property
+    def roi_names(self) -> tuple[str, ...]:
+        return tuple(self.rois)
 
     @property
     def reliability_threshold(self) -> float | None:
@@ -77,37 +77,18 @@ class ScreeningPlan:
 
     @property
     def layout(self) -> OutputLayout:
-        return OutputLayout(self.out, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+        return OutputLayout(self.options.out, storage=self.options.storage)
 
     @property
     def pending_rows(self) -> int:
         return sum(s.rows for s in self.pending)
 
 
-def _check_bool(name, v):
-    if not isinstance(v, (bool, np.bool_)):
-        raise InvalidParameterError(f"{name} must be True or False; got {v!r}")
-    return bool(v)
-
-
-def _check_nonneg(name, v, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
-        raise InvalidParameterError(f"{name} must be a number >= 0{' or None' if allow_none else ''}; got {v!r}")
-    return float(v)
-
-
-def resolve_subjects(subjects) -> tuple[str, ...]:
-    """Every spelling ``parse_subjects`` takes (the API's and the CLI's); None means all eight."""
-    return parse_subjects("all" if subjects is None else subjects, name="subjects")
-
-
-def resolve_store(store, *, endpoint_url=None, anonymous=None):
+def resolve_store(store, *, storage: StorageOptions | None = None):
     if isinstance(store, (str, os.PathLike)):
         from screening.store import open_store
 
-        return open_store(os.fspath(store), endpoint_url=endpoint_url, anonymous=anonymous)
+        return open_store(os.fspath(store), storage_options=storage)
     for attr in ("load_model", "fingerprint", "model_ids"):
         if not hasattr(store, attr):
             raise InvalidParameterError(f"store must be a location (path or s3:// URI) or a ModelStore; got "
@@ -127,21 +108,6 @@ def resolve_model_id(store, model_id) -> str:
         raise InvalidParameterError(f"model_id={model_id!r} is not in the store; models in the store: "
                                     f"{', '.join(ids) or '(none)'}")
     return model_id
-
-
-def check_reliability_args(reliability_threshold, noise_ceiling) -> tuple[float | None, str]:
-    """Validate ``reliability_threshold`` (a finite number or None) and ``noise_ceiling`` (one of NOISE_CEILINGS)."""
-    if not isinstance(noise_ceiling, str) or noise_ceiling not in NOISE_CEILINGS:
-        raise InvalidParameterError(f"noise_ceiling={noise_ceiling!r} is not valid; valid noise ceilings: "
-                                    f"{', '.join(NOISE_CEILINGS)}")
-    if reliability_threshold is None:
-        return None, noise_ceiling
-    if (isinstance(reliability_threshold, (bool, np.bool_))
-            or not isinstance(reliability_threshold, (int, float, np.integer, np.floating))
-            or not np.isfinite(reliability_threshold)):
-        raise InvalidParameterError(f"reliability_threshold must be a finite number (noise-ceiling units, as in the "
-                                    f"store's metadata) or None; got {reliability_threshold!r}")
-    return float(reliability_threshold), noise_ceiling
 
 
 def reliability_rois(store, model_id: str, variant: str, roi_set, subjects, threshold: float, noise_ceiling: str,
@@ -170,118 +136,64 @@ def reliability_rois(store, model_id: str, variant: str, roi_set, subjects, thre
     return reliability_filter(roi_set, ncs, threshold, variant), record
 
 
-def build_plan(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
-               batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None,
-               num_cpus_per_encoder=None, fast_decode=True, image_column="image", id_column="image_id",
-               endpoint_url=None, anonymous=None, progress=True, throttle_s=0.0, reliability_threshold=None,
-               noise_ceiling="test_n-avg", redo_changed=False, write_batch_size=None,
-               encoder_stage="model", decode="cpu") -> ScreeningPlan:
-    """Validate every argument of :func:`screening.pipeline.screen` and return the frozen plan."""
+def build_plan(config: RunConfig) -> ScreeningPlan:
+    """Resolve a checked :class:`RunConfig`: open the store, find the model and its ROI sets, list the input shards
+    (Parquet footers, tar member counts), read the output's commit markers and decide which units are pending."""
     from screening import __version__
 
-    a = _check_run_args(precision=precision, batch_size=batch_size, write_batch_size=write_batch_size,
-                        fast_decode=fast_decode, decode=decode, progress=progress, redo_changed=redo_changed,
-                        num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
-                        num_encoders=num_encoders, image_column=image_column, id_column=id_column)
-    subjects = resolve_subjects(subjects)
-    reliability_threshold, noise_ceiling = check_reliability_args(reliability_threshold, noise_ceiling)
-    store = resolve_store(store, endpoint_url=endpoint_url, anonymous=anonymous)
-    model_id = resolve_model_id(store, model_id)
+    if not isinstance(config, RunConfig):
+        raise InvalidParameterError(f"build_plan takes a RunConfig (RunConfig.of(images, store, out, ...)); got "
+                                    f"{type(config).__name__}")
+    store = resolve_store(config.store, storage=config.storage)
+    model_id = resolve_model_id(store, config.model_id)
     fingerprint = dict(store.fingerprint(model_id))
-    roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, subjects, rois, composites, custom_rois,
-                                             reliability_threshold, noise_ceiling)
-    layout = OutputLayout(os.fspath(out), endpoint_url=endpoint_url, anonymous=anonymous)
+    roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, config)
+    layout = OutputLayout(config.out, storage=config.storage)
     markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
-    shards, spec = plan_inputs(os.fspath(images), markers, image_column=image_column, id_column=id_column,
-                               endpoint_url=endpoint_url, anonymous=anonymous)
-    config = {
-        "images": os.fspath(images), "out": os.fspath(out), "model_id": model_id, "subjects": list(subjects),
-        "store": str(getattr(store, "location", store)), "endpoint_url": endpoint_url, "anonymous": anonymous,
-        "rois": list(roi_set), "composites": {k: list(v) for k, v in (composites or {}).items()},
-        "custom_rois": sorted(custom_rois or {}), "precision": precision, "fast_decode": a["fast_decode"],
-        "decode": decode, "image_column": image_column, "id_column": id_column, "id_derived": spec.id_column is None,
-        **{k: a[k] for k in ("batch_size", "write_batch_size", "num_encoders", "num_gpus_per_encoder",
-                             "num_cpus_per_encoder")},
-        "engine_version": __version__, "reliability_threshold": reliability_threshold, "noise_ceiling": noise_ceiling,
-    }
-    config_key = _config_key(fingerprint, subjects, nv, roi_set, precision, a["fast_decode"], image_column, id_column,
-                             decode, None if reliability is None else [reliability_threshold, noise_ceiling])
-    check_compatible(markers, config_key, os.fspath(out))
-    redo = check_inputs(markers, shards, os.fspath(out), a["redo_changed"])
+    shards, spec = plan_inputs(config.images, markers, image_column=config.image_column,
+                               id_column=config.id_column, storage=config.storage)
+    record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
+              "engine_version": __version__}
+    config_key = _config_key(fingerprint, nv, roi_set, config,
+                             None if reliability is None else [config.reliability_threshold, config.noise_ceiling])
+    check_compatible(markers, config_key, config.out)
+    redo = check_inputs(markers, shards, config.out, config.redo_changed)
     pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
-    return ScreeningPlan(
-        images=os.fspath(images), out=os.fspath(out), shards=shards, pending=pending, spec=spec, store=store,
-        model_id=model_id, fingerprint=fingerprint, subjects=subjects, rois=roi_set, roi_names=tuple(roi_set),
-        n_vertices=nv, precision=precision, decode_batch_size=DECODE_BATCH_SIZE, endpoint_url=endpoint_url,
-        anonymous=anonymous, config=config, config_key=config_key, throttle_s=float(throttle_s),
-        reliability=reliability, redo=redo, encoder_stage=encoder_stage, decode=decode,
-        **{k: a[k] for k in ("batch_size", "write_batch_size", "fast_decode", "num_encoders", "num_gpus_per_encoder",
-                             "num_cpus_per_encoder", "progress")})
+    return ScreeningPlan(options=config, shards=shards, pending=pending, spec=spec, store=store, model_id=model_id,
+                         fingerprint=fingerprint, rois=roi_set, n_vertices=nv, config=record,
+                         config_key=config_key, reliability=reliability, redo=redo)
 
 
-def _check_run_args(*, precision, batch_size, write_batch_size, fast_decode, decode, progress, redo_changed,
-                    num_gpus_per_encoder, num_cpus_per_encoder, num_encoders, image_column, id_column) -> dict:
-    """The scalar run options, checked and normalised (nothing here touches the store or the inputs)."""
-    if precision not in PRECISIONS:
-        raise InvalidParameterError(f"precision={precision!r} is not valid; valid precisions: {', '.join(PRECISIONS)}")
-    check_choice("decode", decode, DECODES)
-    gpus = _check_nonneg("num_gpus_per_encoder", num_gpus_per_encoder)
-    if gpus is not None and gpus > 1 and gpus != int(gpus):
-        raise InvalidParameterError(f"num_gpus_per_encoder above 1 must be a whole number; got {gpus}")
-    if isinstance(num_encoders, (tuple, list)):
-        if len(num_encoders) != 2:
-            raise InvalidParameterError(f"num_encoders must be an int or a (min, max) pair; got {num_encoders!r}")
-        lo, hi = (check_positive_int("num_encoders", v, allow_none=False) for v in num_encoders)
-        if lo > hi:
-            raise InvalidParameterError(f"num_encoders=(min, max) needs min <= max; got {num_encoders!r}")
-        num_encoders = (lo, hi)
-    else:
-        num_encoders = check_positive_int("num_encoders", num_encoders)
-    for name, v in (("image_column", image_column), ("id_column", id_column)):
-        if not isinstance(v, str) or not v:
-            raise InvalidParameterError(f"{name} must be a non-empty string; got {v!r}")
-    return {"batch_size": check_positive_int("batch_size", batch_size),
-            "write_batch_size": check_positive_int("write_batch_size", write_batch_size),
-            # GPU decode and its CPU fallback are full-size decodes
-            "fast_decode": _check_bool("fast_decode", fast_decode) and decode == "cpu",
-            "progress": _check_bool("progress", progress), "redo_changed": _check_bool("redo_changed", redo_changed),
-            "num_gpus_per_encoder": gpus,
-            "num_cpus_per_encoder": _check_nonneg("num_cpus_per_encoder", num_cpus_per_encoder),
-            "num_encoders": num_encoders}
-
-
-def _resolve_rois(store, model_id, fingerprint, subjects, rois, composites, custom_rois, reliability_threshold,
-                  noise_ceiling):
+def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
     """``(roi_set, reliability or None, vertices per ROI)``: named ROIs, composites and custom sets, per subject."""
     from screening.rois import build_roi_set, default_roi_names, n_vertices
 
     variant = fingerprint["variant"]
-    if isinstance(rois, str):
-        rois = [r for r in rois.split(",") if r]
-    names = None if rois is None else list(rois)
-    if composites:  # composites are screened too: appended after the named ROIs unless listed there
+    names = None if config.rois is None else list(config.rois)
+    if config.composites:  # composites are screened too: appended after the named ROIs unless listed there
         names = default_roi_names(variant) if names is None else names
-        names += [c for c in composites if c not in names]
-    roi_set = build_roi_set(variant, names, composites=composites, custom=custom_rois)
+        names += [c for c in config.composites if c not in names]
+    roi_set = build_roi_set(variant, names, composites=config.composites, custom=config.custom_rois)
     reliability = None
-    if reliability_threshold is not None:
+    if config.reliability_threshold is not None:
         # Per subject, keep the ROI vertices whose noise ceiling passes; the collapse stays exact (one matmul).
-        roi_set, reliability = reliability_rois(store, model_id, variant, roi_set, subjects, reliability_threshold,
-                                                noise_ceiling, bool(fingerprint.get("synthetic")))
-    return roi_set, reliability, n_vertices(roi_set, subjects)
+        roi_set, reliability = reliability_rois(store, model_id, variant, roi_set, config.subjects,
+                                                config.reliability_threshold, config.noise_ceiling,
+                                                bool(fingerprint.get("synthetic")))
+    return roi_set, reliability, n_vertices(roi_set, config.subjects)
 
 
-def _config_key(fingerprint, subjects, nv, roi_set, precision, fast_decode, image_column, id_column, decode,
-                reliability) -> str:
+def _config_key(fingerprint, nv, roi_set, config: RunConfig, reliability) -> str:
     """What the results depend on; a resume with another key is refused. Keys of earlier versions stay valid."""
+    subjects = config.subjects
     key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
                "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
                                                        np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
                             for n, v in roi_set.items()},
-               "precision": precision, "fast_decode": fast_decode, "image_column": image_column,
-               "id_column": id_column}
-    if decode != "cpu":  # GPU decode changes pixels slightly: no resume across decoders; CPU keys stay as before
-        key_src["decode"] = decode
+               "precision": config.precision, "fast_decode": config.fast_decode, "image_column": config.image_column,
+               "id_column": config.id_column}
+    if config.decode != "cpu":  # GPU decode changes pixels slightly: no resume across decoders; CPU keys as before
+        key_src["decode"] = config.decode
     if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
         key_src["reliability"] = reliability
     return hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -291,15 +203,15 @@ def _config_key(fingerprint, subjects, nv, roi_set, precision, fast_decode, imag
 DIRECT_SPEC = ColumnSpec("image", False, None, None)
 
 
-def plan_inputs(images: str, markers: Mapping[str, dict], *, image_column: str, id_column: str, endpoint_url=None,
-                anonymous=None) -> tuple[tuple[Shard, ...], ColumnSpec]:
+def plan_inputs(images: str, markers: Mapping[str, dict], *, image_column: str, id_column: str,
+                storage: StorageOptions | None = None) -> tuple[tuple[Shard, ...], ColumnSpec]:
     """The run's units and how to read their rows, from whatever ``images`` is (``screening.io.inputs``)."""
-    found = find_inputs(images, endpoint_url=endpoint_url, anonymous=anonymous)
+    found = find_inputs(images, storage=storage)
     if found.kind == "parquet":
         return _parquet_shards(found, image_column, id_column)
     if found.kind == "tar":
-        return _tar_shards(found, markers, endpoint_url, anonymous), DIRECT_SPEC
-    units = file_units(found, endpoint_url=endpoint_url, anonymous=anonymous)
+        return _tar_shards(found, markers, storage), DIRECT_SPEC
+    units = file_units(found, storage=storage)
     return tuple(Shard(u.uri, u.uri, u.unit, len(u.files), u.size, u.version, kind="files", files=u.files,
                        sizes=u.sizes) for u in units), DIRECT_SPEC
 
@@ -319,7 +231,7 @@ def _parquet_shards(found: FoundInputs, image_column: str, id_column: str):
                  for p, u, m, (size, version) in zip(paths, unit_names(paths), metas, stats)), spec
 
 
-def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], endpoint_url, anonymous) -> tuple[Shard, ...]:
+def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], storage) -> tuple[Shard, ...]:
     """One unit per archive; its rows (image members) are counted by Ray tasks, unless a marker already records
     them for this very archive (same URI, size, version): a rerun after success starts no Ray."""
     fs, paths = found.fs, list(found.paths)
@@ -333,7 +245,7 @@ def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], endpoint_url, a
         if (rec.get("uri"), rec.get("size"), rec.get("version")) == (s.uri, s.size, s.version):
             rows[s.unit] = (int(rec.get("rows", 0)), "")
     todo = [s for s in shards if s.unit not in rows]
-    rows.update(zip((s.unit for s in todo), _count_tar_rows([s.uri for s in todo], endpoint_url, anonymous)))
+    rows.update(zip((s.unit for s in todo), _count_tar_rows([s.uri for s in todo], storage)))
     out = []
     for s in shards:
         n, broken = rows[s.unit]
@@ -345,7 +257,7 @@ def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], endpoint_url, a
     return tuple(out)
 
 
-def _count_tar_rows(uris: list[str], endpoint_url, anonymous) -> list[tuple[int, str]]:
+def _count_tar_rows(uris: list[str], storage) -> list[tuple[int, str]]:
     """Image members per archive, counted by one Ray task per archive (archive bytes never reach the driver)."""
     if not uris:
         return []
@@ -353,7 +265,7 @@ def _count_tar_rows(uris: list[str], endpoint_url, anonymous) -> list[tuple[int,
 
     ray = _ensure_ray()
     count = ray.remote(num_cpus=1, max_retries=3)(count_tar_images)
-    return [tuple(r) for r in ray.get([count.remote(u, endpoint_url, anonymous) for u in uris])]
+    return [tuple(r) for r in ray.get([count.remote(u, storage) for u in uris])]
 
 
 def _what_changed(recorded: dict | None, shard: Shard) -> str | None:
@@ -413,28 +325,28 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
     waiting forever."""
     gpus = float(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 0))
-    g = plan.num_gpus_per_encoder
+    g = plan.options.num_gpus_per_encoder
     if g is None:
         g = 1.0 if gpus >= 1 else 0.0
     if g > 0 and gpus < g:
         raise InvalidParameterError(
-            f"num_gpus_per_encoder={plan.num_gpus_per_encoder} but the Ray cluster has {gpus:g} GPU(s); "
+            f"num_gpus_per_encoder={plan.options.num_gpus_per_encoder} but the Ray cluster has {gpus:g} GPU(s); "
             f"use num_gpus_per_encoder=0 (CPU encoders) or connect to a cluster with GPUs")
     if g == 0:
         _check_cpu_encoders(plan)
         return _cpu_resources(plan, cluster, nodes)
-    c = 1.0 if plan.num_cpus_per_encoder is None else plan.num_cpus_per_encoder
+    c = 1.0 if plan.options.num_cpus_per_encoder is None else plan.options.num_cpus_per_encoder
     if c > cpus:
         raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {cpus:g} CPU(s); "
                                     f"valid: 0 .. {cpus:g}")
-    if plan.num_encoders is None:
+    if plan.options.num_encoders is None:
         lo, hi = 1, max(1, int(gpus // g))
-    elif isinstance(plan.num_encoders, tuple):
-        lo, hi = plan.num_encoders
+    elif isinstance(plan.options.num_encoders, tuple):
+        lo, hi = plan.options.num_encoders
     else:
-        lo = hi = plan.num_encoders
+        lo = hi = plan.options.num_encoders
     if lo * g > gpus:
-        raise InvalidParameterError(f"num_encoders={plan.num_encoders!r} x num_gpus_per_encoder={g:g} needs "
+        raise InvalidParameterError(f"num_encoders={plan.options.num_encoders!r} x num_gpus_per_encoder={g:g} needs "
                                     f"{lo * g:g} GPUs; the cluster has {gpus:g}")
     if cpus - lo * c < 1:
         # read and decode tasks each need a whole CPU: without one left they never start (the run would hang)
@@ -442,36 +354,37 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
             f"the Ray cluster has {cpus:g} CPU(s) and {lo} encoder(s) x num_cpus_per_encoder={c:g} hold "
             f"{lo * c:g}; at least 1 CPU must stay free for reading and decoding. Use a smaller "
             f"num_cpus_per_encoder (e.g. {max(0.0, (cpus - 1) / max(lo, 1)):g}) or a cluster with more CPUs")
-    if plan.decode == "gpu":
+    if plan.options.decode == "gpu":
         _check_torchvision()
-    return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=plan.batch_size or
-                     DEFAULT_BATCH_SIZE["gpu"], device="cuda",
-                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["gpu"])
+    return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=plan.options.batch_size or
+                     ACTOR_BATCH_ROWS["gpu"], device="cuda",
+                     write_batch_size=plan.options.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["gpu"])
 
 
 def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> Resources:
     """CPU encoders: nearly every core to few multi-threaded actors, bounded by memory (``sizing``)."""
-    from screening.pipeline.sizing import CPU_FORWARD_CHUNK, actor_footprint, size_cpu_pool
+    from screening.models.encoder import CPU_BATCH_SIZE
+    from screening.pipeline.sizing import actor_footprint, size_cpu_pool
 
     width = int(plan.fingerprint.get("width") or 384)
-    footprint = actor_footprint(width, len(plan.subjects) * len(plan.roi_names), plan.precision)
+    footprint = actor_footprint(width, len(plan.subjects) * len(plan.roi_names), plan.options.precision)
     per_node = [(float(n.get("CPU", 0)), n.get("memory")) for n in (nodes or [cluster])]
-    pool = size_cpu_pool(per_node, footprint, width, num_encoders=plan.num_encoders,
-                         num_cpus_per_encoder=plan.num_cpus_per_encoder)
+    pool = size_cpu_pool(per_node, footprint, width, num_encoders=plan.options.num_encoders,
+                         num_cpus_per_encoder=plan.options.num_cpus_per_encoder)
     return Resources(num_gpus=0.0, num_cpus=pool.num_cpus, min_size=pool.min_size, max_size=pool.max_size,
-                     batch_size=plan.batch_size or DEFAULT_BATCH_SIZE["cpu"], device="cpu",
-                     write_batch_size=plan.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["cpu"],
+                     batch_size=plan.options.batch_size or ACTOR_BATCH_ROWS["cpu"], device="cpu",
+                     write_batch_size=plan.options.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["cpu"],
                      threads=pool.threads, task_cpus=pool.task_cpus, memory=pool.memory,
-                     forward_chunk=CPU_FORWARD_CHUNK)
+                     forward_chunk=CPU_BATCH_SIZE)
 
 
 def _check_cpu_encoders(plan: ScreeningPlan) -> None:
     """CPU encoders cannot take the GPU-only options; refused before any task (CLI: exit 2)."""
-    if plan.precision in CUDA_ONLY_PRECISIONS:
+    if plan.options.precision in CUDA_ONLY_PRECISIONS:
         raise InvalidParameterError(
-            f"precision={plan.precision!r} (--precision {plan.precision}) needs GPU encoders, but this run's "
+            f"precision={plan.options.precision!r} (--precision {plan.options.precision}) needs GPU encoders, but this run's "
             f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='bf16'")
-    if plan.decode == "gpu":
+    if plan.options.decode == "gpu":
         raise InvalidParameterError(
             "decode='gpu' (--decode gpu) needs GPU encoders, but this run's encoders are CPU ones (no GPUs in the "
             "cluster, or num_gpus_per_encoder=0); use decode='cpu' (--decode cpu, the default)")

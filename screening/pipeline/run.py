@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from screening.exceptions import InvalidParameterError, OutputError, RunLockedError, ScreeningError, UnitsFailedError
-from screening.io._fs import arrow_filesystem, filesystem_for
+from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
+from screening.pipeline.config import RunConfig
 from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
@@ -53,8 +54,7 @@ class ScreeningResult:
     units_skipped: int
     seconds: float
     images_this_run: int
-    endpoint_url: str | None = None
-    anonymous: bool | None = None
+    storage: StorageOptions = field(default_factory=StorageOptions)
     roi_names: tuple = field(default_factory=tuple)
     failed: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)
@@ -70,7 +70,7 @@ class ScreeningResult:
 
         tables = []
         for uri in files:
-            fs, path = filesystem_for(uri, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+            fs, path = filesystem_for(uri, self.storage)
             with fs.open(path, "rb") as f:
                 tables.append(pq.read_table(f))
         return pa.concat_tables(tables) if tables else None
@@ -91,8 +91,8 @@ class ScreeningResult:
 
         if not self.responses_files:
             return ray.data.from_arrow(responses_schema(self.roi_names).empty_table())
-        fs, _ = filesystem_for(self.responses_files[0], endpoint_url=self.endpoint_url, anonymous=self.anonymous)
-        paths = [filesystem_for(u, endpoint_url=self.endpoint_url, anonymous=self.anonymous)[1]
+        fs, _ = filesystem_for(self.responses_files[0], self.storage)
+        paths = [filesystem_for(u, self.storage)[1]
                  for u in self.responses_files]
         return ray.data.read_parquet(paths, filesystem=arrow_filesystem(fs))
 
@@ -109,17 +109,14 @@ class ScreeningResult:
                 + "".join(f"\n  FAILED {why}" for why in self.failed.values()))
 
 
-def screen(images, store, out, *, model_id=None, subjects="all", rois=None, composites=None, custom_rois=None,
-           batch_size=None, precision="bf16", num_encoders=None, num_gpus_per_encoder=None, num_cpus_per_encoder=None,
-           fast_decode=True, image_column="image", id_column="image_id", endpoint_url=None, anonymous=None,
-           progress=True, reliability_threshold=None, noise_ceiling="test_n-avg", redo_changed=False,
-           write_batch_size=None, decode="cpu", _throttle_s=0.0, _encoder_stage="model") -> ScreeningResult:
+def screen(images, store, out, **options) -> ScreeningResult:
     """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
 
     Parameters
     ----------
     images : str
-        A Parquet file, a directory of them (recursive) or a glob; local or ``s3://``.
+        Parquet shards (a file, a folder of them, a glob), a folder of images, ``.tar`` / WebDataset shards, or a
+        ``.csv`` / ``.txt`` list of paths or ``s3://`` URIs; local or ``s3://``.
     store : str or ModelStore
         The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.
     out : str
@@ -154,8 +151,9 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
     image_column, id_column : str
         ``image`` may be binary or the Hugging Face struct ``{bytes, path}``; a missing id column derives the id
         as the first 16 hex digits of sha256(image bytes).
-    endpoint_url, anonymous :
-        S3 options for the inputs, the outputs and (when given as a location) the store.
+    storage_options : screening.fs.StorageOptions or dict, optional
+        S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
+        store; ``endpoint_url=`` / ``anonymous=`` may be given instead.
     progress : bool, default=True
     reliability_threshold : float, optional
         Keep, per subject, only the ROI vertices whose noise ceiling (store metadata, 91k space) is
@@ -172,6 +170,9 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
         Images per part file (one row group): default 8192 on GPU encoders (73,728 response rows with 8
         subjects), 1024 on CPU ones, where a part takes much longer to fill (see docs/pipeline.md).
 
+    Every option is a field of :class:`~screening.pipeline.config.RunConfig`, checked once when it is built;
+    ``screen_config(RunConfig(...))`` runs a config built beforehand.
+
     Returns
     -------
     ScreeningResult
@@ -186,15 +187,12 @@ def screen(images, store, out, *, model_id=None, subjects="all", rois=None, comp
         After the run, when some units could not be committed (each named, with its rows or write error); every other
         unit is committed and a rerun redoes only the failed ones.
     """
-    plan = build_plan(images, store, out, model_id=model_id, subjects=subjects, rois=rois, composites=composites,
-                      custom_rois=custom_rois, batch_size=batch_size, precision=precision, num_encoders=num_encoders,
-                      num_gpus_per_encoder=num_gpus_per_encoder, num_cpus_per_encoder=num_cpus_per_encoder,
-                      fast_decode=fast_decode, image_column=image_column, id_column=id_column,
-                      endpoint_url=endpoint_url, anonymous=anonymous, progress=progress, throttle_s=_throttle_s,
-                      reliability_threshold=reliability_threshold, noise_ceiling=noise_ceiling,
-                      redo_changed=redo_changed, write_batch_size=write_batch_size, encoder_stage=_encoder_stage,
-                      decode=decode)
-    return execute(plan)
+    return screen_config(RunConfig.of(images, store, out, **options))
+
+
+def screen_config(config: RunConfig) -> ScreeningResult:
+    """Run a :class:`RunConfig` (built by ``RunConfig.of`` / ``RunConfig.from_args``): plan, then execute."""
+    return execute(build_plan(config))
 
 
 def _ensure_ray():
@@ -284,7 +282,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
                              errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
                              units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
-                             endpoint_url=plan.endpoint_url, anonymous=plan.anonymous, roi_names=plan.roi_names,
+                             storage=plan.options.storage, roi_names=plan.roi_names,
                              failed=failed, unreadable=dict(stats.unreadable) if stats else {},
                              synthetic=bool(plan.fingerprint.get("synthetic")))
     if failed:
@@ -306,28 +304,28 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
 
-    encoder_cls = stages.NullEncoderActor if plan.encoder_stage == "null" else stages.EncoderActor
+    opts = plan.options
+    encoder_cls = stages.NullEncoderActor if opts.encoder_stage == "null" else stages.EncoderActor
     # One read task per shard (read_parquet in Ray 2.60 coalesces small files into one read task, which would make
     # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
     items = [s.read_item() for s in pending]   # Parquet shards, tar archives or lists of image files
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
-                        fn_kwargs={"spec": plan.spec, "endpoint_url": plan.endpoint_url, "anonymous": plan.anonymous,
-                                   "chunk_rows": READ_CHUNK_ROWS})
-    if plan.decode == "cpu":   # decode="gpu": the encoder actors decode the raw bytes
+                        fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
+    if opts.decode == "cpu":   # decode="gpu": the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
                             num_cpus=res.task_cpus,
                             memory=DECODE_TASK_MEMORY,
-                            fn_kwargs={"image_column": plan.spec.image_column, "fast": plan.fast_decode})
+                            fn_kwargs={"image_column": plan.spec.image_column, "fast": opts.fast_decode})
     ds = ds.map_batches(
         encoder_cls, batch_format="numpy", batch_size=res.batch_size,
         compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
-                               "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
+                               "rois": dict(plan.rois), "precision": opts.precision, "device": res.device,
                                "num_threads": res.threads, "forward_chunk": res.forward_chunk,
                                "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
-                               "throttle_s": plan.throttle_s, "decode": plan.decode,
+                               "throttle_s": opts.throttle_s, "decode": opts.decode,
                                "image_column": plan.spec.image_column},
         # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
         # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.
@@ -383,9 +381,9 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
     ctx = DataContext.get_current()
     old_bars = ctx.enable_progress_bars
     # Ray Data's own bars only in verbose mode: ours counts committed-ready images, theirs blocks per operator
-    ctx.enable_progress_bars = plan.progress and is_verbose() and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
+    ctx.enable_progress_bars = plan.options.progress and is_verbose() and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
     bar = None
-    if plan.progress:
+    if plan.options.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(s.rows for s in pending), unit="img", desc="screening", file=sys.stderr,

@@ -25,7 +25,6 @@ MIN_TASK_CPUS = 0.25   # per node: read, decode and write tasks always have room
 MAX_TASK_SHARE = 0.5   # tiny test models: decoding may cost as much as encoding, never more than half the node
 TASK_SLOTS = 4          # read and decode tasks that fit side by side in what is left
 MAX_THREADS_PER_ENCODER = 16   # past this, one more actor gains more than more threads in one
-CPU_FORWARD_CHUNK = 16         # images per forward on CPU (default_batch_size): no gain past it, memory grows
 RUNTIME_BYTES = 600 * 2**20    # an idle actor process (Python, torch, Ray worker), measured
 SPATIAL_PIXELS = 26 * 26
 PIXELS_222 = 222 * 222
@@ -46,9 +45,14 @@ class ActorFootprint:
 
 
 def actor_footprint(width: int, n_outputs: int, precision: str = "bf16",
-                    chunk: int = CPU_FORWARD_CHUNK) -> ActorFootprint:
+                    chunk: int | None = None) -> ActorFootprint:
     """Estimated from the shapes: matrix (C·26·26) x (S·R) fp32; core weights twice (as loaded, BN folded); the
-    widest activations of one chunk (~3 live C x 222 x 222 maps, block1's in fp32) plus the runtime."""
+    widest activations of one forward of ``chunk`` images (default: the encoder's CPU_BATCH_SIZE; ~3 live
+    C x 222 x 222 maps, block1's in fp32) plus the runtime."""
+    if chunk is None:
+        from screening.models.encoder import CPU_BATCH_SIZE
+
+        chunk = CPU_BATCH_SIZE
     matrix = width * SPATIAL_PIXELS * n_outputs * 4
     core = 2 * 4 * (3 * width * 25 + width * width * 25 + 6 * width * width * 9)
     act_bytes = 4 + 2 * (2 if precision != "fp32" else 4)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from screening.exceptions import InvalidParameterError
-from screening.fs import StorageOptions, add_storage_arguments
+from screening.fs import StorageOptions, add_storage_arguments, filesystem_for
 from screening.rank._engine import (
     CONSENSUS_SUBJECT,
     RANKINGS_SCHEMA,
@@ -29,7 +29,7 @@ from screening.rank._engine import (
     RankConfig,
     Ranker,
 )
-from screening.rank._io import filesystem_for, find_manifest, open_responses, write_table
+from screening.rank._io import find_manifest, open_responses, write_table
 from screening.rank._rois import DEFAULT_COMPOSITES, load_roi_config, parse_contrast, validate_composites
 
 __all__ = [
@@ -56,7 +56,7 @@ RANKINGS_FILE = "rankings.parquet"
 SETS_FILE = "_sets.parquet"
 
 
-def _as_dataset(responses, endpoint_url, anonymous):
+def _as_dataset(responses, storage: StorageOptions):
     if isinstance(responses, ds.Dataset):
         return responses, None, None
     if isinstance(responses, pd.DataFrame):
@@ -64,7 +64,7 @@ def _as_dataset(responses, endpoint_url, anonymous):
     if isinstance(responses, pa.Table):
         return ds.dataset(responses), None, None
     if isinstance(responses, (str, os.PathLike)):
-        dataset, fs, path = open_responses(responses, endpoint_url=endpoint_url, anonymous=anonymous)
+        dataset, fs, path = open_responses(responses, storage)
         return dataset, fs, path
     raise InvalidParameterError(
         f"responses must be a path (local or s3://), a pyarrow Table/Dataset or a pandas DataFrame; "
@@ -74,8 +74,8 @@ def _as_dataset(responses, endpoint_url, anonymous):
 def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
                    selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000,
                    null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
-                   batch_size=65_536, memory_budget_mb=512.0, endpoint_url=None, anonymous=None,
-                   progress=None):
+                   batch_size=65_536, memory_budget_mb=512.0, storage_options=None, endpoint_url=None,
+                   anonymous=None, progress=None):
     """Like :func:`rank`, but return ``(rankings, sets)``; ``sets`` is the per-(roi, subject, kind) summary.
 
     See :func:`rank` for the parameters. The ``sets`` table has one row per ranked list with the
@@ -83,11 +83,12 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
     and the set-level null: ``null_mean``, ``null_q`` (its 95th percentile; 5th for ``bottomk``),
     ``set_margin`` and ``set_p_null``.
     """
-    dataset, fs, path = _as_dataset(responses, endpoint_url, anonymous)
+    storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
+    dataset, fs, path = _as_dataset(responses, storage)
     if manifest is None and fs is not None:
         manifest = find_manifest(fs, path)
     elif isinstance(manifest, (str, os.PathLike)):
-        mfs, mpath = filesystem_for(manifest, endpoint_url=endpoint_url, anonymous=anonymous)
+        mfs, mpath = filesystem_for(manifest, storage)
         with mfs.open(mpath, "rb") as f:
             manifest = json.loads(f.read().decode())
     if composites is not None and roi_config is not None:
@@ -106,7 +107,7 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
     ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
     rows, sets = ranker.run()
     if out is not None:
-        ofs, opath = filesystem_for(out, endpoint_url=endpoint_url, anonymous=anonymous)
+        ofs, opath = filesystem_for(out, storage)
         meta = {"screening.rank": json.dumps({
             "top_k": cfg.top_k, "bottom_k": cfg.bottom_k, "contrasts": [c[0] for c in ranker.contrast_pairs],
             "contrast_by": cfg.contrast_by, "selectivity": ranker.selectivity, "comparison": cfg.comparison,
@@ -126,10 +127,7 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
     return rows, sets
 
 
-def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
-         selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000, null_quantile=0.95,
-         seed=0, composites=None, roi_config=None, manifest=None, batch_size=65_536, memory_budget_mb=512.0,
-         endpoint_url=None, anonymous=None, progress=None) -> pd.DataFrame:
+def rank(responses, out=None, **options) -> pd.DataFrame:
     """Rank the screened images per ROI, streaming the responses table.
 
     Parameters
@@ -179,10 +177,9 @@ def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(
     memory_budget_mb : float, default=512
         Bound on the consensus accumulators (9 bytes per image and ROI); above it the ROIs are
         processed in chunks, one column-projected scan each.
-    endpoint_url : str, optional
-        S3 endpoint for ``s3://`` paths.
-    anonymous : bool, optional
-        True: unsigned S3 requests; None (default): signed when credentials exist, else unsigned (``screening.fs``).
+    storage_options : screening.fs.StorageOptions or dict, optional
+        S3 endpoint and credentials mode for ``s3://`` paths (``screening.fs``); ``endpoint_url=`` /
+        ``anonymous=`` may be given instead.
     progress : callable, optional
         Called with a short message after each scan.
 
@@ -209,29 +206,23 @@ def rank(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(
     >>> rankings = rank("run/responses", "run/rankings", rois=["FFC", "faces"],
     ...                 contrasts=["FFC:PHA1-3"])  # doctest: +SKIP
     """
-    rows, _ = rank_with_sets(
-        responses, out, rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
-        selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null, null_draws=null_draws,
-        null_quantile=null_quantile, seed=seed, composites=composites, roi_config=roi_config, manifest=manifest,
-        batch_size=batch_size, memory_budget_mb=memory_budget_mb, endpoint_url=endpoint_url, anonymous=anonymous,
-        progress=progress)
-    return rows
+    return rank_with_sets(responses, out, **options)[0]
 
 
-def read_rankings(path, *, endpoint_url=None, anonymous=None) -> pd.DataFrame:
+def read_rankings(path, *, storage_options=None, endpoint_url=None, anonymous=None) -> pd.DataFrame:
     """Read a rankings directory (or file) written by :func:`rank`."""
-    fs, p = filesystem_for(path, endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, p = filesystem_for(path, StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous))
     if not fs.exists(p):
         raise InvalidParameterError(f"rankings={path!r} does not exist")
     return ds.dataset(p, format="parquet", filesystem=fs).to_table().to_pandas()
 
 
-def read_rankings_metadata(path, *, endpoint_url=None, anonymous=None) -> dict:
+def read_rankings_metadata(path, *, storage_options=None, endpoint_url=None, anonymous=None) -> dict:
     """The parameters and notes :func:`rank` stored with ``rankings.parquet`` (schema metadata key
     ``screening.rank``); ``{}`` for a file written without them."""
     import pyarrow.parquet as pq
 
-    fs, p = filesystem_for(path, endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, p = filesystem_for(path, StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous))
     if fs.isdir(p):
         p = posixpath.join(p, RANKINGS_FILE)
     if not fs.exists(p):
@@ -242,8 +233,7 @@ def read_rankings_metadata(path, *, endpoint_url=None, anonymous=None) -> dict:
     return json.loads(raw.decode()) if raw else {}
 
 
-def roi_values(responses, roi: str, subject: str, *, manifest=None, members=None, endpoint_url=None,
-               anonymous=None):
+def roi_values(responses, roi: str, subject: str, *, manifest=None, members=None, storage_options=None):
     """Every finite value of one ROI for one subject, as :func:`rank` computes it (the report's histograms).
 
     ``responses`` as for :func:`rank`; ``members`` are the columns rank averaged for this ROI (rankings metadata
@@ -255,7 +245,7 @@ def roi_values(responses, roi: str, subject: str, *, manifest=None, members=None
     from screening.rank._engine import KEY_COLUMNS, _batch_matrix, _Evaluator
     from screening.rank._rois import RoiResolver, Target
 
-    dataset, _, _ = _as_dataset(responses, endpoint_url, anonymous)
+    dataset, _, _ = _as_dataset(responses, StorageOptions.of(storage_options))
     cols = [f.name for f in dataset.schema if f.name not in KEY_COLUMNS]
     res = RoiResolver(cols, [subject], manifest_rois=(manifest or {}).get("rois"))
     if members and all(c in cols for c in members):
@@ -318,8 +308,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                         comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
                         null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
                         batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                        endpoint_url=args.endpoint_url, anonymous=StorageOptions.from_args(args).anonymous,
-                        progress=progress)
+                        storage_options=StorageOptions.from_args(args), progress=progress)
     except InvalidParameterError as exc:
         print(f"screening rank: error: {exc}", file=sys.stderr)
         return 2

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from screening.exceptions import InvalidParameterError
-from screening.store._fs import filesystem_for  # noqa: F401  (the one implementation, re-exported)
+from screening.fs import StorageOptions, filesystem_for, read_json, to_uri
 
 
-def open_responses(uri, *, endpoint_url=None, anonymous=None) -> tuple[ds.Dataset, object, str]:
+def open_responses(uri, storage: StorageOptions | None = None) -> tuple[ds.Dataset, object, str]:
     """Open a responses table (a directory of Parquet files or one file) as a dataset.
 
     A pipeline run's ``RUN/responses`` folder (``RUN/_committed/`` exists) is opened as the committed files only.
     """
-    fs, path = filesystem_for(uri, endpoint_url=endpoint_url, anonymous=anonymous)
+    fs, path = filesystem_for(uri, storage)
     if not fs.exists(path):
         raise InvalidParameterError(f"responses={uri!r} does not exist")
-    source = committed_responses(fs, path, endpoint_url=endpoint_url, anonymous=anonymous)
+    source = committed_responses(fs, path, storage)
     if source is not None and not source:
         raise InvalidParameterError(
             f"responses={uri!r} belongs to a pipeline run with no committed unit yet (no marker in "
@@ -32,7 +31,7 @@ def open_responses(uri, *, endpoint_url=None, anonymous=None) -> tuple[ds.Datase
     return dataset, fs, path
 
 
-def committed_responses(fs, path: str, *, endpoint_url=None, anonymous=None) -> list[str] | None:
+def committed_responses(fs, path: str, storage: StorageOptions | None = None) -> list[str] | None:
     """Paths (inside ``fs``) of the committed response files when ``path`` is a pipeline run's ``responses``
     folder, i.e. its parent holds ``_committed/`` markers; ``None`` otherwise.
 
@@ -50,18 +49,8 @@ def committed_responses(fs, path: str, *, endpoint_url=None, anonymous=None) -> 
         return None
     from screening.pipeline.outputs import RESPONSES, committed_files  # lazy: the pipeline package pulls in Ray
 
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    run_uri = f"s3://{run}" if protocol in ("s3", "s3a") else run
-    uris = committed_files(run_uri, endpoint_url=endpoint_url, anonymous=anonymous)[RESPONSES]
-    return [filesystem_for(u, endpoint_url=endpoint_url, anonymous=anonymous)[1] for u in uris]
-
-
-def read_json(fs, path):
-    """Parsed JSON at ``path``, or ``None`` if there is no such file."""
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read().decode())
+    uris = committed_files(to_uri(fs, run), storage=storage)[RESPONSES]
+    return [filesystem_for(u, storage)[1] for u in uris]
 
 
 def find_manifest(fs, responses_path: str):

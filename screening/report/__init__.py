@@ -136,7 +136,7 @@ class _BergPredictor:
         from screening.api import BERG
 
         options = _storage_options(cfg)
-        self.berg = BERG(self.store, endpoint_url=options.endpoint_url, anonymous=options.anonymous)
+        self.berg = BERG(self.store, storage_options=options)
         self.model = self.berg.get_encoding_model(self.model_id, subject=self.subjects, device="cpu")
 
     def __call__(self, image_bytes: bytes, subject: str) -> np.ndarray:
