@@ -233,8 +233,46 @@ def _concat(columns: dict) -> pd.DataFrame:
     return out[RANKINGS_SCHEMA.names]
 
 
+@dataclass(frozen=True)
+class _Pass1:
+    """What scan 1 found, per subject: running stats of every target, the top / bottom buffers of the ranked ones,
+    the null sample's responses (``null_t``, rows = ``null_img``), and each target's mean and s.d."""
+
+    stats: dict
+    top: dict
+    bottom: dict
+    null_t: dict
+    null_img: dict
+    mu: dict
+    sd: dict
+
+    def z(self, s, t, idx=slice(None)):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (t - self.mu[s][idx]) / self.sd[s][idx]
+
+    def null_z(self, s, idx):
+        """z of the null-sample images for target columns ``idx`` (only those are converted to float64)."""
+        return self.z(s, self.null_t[s][:, idx].astype(np.float64), idx)
+
+
+class _Output:
+    """The rankings rows (column -> list of arrays) and the per-list set rows, as they are emitted."""
+
+    def __init__(self):
+        self.rows = {c: [] for c in RANKINGS_SCHEMA.names}
+        self.sets: list[dict] = []
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return _concat(self.rows), pd.DataFrame(self.sets, columns=SETS_SCHEMA.names)
+
+
 class Ranker:
-    """One ranking run over a pyarrow dataset. Use :func:`screening.rank.rank`."""
+    """One ranking over a pyarrow dataset. Use :func:`screening.rank.rank`.
+
+    Construction does the setup (checks, the key scan, ROI resolution, the null sample), so every attribute exists
+    once ``Ranker(...)`` returns; :meth:`run` then makes the two value scans and keeps their state in local objects
+    (:class:`_Pass1`, :class:`_Output`), not on ``self``.
+    """
 
     def __init__(self, dataset, cfg: RankConfig, *, composites=None, manifest=None, progress=None):
         self.ds = dataset
@@ -252,6 +290,14 @@ class Ranker:
                             and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
         if not self.roi_columns:
             raise InvalidParameterError("responses table has no numeric ROI column")
+        self.image_ids, self.subjects, self.n_rows = self._scan_keys()
+        self.progress(f"scan 0: {self.n_rows} rows, {len(self.image_ids)} images, subjects {self.subjects}")
+        self._resolve()
+        rng = np.random.default_rng(self.cfg.seed)
+        n_img = len(self.image_ids)
+        n_null = self.cfg.n_null
+        pick = np.arange(n_img) if n_img <= n_null else np.sort(rng.choice(n_img, n_null, replace=False))
+        self.null_ids = pc.take(self.image_ids, pa.array(pick, pa.int64()))
 
     # -- scans -----------------------------------------------------------------------------------
     def _scan(self, columns):
@@ -305,6 +351,7 @@ class Ranker:
 
     # -- setup -----------------------------------------------------------------------------------
     def _resolve(self):
+        """ROI names -> targets, contrasts, the selectivity comparison set (``__init__`` only)."""
         cfg = self.cfg
         res = RoiResolver(self.roi_columns, self.subjects, composites=self.composites,
                           manifest_rois=self.manifest.get("rois"))
@@ -364,36 +411,27 @@ class Ranker:
 
     # -- main ------------------------------------------------------------------------------------
     def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        cfg = self.cfg
-        self.image_ids, self.subjects, self.n_rows = self._scan_keys()
-        self.progress(f"scan 0: {self.n_rows} rows, {len(self.image_ids)} images, subjects {self.subjects}")
-        self._resolve()
-        rng = np.random.default_rng(cfg.seed)
-        n_img = len(self.image_ids)
-        pick = np.arange(n_img) if n_img <= cfg.n_null else np.sort(rng.choice(n_img, cfg.n_null, replace=False))
-        self.null_ids = pc.take(self.image_ids, pa.array(pick, pa.int64()))
-        self._scan1()
+        """``(rankings, sets)``: scan 1 (stats, top / bottom k, null sample), then scan 2 when a contrast,
+        selectivity or consensus list needs z-scores."""
+        p1 = self._scan1()
         self.progress("scan 1 done")
-        self.rows = {c: [] for c in RANKINGS_SCHEMA.names}
-        self.sets: list[dict] = []
-        self._emit_topk()
-        if self.contrast_pairs or self.selectivity or (cfg.consensus and self.real_subjects):
-            self._scan2()
-        rows = _concat(self.rows)
-        sets = pd.DataFrame(self.sets, columns=SETS_SCHEMA.names)
-        return rows, sets
+        out = _Output()
+        self._emit_topk(p1, out)
+        if self.contrast_pairs or self.selectivity or (self.cfg.consensus and self.real_subjects):
+            self._scan2(p1, out)
+        return out.frames()
 
     @property
     def real_subjects(self):
         return [s for s in self.subjects if s != MEAN_SUBJECT]
 
-    def _scan1(self):
+    def _scan1(self) -> _Pass1:
         cfg = self.cfg
         ev = _Evaluator(self.targets, self.columns)
         nt, nr = len(self.targets), len(self.ranked)
-        self.stats = {s: RunningStats(nt) for s in self.subjects}
-        self.top = {s: TopK(nr, cfg.top_k, True) for s in self.subjects}
-        self.bottom = {s: TopK(nr, cfg.bottom_k, False) for s in self.subjects}
+        stats = {s: RunningStats(nt) for s in self.subjects}
+        top = {s: TopK(nr, cfg.top_k, True) for s in self.subjects}
+        bottom = {s: TopK(nr, cfg.bottom_k, False) for s in self.subjects}
         # null-sample responses, preallocated: row i is null image i (sorted ids), so the null is independent of
         # file and batch order and is never concatenated from pieces (n_null x targets x subjects float32)
         n_null = len(self.null_ids)
@@ -406,10 +444,10 @@ class Ranker:
             for s, rows, xs in _subject_blocks(b, self.columns, subj):
                 t = ev(xs, s)
                 del xs
-                self.stats[s].update(t)
+                stats[s].update(t)
                 tr = t[:, self.ranked]
-                self.top[s].update(tr, ids[rows])
-                self.bottom[s].update(tr, ids[rows])
+                top[s].update(tr, ids[rows])
+                bottom[s].update(tr, ids[rows])
                 p = pos[rows]
                 m = p >= 0
                 if m.any():
@@ -417,20 +455,17 @@ class Ranker:
                     seen[s][p[m]] = True
             b = t = None  # drop the batch before the next row group is read
         all_null = self.null_ids.to_numpy(zero_copy_only=False).astype(object)
-        self.null_t, self.null_img = {}, {}
+        kept_t, kept_img = {}, {}
         for s in self.subjects:
             if seen[s].all():
-                self.null_t[s], self.null_img[s] = null_t[s], all_null
+                kept_t[s], kept_img[s] = null_t[s], all_null
             else:
-                self.null_t[s], self.null_img[s] = null_t[s][seen[s]], all_null[seen[s]]
+                kept_t[s], kept_img[s] = null_t[s][seen[s]], all_null[seen[s]]
             del null_t[s]
-        self.mu = {s: st.mean_or_nan for s, st in self.stats.items()}
+        mu = {s: st.mean_or_nan for s, st in stats.items()}
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.sd = {s: np.where(st.std > 0, st.std, np.nan) for s, st in self.stats.items()}
-
-    def _z(self, s, t, idx=slice(None)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (t - self.mu[s][idx]) / self.sd[s][idx]
+            sd = {s: np.where(st.std > 0, st.std, np.nan) for s, st in stats.items()}
+        return _Pass1(stats=stats, top=top, bottom=bottom, null_t=kept_t, null_img=kept_img, mu=mu, sd=sd)
 
     # -- the set-level null (RNC): mean of k random images, null_draws times ----------------------
     def _draws(self, n: int, k: int) -> np.ndarray:
@@ -471,7 +506,7 @@ class Ranker:
                         out[:, j] = col[self._draws(col.size, k)].mean(axis=1, dtype=np.float64)
         return out
 
-    def _emit_list(self, kind, names, subject, tops, null_matrix, stats, payload_fn, n_topk_fn=None):
+    def _emit_list(self, out: _Output, kind, names, subject, tops, null_matrix, stats, payload_fn, n_topk_fn=None):
         """Emit one kind for one subject: ``tops`` is a TopK over the columns of ``null_matrix``.
 
         ``stats`` = (n_images, mean, std) per column of the ranked score over the screened set.
@@ -491,7 +526,7 @@ class Ranker:
         means = self._null_means(null_matrix, ks)
         set_score = np.array([np.mean(r[0]) if len(r[0]) else np.nan for r in results])
         mq, mmean, smargin, sp = _set_null_stats(means, set_score, largest, q, m)
-        R = self.rows
+        R = out.rows
         for j, name in enumerate(names):
             v, ids, pl = results[j]
             k = len(ids)
@@ -517,7 +552,7 @@ class Ranker:
             R["score"].append(np.asarray(v, np.float64))
             nt = np.full(k, -1, np.int16) if n_topk_fn is None else np.asarray(n_topk_fn(j, ids), np.int16)
             R["n_subjects_topk"].append(nt)
-            self.sets.append({
+            out.sets.append({
                 "roi": name, "subject": subject, "kind": kind, "k": k, "n_images": int(stats[0][j]),
                 "mean": float(stats[1][j]), "std": float(stats[2][j]), "set_score": float(set_score[j]),
                 "null_mean": float(mmean[j]), "null_q": float(mq[j]), "set_margin": float(smargin[j]),
@@ -525,18 +560,18 @@ class Ranker:
                 "null_draws": cfg.null_draws if means is not None else 0,
             })
 
-    def _emit_topk(self):
+    def _emit_topk(self, p1: _Pass1, out: _Output):
         for s in self.subjects:
-            st = self.stats[s]
-            null = self.null_t[s][:, self.ranked]
+            st = p1.stats[s]
+            null = p1.null_t[s][:, self.ranked]
             names = [self.targets[ti].name for ti in self.ranked]
-            stats = (st.n[self.ranked], self.mu[s][self.ranked], self.sd[s][self.ranked])
-            for buf in (self.top[s], self.bottom[s]):
+            stats = (st.n[self.ranked], p1.mu[s][self.ranked], p1.sd[s][self.ranked])
+            for buf in (p1.top[s], p1.bottom[s]):
                 if buf.k == 0:
                     continue
                 kind = "topk" if buf.sign > 0 else "bottomk"
-                self._emit_list(kind, names, s, buf, null, stats,
-                                lambda j, v, pl, s=s: (v, self._z(s, v, self.ranked[j])))
+                self._emit_list(out, kind, names, s, buf, null, stats,
+                                lambda j, v, pl, s=s: (v, p1.z(s, v, self.ranked[j])))
 
     # -- scan 2 ----------------------------------------------------------------------------------
     def _chunks(self):
@@ -548,7 +583,7 @@ class Ranker:
         size = int(max(1, min(nr, cfg.memory_budget_mb * 2**20 // per_target)))
         return [np.arange(i, min(nr, i + size)) for i in range(0, nr, size)] or [np.arange(0)]
 
-    def _scan2(self):
+    def _scan2(self, p1: _Pass1, out: _Output):
         cfg = self.cfg
         chunks = self._chunks()
         image_index = pd.Index(self.image_ids.to_numpy(zero_copy_only=False).astype(object))
@@ -581,7 +616,7 @@ class Ranker:
                 for s, rows, xs in _subject_blocks(b, cols, subj):
                     t = ev(xs, s)
                     del xs
-                    z = self._z(s, t, tsub)
+                    z = p1.z(s, t, tsub)
                     if ncon:
                         sc, pl = self._contrast_scores(t, z, loc, con_pairs)
                         con_stats[s].update(sc)
@@ -599,11 +634,11 @@ class Ranker:
                         acc_n[where] += fin.astype(np.uint8)
                 b = t = z = None  # drop the batch before the next row group is read
             if ncon:
-                self._emit_contrasts(con_pairs, con_top, con_stats)
+                self._emit_contrasts(p1, out, con_pairs, con_top, con_stats)
             if sel:
-                self._emit_selectivity(sel_top, sel_stats)
+                self._emit_selectivity(p1, out, sel_top, sel_stats)
             if do_cons and chunk.size:
-                self._emit_consensus(chunk, acc_z, acc_r, acc_n, image_index)
+                self._emit_consensus(p1, out, chunk, acc_z, acc_r, acc_n, image_index)
                 del acc_z, acc_r, acc_n
             self.progress(f"scan 2 chunk {ci + 1}/{len(chunks)} done")
 
@@ -637,11 +672,7 @@ class Ranker:
                 score[:, j] = z[:, rl[j]] - np.where(c_ > 0, s_ / c_, np.nan)
         return score, np.stack([t[:, rl], z[:, rl]], axis=2)
 
-    def _null_z(self, s, idx):
-        """z of the null-sample images for target columns ``idx`` (only those are converted to float64)."""
-        return self._z(s, self.null_t[s][:, idx].astype(np.float64), idx)
-
-    def _emit_contrasts(self, pairs, tops, stats):
+    def _emit_contrasts(self, p1: _Pass1, out: _Output, pairs, tops, stats):
         def payload(j, v, pl):
             pl = pl if pl is not None else np.empty((0, 2))
             return pl[:, 0], pl[:, 1]
@@ -650,21 +681,21 @@ class Ranker:
         ib = np.array([self.tindex[b] for _, _, b in pairs], dtype=np.int64)
         for s in self.subjects:
             if self.cfg.contrast_by == "z":
-                null = self._null_z(s, ia) - self._null_z(s, ib)
+                null = p1.null_z(s, ia) - p1.null_z(s, ib)
             else:
-                null = self.null_t[s][:, ia].astype(np.float64) - self.null_t[s][:, ib].astype(np.float64)
+                null = p1.null_t[s][:, ia].astype(np.float64) - p1.null_t[s][:, ib].astype(np.float64)
             st = stats[s]
-            self._emit_list("contrast", [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+            self._emit_list(out, "contrast", [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
 
-    def _emit_selectivity(self, tops, stats):
+    def _emit_selectivity(self, p1: _Pass1, out: _Output, tops, stats):
         def payload(j, v, pl):
             pl = pl if pl is not None else np.empty((0, 2))
             return pl[:, 0], pl[:, 1]
 
         for s in self.subjects:
-            zr = self._null_z(s, self.ranked)
-            zf = self._null_z(s, self.comp_idx)  # (n_null, comparison), zeroed in place where undefined
+            zr = p1.null_z(s, self.ranked)
+            zf = p1.null_z(s, self.comp_idx)  # (n_null, comparison), zeroed in place where undefined
             fin = np.isfinite(zf)
             zf[~fin] = 0.0
             tot, cnt = zf.sum(1), fin.sum(1)
@@ -677,10 +708,10 @@ class Ranker:
                     null[:, j] = zr[:, j] - np.where(c_ > 0, s_ / c_, np.nan)
             del zf, fin
             st = stats[s]
-            self._emit_list("selectivity", self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+            self._emit_list(out, "selectivity", self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
 
-    def _emit_consensus(self, chunk, acc_z, acc_r, acc_n, image_index):
+    def _emit_consensus(self, p1: _Pass1, out: _Output, chunk, acc_z, acc_r, acc_n, image_index):
         k = self.cfg.top_k
         ids_all = np.asarray(image_index, dtype=object)
         subs = self.real_subjects
@@ -690,10 +721,10 @@ class Ranker:
         nz = np.zeros((len(nidx), len(tis)))
         nn = np.zeros((len(nidx), len(tis)))
         for s in subs:
-            if not len(self.null_img[s]):
+            if not len(p1.null_img[s]):
                 continue
-            w = nidx.get_indexer(self.null_img[s])
-            z = self._null_z(s, tis)
+            w = nidx.get_indexer(p1.null_img[s])
+            z = p1.null_z(s, tis)
             fin = np.isfinite(z)
             np.add.at(nz, w, np.where(fin, z, 0.0))
             np.add.at(nn, w, fin)
@@ -711,7 +742,7 @@ class Ranker:
         def n_topk(j, ids):
             counts = Counter()
             for s in subs:
-                counts.update(self.top[s].result(chunk[j])[1].tolist())
+                counts.update(p1.top[s].result(chunk[j])[1].tolist())
             return [counts.get(i, 0) for i in ids]
 
         def payload(j, v, pl):
@@ -719,4 +750,4 @@ class Ranker:
             return pl[:, 0], v
 
         names = [self.targets[ti].name for ti in tis]
-        self._emit_list("consensus", names, CONSENSUS_SUBJECT, buf, null_cons, stats, payload, n_topk)
+        self._emit_list(out, "consensus", names, CONSENSUS_SUBJECT, buf, null_cons, stats, payload, n_topk)
