@@ -94,17 +94,21 @@ def test_a_worker_node_killed_mid_run(cluster, visual_store, tmp_path):
 
     def run():
         try:
-            box["r"] = screen(str(root), str(visual_store), str(out), **_kw(throttle_s=0.7))
+            box["r"] = screen(str(root), str(visual_store), str(out), **_kw(throttle_s=1.0))
         except BaseException as exc:  # noqa: BLE001
             box["e"] = exc
 
     t = threading.Thread(target=run)
     t.start()
-    victim, deadline = None, time.time() + 180
+    # Kill once an encoder runs on a worker node and a unit has committed; on a loaded machine units may commit
+    # only late, so after 15 s with a worker-node encoder the kill goes ahead without waiting for a commit.
+    victim, deadline, seen_at = None, time.time() + 180, None
     while time.time() < deadline and t.is_alive():
-        if list(out.glob("_committed/*.json")):
-            victim = next((n for n in cluster.workers if _encoders_on(n)), None)
-            if victim is not None:
+        node = next((n for n in cluster.workers if _encoders_on(n)), None)
+        if node is not None:
+            seen_at = seen_at or time.time()
+            if list(out.glob("_committed/*.json")) or time.time() - seen_at > 15:
+                victim = node
                 break
         time.sleep(0.2)
     assert victim is not None, "no encoder ran on a worker node before the run ended"

@@ -47,7 +47,7 @@ def test_config_is_frozen_normalised_and_picklable():
     ({"write_batch_size": 0}, r"write_batch_size=0 must be a positive integer"),
     ({"num_gpus_per_encoder": 1.5}, r"num_gpus_per_encoder above 1 must be a whole number"),
     ({"reliability_threshold": float("nan")}, r"reliability_threshold must be a finite number"),
-    ({"noise_ceiling": "test"}, r"noise_ceiling='test' is not valid; valid values: 'test_n-avg'"),
+    ({"noise_ceiling": "test"}, r"noise_ceiling='test' is not valid; valid noise ceilings: test_n-avg, test_n-1"),
     ({"fast_decode": "yes"}, r"fast_decode must be True or False; got 'yes'"),
     ({"rois": [1, 2]}, r"rois must be ROI names"),
     ({"batchsize": 8}, r"unknown option\(s\) batchsize; valid options: model_id, subjects"),

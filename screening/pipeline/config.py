@@ -112,7 +112,9 @@ def _checked(c: RunConfig) -> dict:
                                     f"{', '.join(PRECISIONS)}")
     check_choice("decode", c.decode, DECODES)
     check_choice("encoder_stage", c.encoder_stage, ENCODER_STAGES)
-    check_choice("noise_ceiling", c.noise_ceiling, NOISE_CEILINGS)
+    if not isinstance(c.noise_ceiling, str) or c.noise_ceiling not in NOISE_CEILINGS:
+        raise InvalidParameterError(f"noise_ceiling={c.noise_ceiling!r} is not valid; valid noise ceilings: "
+                                    f"{', '.join(NOISE_CEILINGS)}")
     for name in ("images", "out"):
         value = getattr(c, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
