@@ -170,7 +170,7 @@ def report(args, r, wall, sampler, enc_ips, dec_ips, device):
     commit_t = sorted(sampler.commits.values())
     t_start = s[0]["t"] if s else time.time()
     steady = None
-    if len(commit_t) >= 3:
+    if len(commit_t) >= 3 and commit_t[-1] - commit_t[0] >= 0.05 * wall:   # else units committed together
         # rows committed between the first and the last commit, over that time (no startup / model load)
         steady = (len(commit_t) - 1) * args.shard_rows / max(1e-9, commit_t[-1] - commit_t[0])
     e2e = r.counts["images"] / wall

@@ -611,16 +611,11 @@ def parse_args():
 
 def run_screen(args, in_dir, out):
     """``screen()`` as ``screening run`` builds it, with the null encoder stage."""
-    import inspect
-
     from screening.pipeline import screen
 
-    extra = {"write_batch_size": args.write_batch_size} if "write_batch_size" in inspect.signature(screen).parameters \
-        else {}  # the driver-side sink (before the write path) has no write stage
-    r = screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
-               num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
-               batch_size=args.encoder_batch_size, **extra)
-    return r
+    return screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
+                  num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
+                  batch_size=args.encoder_batch_size, write_batch_size=args.write_batch_size)
 
 
 def instrument(args, raylet_pid, out):
