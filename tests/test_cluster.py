@@ -34,9 +34,7 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    # The head holds no CPU (as on a real cluster's head): every task and encoder runs on a worker node, so a
-    # killed worker always takes work with it (with a CPU on the head, the whole run sometimes stayed there).
-    c = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 0, "include_dashboard": False})
+    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     workers = [c.add_node(**NODE) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
