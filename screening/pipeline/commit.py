@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from screening.exceptions import IntegrityError
 from screening.pipeline.outputs import ERRORS, RESPONSES, SOURCES, OutputLayout, utcnow
 from screening.pipeline.parts import describe_rows
 
@@ -40,6 +41,7 @@ class CommitStats:
     committed: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)   # unit -> reason
     unreadable: dict = field(default_factory=dict)   # unit -> (shard uri, rows with stage "read")
+    nodes_lost: list = field(default_factory=list)   # set by the run: nodes that left the cluster meanwhile
 
 
 class UnitLedger:
@@ -51,6 +53,7 @@ class UnitLedger:
         self.compactor = compactor   # merges a unit's parts on a worker before its commit (see run.py)
         self.compacting: dict = {}   # compactor key -> UnitState
         self.units = {s.unit: UnitState(s, np.zeros(s.rows, np.uint8)) for s in shards}
+        self.expected = list(self.units)
         self.config_key = config_key
         self.n_labels = labels
         self.run_id = run_id
@@ -112,12 +115,19 @@ class UnitLedger:
     def _drain(self, block: bool) -> None:
         """Commit the units whose compaction has finished (all of them when ``block``)."""
         while self.compacting:
-            for key, result in self.compactor.ready(block=block):
+            done = self.compactor.ready(block=block)
+            for key, result in done:
                 st = self.compacting.pop(key)
                 self.units[st.shard.unit] = st
                 self._commit(st, compacted=result)
             if not block:
                 return
+            if not done:   # the compactor lost track of these: never wait forever, never commit unchecked
+                for st in list(self.compacting.values()):
+                    self.units[st.shard.unit] = st
+                    st.failures.append("its compaction never reported back")
+                    self._fail(st)
+                self.compacting.clear()
 
     def _fail(self, st: UnitState) -> None:
         unit = st.shard.unit
@@ -162,8 +172,16 @@ class UnitLedger:
             self._decide(st)
 
     def finish(self) -> CommitStats:
-        """After the stream ends, every unit still open is missing rows: it fails, naming them."""
+        """After the stream ends, every unit still open is missing rows: it fails, naming them.
+
+        Returns only when each unit given to the ledger is either committed or failed: a run never reports success
+        for a unit it did not decide."""
         for st in list(self.units.values()):
             self._decide(st)
         self._drain(block=True)
+        decided = set(self.stats.committed) | set(self.stats.failed)
+        undecided = [u for u in self.expected if u not in decided]
+        if undecided:
+            raise IntegrityError(f"internal error: {len(undecided)} unit(s) neither committed nor failed at the end "
+                                 f"of the run: {', '.join(undecided[:10])}; nothing was reported as done for them")
         return self.stats

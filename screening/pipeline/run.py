@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.config import RunConfig
 from screening.pipeline.lock import RunLock
-from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files
+from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files, utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
 from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_schema
 
@@ -39,6 +40,7 @@ WRITE_TASK_CPUS = 0
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
 READ_CHUNK_ROWS = 256
+NODE_WATCH_S = 5.0   # how often the driver looks for nodes that left the cluster (one GCS call)
 
 
 @dataclass
@@ -268,6 +270,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
                 "unreadable_shards": {u: {"uri": uri, "rows": n}
                                       for u, (uri, n) in (stats.unreadable if stats else {}).items()},
                 "units_skipped": len(plan.shards) - len(plan.pending),
+                "nodes_lost": stats.nodes_lost if stats else [],
                 "seconds": round(seconds, 3), "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
     manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
     manifest_note = ""
@@ -373,6 +376,54 @@ class _RayCompactor:
         return out
 
 
+class _NodeWatch:
+    """Says, once per node, when a node leaves the cluster mid-run (and records it for the manifest).
+
+    Ray restarts the encoders that were on it and rebuilds the blocks it held by rerunning their tasks; that needs a
+    free CPU on a surviving node. Where restarted encoders hold every CPU left, Ray Data waits for one forever
+    (seen on a 1-CPU survivor): the notice says what to do, because the run itself cannot tell waiting from work."""
+
+    def __init__(self, ray, say, every_s: float = NODE_WATCH_S):
+        self.ray, self.say, self.every_s = ray, say, every_s
+        self.start = self._alive()
+        self.lost: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="screening-node-watch", daemon=True)
+        self._thread.start()
+
+    def _alive(self) -> dict:
+        return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                alive = self._alive()
+            except Exception:  # noqa: BLE001 - the GCS briefly unreachable: look again next time
+                continue
+            for node_id, addr in self.start.items():
+                if node_id not in alive and all(x["node_id"] != node_id for x in self.lost):
+                    self.lost.append({"node_id": node_id, "address": addr, "at": utcnow()})
+                    self.say(f"screening: node {node_id[:8]} ({addr}) left the cluster; {len(alive)} node(s) "
+                             f"remain. Ray restarts its encoders and reruns the tasks whose blocks it held, which "
+                             f"needs a free CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) "
+                             f"and rerun: committed units are kept.")
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+        return self.lost
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def tqdm_write(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
     from ray.data import DataContext
 
@@ -392,11 +443,14 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
     # Compacted files have row groups of at least 8192 images (73,728 rows with 8 subjects + mean)
     compactor = _RayCompactor(layout, max(8192, res.write_batch_size) * labels)
     ledger = UnitLedger(layout, pending, plan.config_key, labels=labels, run_id=lock.run_id, compactor=compactor)
+    watch = _NodeWatch(compactor.ray, say=tqdm_write if bar is not None else _say)
     try:
         ledger.commit_empty_units()
         if ledger.units:
             ds = build_dataset(plan, [s for s in pending if s.unit in ledger.units], res)
-            for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            # prefetch_batches=0: a receipt is handed over as soon as it exists (with 1, each waited for the next one, so
+            # every unit committed one write batch late; no driver CPU difference measured)
+            for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
                 if lock.lost.is_set():
                     raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this run's "
                                          f"heartbeat was late); stopping without committing more units")
@@ -405,6 +459,7 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
                     bar.update(n)
         return ledger.finish()
     finally:
+        ledger.stats.nodes_lost = watch.stop()
         ctx.enable_progress_bars = old_bars
         if bar is not None:
             bar.close()
