@@ -41,7 +41,6 @@ class CommitStats:
     committed: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)   # unit -> reason
     unreadable: dict = field(default_factory=dict)   # unit -> (shard uri, rows with stage "read")
-    nodes_lost: list = field(default_factory=list)   # set by the run: nodes that left the cluster meanwhile
 
 
 class UnitLedger:

@@ -259,7 +259,8 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
             n_left = layout.remove_leftovers([s.unit for s in pending], markers)
             layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
                 "state": "running", "run_id": lock.run_id, "leftover_files_removed": n_left}, **manifest_args))
-        stats = _run_pending(plan, pending, res, layout, lock)
+        with _NodeWatch() as watch:
+            stats = _run_pending(plan, pending, res, layout, lock)
     markers = layout.markers()
     seconds = time.perf_counter() - t0
     images_run = stats.images if stats else 0
@@ -270,7 +271,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
                 "unreadable_shards": {u: {"uri": uri, "rows": n}
                                       for u, (uri, n) in (stats.unreadable if stats else {}).items()},
                 "units_skipped": len(plan.shards) - len(plan.pending),
-                "nodes_lost": stats.nodes_lost if stats else [],
+                "nodes_lost": watch.lost if stats else [],
                 "seconds": round(seconds, 3), "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
     manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
     manifest_note = ""
@@ -377,51 +378,47 @@ class _RayCompactor:
 
 
 class _NodeWatch:
-    """Says, once per node, when a node leaves the cluster mid-run (and records it for the manifest).
+    """Says, once per node, when a node leaves the cluster mid-run; ``lost`` is what the manifest records.
 
     Ray restarts the encoders that were on it and rebuilds the blocks it held by rerunning their tasks; that needs a
     free CPU on a surviving node. Where restarted encoders hold every CPU left, Ray Data waits for one forever
     (seen on a 1-CPU survivor): the notice says what to do, because the run itself cannot tell waiting from work."""
 
-    def __init__(self, ray, say, every_s: float = NODE_WATCH_S):
-        self.ray, self.say, self.every_s = ray, say, every_s
-        self.start = self._alive()
+    def __init__(self, every_s: float = NODE_WATCH_S):
+        import ray
+
+        self.ray, self.every_s = ray, every_s
+        self.watching = self._alive()   # nodes not yet reported lost
         self.lost: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="screening-node-watch", daemon=True)
-        self._thread.start()
 
     def _alive(self) -> dict:
         return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
 
     def _watch(self) -> None:
+        from tqdm.auto import tqdm   # prints above a progress bar, if there is one
+
         while not self._stop.wait(self.every_s):
             try:
                 alive = self._alive()
             except Exception:  # noqa: BLE001 - the GCS briefly unreachable: look again next time
                 continue
-            for node_id, addr in self.start.items():
-                if node_id not in alive and all(x["node_id"] != node_id for x in self.lost):
-                    self.lost.append({"node_id": node_id, "address": addr, "at": utcnow()})
-                    self.say(f"screening: node {node_id[:8]} ({addr}) left the cluster; {len(alive)} node(s) "
-                             f"remain. Ray restarts its encoders and reruns the tasks whose blocks it held, which "
-                             f"needs a free CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) "
-                             f"and rerun: committed units are kept.")
+            for node_id in [n for n in self.watching if n not in alive]:
+                addr = self.watching.pop(node_id)
+                self.lost.append({"node_id": node_id, "address": addr, "at": utcnow()})
+                tqdm.write(f"screening: node {node_id[:8]} ({addr}) left the cluster; {len(alive)} node(s) remain. "
+                           f"Ray restarts its encoders and reruns the tasks whose blocks it held, which needs a free "
+                           f"CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) and rerun: "
+                           f"committed units are kept.", file=sys.stderr)
 
-    def stop(self) -> list[dict]:
+    def __enter__(self) -> "_NodeWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=self.every_s + 5)
-        return self.lost
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def tqdm_write(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message, file=sys.stderr)
 
 
 def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
@@ -443,7 +440,6 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
     # Compacted files have row groups of at least 8192 images (73,728 rows with 8 subjects + mean)
     compactor = _RayCompactor(layout, max(8192, res.write_batch_size) * labels)
     ledger = UnitLedger(layout, pending, plan.config_key, labels=labels, run_id=lock.run_id, compactor=compactor)
-    watch = _NodeWatch(compactor.ray, say=tqdm_write if bar is not None else _say)
     try:
         ledger.commit_empty_units()
         if ledger.units:
@@ -459,7 +455,6 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
                     bar.update(n)
         return ledger.finish()
     finally:
-        ledger.stats.nodes_lost = watch.stop()
         ctx.enable_progress_bars = old_bars
         if bar is not None:
             bar.close()
