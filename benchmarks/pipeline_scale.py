@@ -221,7 +221,8 @@ def operator_counts(ds) -> dict:
 
 
 class ThrottledNullEncoder:
-    """The null encoder stage, sleeping ``throttle_s`` per batch (no CPU): sets the pipeline's rate for the fit."""
+    """The null encoder stage, sleeping ``throttle_s`` per 64 images (no CPU): sets the pipeline's rate for the fit,
+    the same at every encoder batch size."""
 
     def __init__(self, *, throttle_s=0.0, **kwargs):
         from screening.pipeline.stages import NullEncoderActor
@@ -229,7 +230,7 @@ class ThrottledNullEncoder:
         self.inner, self.throttle_s = NullEncoderActor(**kwargs), throttle_s
 
     def __call__(self, batch):
-        time.sleep(self.throttle_s)
+        time.sleep(self.throttle_s * len(batch["stage"]) / 64)
         return self.inner(batch)
 
 
@@ -591,7 +592,7 @@ def parse_args():
     ap.add_argument("--worker-costs", action="store_true",
                     help="only measure the worker-side write path's CPU per image (no Ray), then exit")
     ap.add_argument("--throttle-s", type=float, default=0.0,
-                    help="the null encoder sleeps this long per batch: a lower rate, for the driver-cost fit")
+                    help="the null encoder sleeps this long per 64 images: a lower rate, for the driver-cost fit")
     ap.add_argument("--encoder-batch-size", type=int, default=None, help="encoder batch (default: the CPU one, 64)")
     ap.add_argument("--target-max-block-mib", type=int, default=None,
                     help="DataContext.target_max_block_size (Ray's default 128 MiB: ~850 decoded images per block)")

@@ -129,6 +129,34 @@ def check_positive_int(name: str, value, allow_none: bool = True):
     return int(value)
 
 
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_nonneg_number(name: str, value, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if not _is_number(value) or not value >= 0:
+        raise InvalidParameterError(f"{name} must be a number >= 0{' or None' if allow_none else ''}; got {value!r}")
+    return float(value)
+
+
+def check_finite_number(name: str, value, *, what: str = "", allow_none: bool = True) -> float | None:
+    """A finite number or (``allow_none``) None; ``what`` says its units in the message."""
+    if value is None and allow_none:
+        return None
+    if not _is_number(value) or not np.isfinite(value):
+        raise InvalidParameterError(f"{name} must be a finite number{what}{' or None' if allow_none else ''}; "
+                                    f"got {value!r}")
+    return float(value)
+
+
 def check_stimulus(stimulus, *, min_size: int = 224, stacklevel: int = 3) -> np.ndarray:
     """Validate a BERG stimulus batch: numpy (N, 3, H, W), H == W, integer values in 0..255.
 

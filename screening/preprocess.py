@@ -70,7 +70,7 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
-from screening._validation import check_positive_int
+from screening._validation import check_bool, check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError
 
 __all__ = [
@@ -403,9 +403,7 @@ def preprocess_bytes(data: BytesLike, *, fast: bool = False,
     """
     data = _as_bytes(data)
     max_pixels = _check_max_pixels(max_pixels)
-    if not isinstance(fast, (bool, np.bool_)):
-        raise InvalidParameterError(f"fast must be True or False; got {fast!r}")
-    if fast:
+    if check_bool("fast", fast):
         return _crop_resize(_decode(data, max_pixels, FAST_MIN_SIDE))
     return _crop_resize(_decode(data, max_pixels, None))
 

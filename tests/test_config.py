@@ -49,6 +49,7 @@ def test_config_is_frozen_normalised_and_picklable():
     ({"reliability_threshold": float("nan")}, r"reliability_threshold must be a finite number"),
     ({"noise_ceiling": "test"}, r"noise_ceiling='test' is not valid; valid noise ceilings: test_n-avg, test_n-1"),
     ({"fast_decode": "yes"}, r"fast_decode must be True or False; got 'yes'"),
+    ({"throttle_s": float("nan")}, r"throttle_s must be a number >= 0; got nan"),   # NaN < 0 is False
     ({"rois": [1, 2]}, r"rois must be ROI names"),
     ({"batchsize": 8}, r"unknown option\(s\) batchsize; valid options: model_id, subjects"),
     ({"storage_options": {"endpoint": "x"}}, r"storage_options keys \['endpoint'\] are not valid"),

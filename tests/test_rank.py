@@ -314,6 +314,7 @@ def test_cli_writes_documented_tables(tmp_path):
     ({"top_k": 0}, "top_k must be an integer >= 1; got 0"),
     ({"top_k": True}, "top_k must be an integer"),
     ({"contrast_by": "t"}, "contrast_by='t' is not valid; valid: 'z', 'response'"),
+    ({"selectivity": "no"}, "selectivity must be True or False; got 'no'"),   # was bool("no"): True
 ])
 def test_errors_name_the_bad_value(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match):

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 
-from screening._validation import PRECISIONS, check_choice, check_positive_int, parse_subjects
+from screening._validation import (PRECISIONS, check_bool, check_choice, check_finite_number, check_nonneg_number,
+                                   check_positive_int, parse_subjects)
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 
@@ -125,7 +125,7 @@ def _checked(c: RunConfig) -> dict:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {value!r}")
     if not isinstance(c.storage, StorageOptions):
         raise InvalidParameterError(f"storage must be a StorageOptions; got {type(c.storage).__name__}")
-    gpus = _nonneg("num_gpus_per_encoder", c.num_gpus_per_encoder)
+    gpus = check_nonneg_number("num_gpus_per_encoder", c.num_gpus_per_encoder)
     if gpus is not None and gpus > 1 and gpus != int(gpus):
         raise InvalidParameterError(f"num_gpus_per_encoder above 1 must be a whole number; got {gpus}")
     return {"images": os.fspath(c.images), "out": os.fspath(c.out),
@@ -136,26 +136,15 @@ def _checked(c: RunConfig) -> dict:
             "batch_size": check_positive_int("batch_size", c.batch_size),
             "write_batch_size": check_positive_int("write_batch_size", c.write_batch_size),
             "num_encoders": _num_encoders(c.num_encoders), "num_gpus_per_encoder": gpus,
-            "num_cpus_per_encoder": _nonneg("num_cpus_per_encoder", c.num_cpus_per_encoder),
+            "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
-            "fast_decode": _bool("fast_decode", c.fast_decode) and c.decode == "cpu",
-            "progress": _bool("progress", c.progress), "redo_changed": _bool("redo_changed", c.redo_changed),
-            "reliability_threshold": _threshold(c.reliability_threshold),
-            "throttle_s": _nonneg("throttle_s", c.throttle_s, allow_none=False)}
+            "fast_decode": check_bool("fast_decode", c.fast_decode) and c.decode == "cpu",
+            "progress": check_bool("progress", c.progress), "redo_changed": check_bool("redo_changed", c.redo_changed),
+            "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
+                                                           what=" (noise-ceiling units, as in the store's metadata)"),
+            "throttle_s": check_nonneg_number("throttle_s", c.throttle_s, allow_none=False)}
 
 
-def _bool(name, v) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise InvalidParameterError(f"{name} must be True or False; got {v!r}")
-    return bool(v)
-
-
-def _nonneg(name, v, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
-        raise InvalidParameterError(f"{name} must be a number >= 0{' or None' if allow_none else ''}; got {v!r}")
-    return float(v)
 
 
 def _num_encoders(v):
@@ -183,16 +172,6 @@ def _mapping(name, v) -> dict:
         raise InvalidParameterError(f"{name} must be a mapping of name -> members; got {type(v).__name__}")
     return dict(v)
 
-
-def _threshold(v) -> float | None:
-    """A finite number (noise-ceiling units, as in the store's metadata) or None."""
-    if v is None:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(v):
-        raise InvalidParameterError(f"reliability_threshold must be a finite number (noise-ceiling units, as in "
-                                    f"the store's metadata) or None; got {v!r}")
-    return float(v)
 
 
 def _json_arg(value: str | None, name: str):

@@ -97,22 +97,17 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
         composites = {**DEFAULT_COMPOSITES, **load_roi_config(roi_config)}
     elif composites is not None:
         composites = validate_composites(composites)
-    cfg = RankConfig(rois=list(rois) if rois is not None and not isinstance(rois, str) else rois,
-                     top_k=top_k, bottom_k=top_k if bottom_k is None else bottom_k,
-                     contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
-                     contrast_by=contrast_by, selectivity=bool(selectivity),
-                     comparison=list(comparison) if comparison else None, consensus=bool(consensus),
-                     n_null=n_null, null_draws=null_draws, null_quantile=null_quantile, seed=seed,
-                     batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+    cfg = RankConfig.of(rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
+                        selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null,
+                        null_draws=null_draws, null_quantile=null_quantile, seed=seed, batch_size=batch_size,
+                        memory_budget_mb=memory_budget_mb)
     ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
     rows, sets = ranker.run()
     if out is not None:
         ofs, opath = filesystem_for(out, storage)
         meta = {"screening.rank": json.dumps({
-            "top_k": cfg.top_k, "bottom_k": cfg.bottom_k, "contrasts": [c[0] for c in ranker.contrast_pairs],
-            "contrast_by": cfg.contrast_by, "selectivity": ranker.selectivity, "comparison": cfg.comparison,
-            "consensus": cfg.consensus, "n_null": cfg.n_null, "null_draws": cfg.null_draws,
-            "null_quantile": cfg.null_quantile, "seed": cfg.seed, "n_rows": ranker.n_rows,
+            **cfg.record(), "contrasts": [c[0] for c in ranker.contrast_pairs], "selectivity": ranker.selectivity,
+            "n_rows": ranker.n_rows,
             "n_images": len(ranker.image_ids), "subjects": ranker.subjects,
             # what was left out and why (e.g. selectivity without a comparison set); the report shows these
             "notes": ranker.notes,

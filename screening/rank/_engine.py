@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from screening._validation import check_bool
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
 from screening.rank._stream import RunningStats, TopK
@@ -79,6 +80,21 @@ class RankConfig:
     batch_size: int = 65_536
     memory_budget_mb: float = 512.0
 
+    @classmethod
+    def of(cls, *, rois=None, top_k=25, bottom_k=None, contrasts=(), comparison=None, **options) -> "RankConfig":
+        """From ``rank``'s keyword arguments, normalised and checked (``bottom_k=None``: as many as ``top_k``)."""
+        return validate_config(cls(
+            rois=list(rois) if rois is not None and not isinstance(rois, str) else rois, top_k=top_k,
+            bottom_k=top_k if bottom_k is None else bottom_k,
+            contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
+            comparison=list(comparison) if comparison else None, **options))
+
+    def record(self) -> dict:
+        """The options as the rankings file's metadata records them."""
+        return {"top_k": self.top_k, "bottom_k": self.bottom_k, "contrast_by": self.contrast_by,
+                "comparison": self.comparison, "consensus": self.consensus, "n_null": self.n_null,
+                "null_draws": self.null_draws, "null_quantile": self.null_quantile, "seed": self.seed}
+
 
 def _check_int(name, value, lo):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
@@ -93,6 +109,8 @@ def validate_config(cfg: RankConfig) -> RankConfig:
     cfg.null_draws = _check_int("null_draws", cfg.null_draws, 0)
     cfg.seed = _check_int("seed", cfg.seed, 0)
     cfg.batch_size = _check_int("batch_size", cfg.batch_size, 1)
+    cfg.selectivity = check_bool("selectivity", cfg.selectivity)
+    cfg.consensus = check_bool("consensus", cfg.consensus)
     if cfg.contrast_by not in ("z", "response"):
         raise InvalidParameterError(f"contrast_by={cfg.contrast_by!r} is not valid; valid: 'z', 'response'")
     if not 0.5 < float(cfg.null_quantile) < 1.0:
