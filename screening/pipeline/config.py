@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
 from screening._validation import (PRECISIONS, check_bool, check_choice, check_finite_number, check_nonneg_number,
                                    check_positive_int, parse_subjects)
 from screening.exceptions import InvalidParameterError
@@ -145,8 +144,6 @@ def _checked(c: RunConfig) -> dict:
             "throttle_s": check_nonneg_number("throttle_s", c.throttle_s, allow_none=False)}
 
 
-
-
 def _num_encoders(v):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
@@ -171,7 +168,6 @@ def _mapping(name, v) -> dict:
     if not isinstance(v, Mapping):
         raise InvalidParameterError(f"{name} must be a mapping of name -> members; got {type(v).__name__}")
     return dict(v)
-
 
 
 def _json_arg(value: str | None, name: str):

@@ -82,12 +82,11 @@ class RankConfig:
 
     @classmethod
     def of(cls, *, rois=None, top_k=25, bottom_k=None, contrasts=(), comparison=None, **options) -> "RankConfig":
-        """From ``rank``'s keyword arguments, normalised and checked (``bottom_k=None``: as many as ``top_k``)."""
-        return validate_config(cls(
-            rois=list(rois) if rois is not None and not isinstance(rois, str) else rois, top_k=top_k,
-            bottom_k=top_k if bottom_k is None else bottom_k,
-            contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
-            comparison=list(comparison) if comparison else None, **options))
+        """From ``rank``'s keyword arguments (``bottom_k=None``: as many as ``top_k``); ``Ranker`` checks it."""
+        return cls(rois=list(rois) if rois is not None and not isinstance(rois, str) else rois, top_k=top_k,
+                   bottom_k=top_k if bottom_k is None else bottom_k,
+                   contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
+                   comparison=list(comparison) if comparison else None, **options)
 
     def record(self) -> dict:
         """The options as the rankings file's metadata records them."""
