@@ -230,7 +230,7 @@ class ThrottledNullEncoder:
         self.inner, self.throttle_s = NullEncoderActor(**kwargs), throttle_s
 
     def __call__(self, batch):
-        time.sleep(self.throttle_s * len(batch["stage"]) / 64)
+        time.sleep(self.throttle_s * len(batch["row"]) / 64)
         return self.inner(batch)
 
 
@@ -522,7 +522,8 @@ def add_driver_detail(fig, tracker, t0, per_thread, buckets, args):
         fig["operators"] = {"error": repr(exc)}
     print("tasks and blocks per operator:", fig["operators"])
     fig["series"] = [[round(t - t0, 1), round(c, 2), u] for t, c, u, _ in tracker.series]
-    fig.update(throttle_s=args.throttle_s, encoder_batch_size=args.encoder_batch_size,
+    fig.update(throttle_s=args.throttle_s, encoder_batch_size=args.encoder_batch_size, no_decode=args.no_decode,
+               driver_core=args.driver_core,
                write_batch_size=args.write_batch_size, target_max_block_mib=args.target_max_block_mib)
     print(f"steady state (after 10 s, before the last receipt): {fig['steady']}")
     fig["driver_threads_cpu_s"] = {k: round(v, 2) for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1])
@@ -606,6 +607,12 @@ def parse_args():
                          "task counts and fit driver CPU = a * wall + c * tasks, then exit")
     ap.add_argument("--fit", nargs="+", metavar="JSON", default=None,
                     help="only fit driver CPU/s = a + b * rate over these runs' JSONs, then exit")
+    ap.add_argument("--no-decode", action="store_true",
+                    help="the decode='gpu' plan (read -> encoder actors -> write, no decode tasks), whose null "
+                         "encoder decodes nothing: the driver at rates CPU decode cannot feed on a small machine")
+    ap.add_argument("--driver-core", action="store_true",
+                    help="the driver's threads on core 0, Ray's processes (started from a thread on core 1) on the "
+                         "rest, as a driver on its own head node: the workers' load does not slow the driver")
     ap.add_argument("--json", default=None, help="write the figures (and raw samples) here")
     return ap.parse_args()
 
@@ -616,7 +623,8 @@ def run_screen(args, in_dir, out):
 
     return screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
                   num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
-                  batch_size=args.encoder_batch_size, write_batch_size=args.write_batch_size)
+                  batch_size=args.encoder_batch_size, write_batch_size=args.write_batch_size,
+                  decode="gpu" if args.no_decode else "cpu")
 
 
 def instrument(args, raylet_pid, out):
@@ -656,7 +664,12 @@ def main():
     write_inputs(in_dir, args.rows, args.shard_rows, args.image_size)
     print(f"inputs: {args.rows} rows in {-(-args.rows // args.shard_rows)} shards ({time.perf_counter() - t:.0f} s)",
           flush=True)
+    if args.driver_core:   # children and new threads inherit the affinity of the thread that makes them
+        os.sched_setaffinity(0, set(range(1, os.cpu_count())))
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    if args.driver_core:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(tid), {0})
     import ray._private.worker as rw
 
     out = os.path.join(work, "out")

@@ -384,7 +384,7 @@ def _check_cpu_encoders(plan: ScreeningPlan) -> None:
         raise InvalidParameterError(
             f"precision={plan.options.precision!r} (--precision {plan.options.precision}) needs GPU encoders, but this run's "
             f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='bf16'")
-    if plan.options.decode == "gpu":
+    if plan.options.decode == "gpu" and plan.options.encoder_stage != "null":   # the null stage decodes nothing
         raise InvalidParameterError(
             "decode='gpu' (--decode gpu) needs GPU encoders, but this run's encoders are CPU ones (no GPUs in the "
             "cluster, or num_gpus_per_encoder=0); use decode='cpu' (--decode cpu, the default)")

@@ -168,11 +168,16 @@ class NullEncoderActor:
     ``benchmarks/pipeline_scale.py`` runs the real plan with it, so what is measured is everything but the model.
     """
 
-    def __init__(self, *, subjects, rois, seed: int = 0, **_ignored):
+    def __init__(self, *, subjects, rois, seed: int = 0, decode: str = "cpu", image_column: str = "image",
+                 **_ignored):
         self.shape = (len(subjects) + 1, len(rois))
         self.rng = np.random.default_rng(seed)
+        self.decode, self.image_column = decode, image_column
 
     def __call__(self, batch: dict) -> dict:
+        if self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
+            stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
+            batch = {**_identity(batch), "stage": stage, "error": error}
         n = len(batch["stage"])
         roi = self.rng.standard_normal((n,) + self.shape, dtype=np.float32)
         out = {k: v for k, v in batch.items() if k != "pixels"}
