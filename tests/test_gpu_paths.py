@@ -135,6 +135,31 @@ def test_device_decode_batch_gives_decode_batch_rows(images):
     assert diff.max() <= MAX_LEVEL_DIFF
 
 
+def test_the_null_stage_of_the_gpu_decode_plan_decodes_nothing_and_keeps_the_read_errors(images, visual_store,
+                                                                                         tmp_path):
+    """Benchmarks only (``pipeline_scale.py --no-decode``): the decode='gpu' plan on CPU with the null encoder stage.
+    Its rows leave with the read stage's errors and the encoder's output shape, no pixels or raw bytes; the plan
+    still refuses decode='gpu' on CPU encoders for the real stage."""
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.plan import build_plan, check_resources
+    from screening.pipeline.stages import NullEncoderActor
+
+    table = _read_rows([images["rgb_jpeg"], None, images["text_file"]], ["", "", "row group 0 unreadable"])
+    batch = {k: np.asarray(v.to_numpy(zero_copy_only=False)) for k, v in zip(table.column_names, table.columns)}
+    out = NullEncoderActor(subjects=["sub-01", "sub-02"], rois={"a": 0, "b": 1, "c": 2}, decode="gpu")(batch)
+    assert set(out) == {"unit", "row", "image_id", "source", "stage", "error", "roi"}
+    assert list(out["stage"]) == ["", "read", "read"] and list(out["row"]) == [0, 1, 2]
+    assert out["error"][2] == "row group 0 unreadable" and "null" in out["error"][1]
+    assert out["roi"].shape == (3, 3, 3)
+    shard = _shard(tmp_path / "in" / "a.parquet")
+    kw = dict(model_id=VIS, rois=["V1"], progress=False, decode="gpu")
+    null = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o"), encoder_stage="null", **kw))
+    assert check_resources(null, {"CPU": 2.0}).device == "cpu"
+    real = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o"), **kw))
+    with pytest.raises(InvalidParameterError, match=r"decode='gpu' \(--decode gpu\) needs GPU encoders"):
+        check_resources(real, {"CPU": 2.0})
+
+
 # --------------------------------------------------------------------------- refusals where CUDA is absent
 
 def test_fp16_is_refused_on_cpu_everywhere(visual_store):
