@@ -177,6 +177,29 @@ class ThreadCpuTracker(threading.Thread):
         return out
 
 
+class GcTimer:
+    """Python garbage collections in the driver process during the run: count and wall seconds per generation (Ray
+    also asks every process, the driver included, to collect when its object store is under pressure)."""
+
+    def __init__(self):
+        import gc
+
+        self.gc, self.started, self.by_gen = gc, {}, {}
+        gc.callbacks.append(self)
+
+    def __call__(self, phase, info):
+        key = threading.get_ident()
+        if phase == "start":
+            self.started[key] = time.perf_counter()
+        elif key in self.started:
+            n, s = self.by_gen.get(info["generation"], (0, 0.0))
+            self.by_gen[info["generation"]] = (n + 1, s + time.perf_counter() - self.started.pop(key))
+
+    def report(self) -> dict:
+        self.gc.callbacks.remove(self)
+        return {f"gen{g}": {"collections": n, "seconds": round(s, 3)} for g, (n, s) in sorted(self.by_gen.items())}
+
+
 RECEIVED = [0]   # rows the driver's ledger has accounted for so far (see count_received)
 
 
@@ -678,9 +701,11 @@ def main():
     sampler, prof, tracker = instrument(args, rw._global_node.all_processes["raylet"][0].process.pid, out)
     me = psutil.Process()
     c0 = me.cpu_times()
+    gc_timer = GcTimer()
     t0 = time.perf_counter()
     r = run_screen(args, in_dir, out)
     wall = time.perf_counter() - t0
+    gc_report = gc_timer.report()
     c1 = me.cpu_times()
     per_thread = thread_cpu()
     for thread in (tracker, sampler, prof):
@@ -708,6 +733,8 @@ def main():
     print_figures(fig, buckets, args, sampler_cpu)
     add_driver_detail(fig, tracker, t0, per_thread, buckets, args)
     fig["sampler_cpu_s"] = round(sampler_cpu, 1)
+    fig["driver_gc"] = gc_report
+    print("driver garbage collections during the run:", gc_report)
     _dump(fig, args.json)
     ray.shutdown()
     if not args.workdir:
