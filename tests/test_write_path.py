@@ -196,6 +196,20 @@ def test_a_part_that_could_not_be_written_fails_only_its_unit(tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- the run lock (no Ray)
 
+def test_the_node_watch_reports_a_node_that_died_just_before_the_run_ended(ray_local, capsys):
+    """The watch looks once more when the run ends: a node gone since its last look is still reported."""
+    from screening.pipeline.run import _NodeWatch
+
+    watch = _NodeWatch(every_s=3600)   # never looks during the run
+    alive = watch._alive()
+    assert alive, "a local Ray has its one node"
+    watch.watching["f" * 56] = "10.9.9.9"   # a node that was alive at the start and is gone now
+    with watch:
+        pass
+    assert [x["node_id"] for x in watch.lost] == ["f" * 56]
+    assert "node ffffffff (10.9.9.9) left the cluster" in capsys.readouterr().err
+
+
 def test_second_lock_is_refused_with_the_owner_and_released_lock_is_free(tmp_path):
     layout = OutputLayout(str(tmp_path / "out"))
     with RunLock(layout, heartbeat_s=0.2):

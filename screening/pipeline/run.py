@@ -397,20 +397,24 @@ class _NodeWatch:
         return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
 
     def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._look()
+        self._look()   # once more at the end: a node that died just before the run finished is still reported
+
+    def _look(self) -> None:
         from tqdm.auto import tqdm   # prints above a progress bar, if there is one
 
-        while not self._stop.wait(self.every_s):
-            try:
-                alive = self._alive()
-            except Exception:  # noqa: BLE001 - the GCS briefly unreachable: look again next time
-                continue
-            for node_id in [n for n in self.watching if n not in alive]:
-                addr = self.watching.pop(node_id)
-                self.lost.append({"node_id": node_id, "address": addr, "at": utcnow()})
-                tqdm.write(f"screening: node {node_id[:8]} ({addr}) left the cluster; {len(alive)} node(s) remain. "
-                           f"Ray restarts its encoders and reruns the tasks whose blocks it held, which needs a free "
-                           f"CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) and rerun: "
-                           f"committed units are kept.", file=sys.stderr)
+        try:
+            alive = self._alive()
+        except Exception:  # noqa: BLE001 - the GCS briefly unreachable: look again next time
+            return
+        for node_id in [n for n in self.watching if n not in alive]:
+            addr = self.watching.pop(node_id)
+            self.lost.append({"node_id": node_id, "address": addr, "at": utcnow()})
+            tqdm.write(f"screening: node {node_id[:8]} ({addr}) left the cluster; {len(alive)} node(s) remain. "
+                       f"Ray restarts its encoders and reruns the tasks whose blocks it held, which needs a free "
+                       f"CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) and rerun: "
+                       f"committed units are kept.", file=sys.stderr)
 
     def __enter__(self) -> "_NodeWatch":
         self._thread.start()
