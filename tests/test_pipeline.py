@@ -252,6 +252,33 @@ def test_pipeline_equals_roi_encoder_and_full_vertex_mean(local_run, visual_stor
             assert np.max(np.abs(pipe - full)) <= 1e-5 * np.max(np.abs(full)), (s, pipe, full)
 
 
+@pytest.mark.timeout(300)
+def test_decode_in_the_encoder_actor_gives_the_decode_tasks_results(local_run, visual_store, inputs, tmp_path):
+    """decode='actor': no decode tasks, the encoder actors decode the raw rows in threads with the same code, so the
+    same rows, numbers (fp32) and error rows as the decode tasks, and the same config key (resumable across)."""
+    from screening.pipeline import screen
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.plan import build_plan
+
+    root, ids = inputs
+    _, cpu_out, _ = local_run
+    out = tmp_path / "actor"
+    screen(str(root), str(visual_store), str(out), **_kw(precision="fp32", decode="actor"))
+    resp, errs = read_run(out)
+    assert_partition(resp, errs, ids)
+    cpu_resp, cpu_errs = read_run(cpu_out)
+    key = ["image_id", "subject"]
+    a, b = (t.sort_values(key).reset_index(drop=True) for t in (resp, cpu_resp))
+    assert a[key].equals(b[key])
+    np.testing.assert_allclose(a[ROI_COLUMNS].to_numpy(), b[ROI_COLUMNS].to_numpy(), rtol=1e-5, atol=1e-6)
+    e, f = (t.sort_values("image_id").reset_index(drop=True) for t in (errs, cpu_errs))
+    assert e.equals(f) and len(e) > 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["decode"] == "actor"
+    keys = {d: build_plan(RunConfig.of(str(root), str(visual_store), str(tmp_path / d), decode=d,
+                                       **_kw(precision="fp32"))).config_key for d in ("cpu", "actor", "gpu")}
+    assert keys["actor"] == keys["cpu"] != keys["gpu"]
+
+
 @pytest.mark.timeout(120)
 def test_rerun_after_success_does_no_model_work(local_run, visual_store, inputs, monkeypatch):
     from screening.pipeline import screen

@@ -39,8 +39,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              ">= 896 px, min per-ROI r 0.99992 vs exact; smaller images are bit-identical)")
     parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--decode", default="cpu", choices=DECODES,
-                        help="where JPEGs are decoded: cpu tasks (default), or gpu: nvJPEG inside the GPU encoders "
-                             "(needs torchvision; other formats fall back to the exact CPU path)")
+                        help="where images are decoded: cpu tasks (default); gpu: nvJPEG inside the GPU encoders "
+                             "(needs torchvision; other formats fall back to the exact CPU path); actor: the encoder "
+                             "actors' own CPU threads (--num-cpus-per-encoder, default 4 per GPU encoder; the same "
+                             "pixels as cpu, with less driver work per image)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--id-column", default="image_id")
     add_storage_arguments(parser)

@@ -19,8 +19,9 @@ from screening._validation import (PRECISIONS, check_bool, check_choice, check_f
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 
-# Where images are decoded: "cpu" tasks before the encoders, or "gpu" (nvJPEG, inside GPU encoder actors).
-DECODES = ("cpu", "gpu")
+# Where images are decoded: "cpu" tasks before the encoders, "gpu" (nvJPEG, inside GPU encoder actors), or "actor"
+# (the encoder actors' own CPU threads: the same pixels as "cpu", and the "gpu" plan's shape and driver cost).
+DECODES = ("cpu", "gpu", "actor")
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 ENCODER_STAGES = ("model", "null")
 
@@ -137,7 +138,7 @@ def _checked(c: RunConfig) -> dict:
             "num_encoders": _num_encoders(c.num_encoders), "num_gpus_per_encoder": gpus,
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
-            "fast_decode": check_bool("fast_decode", c.fast_decode) and c.decode == "cpu",
+            "fast_decode": check_bool("fast_decode", c.fast_decode) and c.decode != "gpu",
             "progress": check_bool("progress", c.progress), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),

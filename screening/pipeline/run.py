@@ -144,7 +144,11 @@ def screen(images, store, out, **options) -> ScreeningResult:
         JPEG DCT-domain downscaling (``preprocess_bytes(fast=True)``) for JPEGs whose short side is >= 896 px:
         min per-ROI r 0.99992 against the exact path, measured on ~4000 px photos; smaller JPEGs and other
         formats are bit-identical. False: the exact path (the in-memory API always uses it).
-    decode : {"cpu", "gpu"}, default="cpu"
+    decode : {"cpu", "gpu", "actor"}, default="cpu"
+        ``"actor"``: no decode tasks; each encoder actor decodes its batch's raw bytes in ``num_cpus_per_encoder``
+        threads (default 4 per GPU encoder; on CPU encoders their torch threads) with the decode tasks' code, so
+        the pixels and results are those of ``"cpu"`` (and a run resumes across the two). Decoding then uses the
+        encoder nodes' CPUs only; the driver's cost per image is the ``"gpu"`` plan's (docs/pipeline.md).
         ``"gpu"``: no decode tasks; GPU encoder actors decode JPEGs with nvJPEG (``torchvision.io.decode_jpeg``)
         and crop/resize them on the GPU as the exact path does; other formats and any image nvJPEG refuses take the
         exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
@@ -316,7 +320,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
                         fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
-    if opts.decode == "cpu":   # decode="gpu": the encoder actors decode the raw bytes
+    if opts.decode == "cpu":   # decode="gpu" / "actor": the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
                             num_cpus=res.task_cpus,
                             memory=DECODE_TASK_MEMORY,
@@ -330,6 +334,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                                "num_threads": res.threads, "forward_chunk": res.forward_chunk,
                                "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
                                "throttle_s": opts.throttle_s, "decode": opts.decode,
+                               "fast_decode": opts.fast_decode, "decode_threads": res.decode_threads,
                                "image_column": plan.spec.image_column},
         # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
         # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.

@@ -45,21 +45,41 @@ def _identity(batch) -> dict:
             "source": np.asarray(batch["source"], dtype=object)}
 
 
-def decode_batch(table, *, image_column: str, fast: bool):
-    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
+def _decode_rows(datas, read_error, image_column: str, fast: bool, pool=None):
+    """(stage, error, uint8 pixels (N, 3, 224, 224)) for raw rows; ``pool``: an executor decoding rows in threads."""
     from screening.preprocess import preprocess_bytes
 
-    datas = table.column("data").to_pylist()
-    stage, error = _read_stage(datas, table.column("read_error").to_pylist(), image_column)
+    stage, error = _read_stage(datas, read_error, image_column)
     pixels = np.zeros((len(datas), 3, 224, 224), dtype=np.uint8)
-    for i in np.flatnonzero(stage == STAGE_OK):
+
+    def one(i):
         try:
-            pixels[i] = preprocess_bytes(datas[i], fast=fast)
+            pixels[i] = preprocess_bytes(bytes(datas[i]), fast=fast)
         except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
-            stage[i], error[i] = "decode", f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    ok = np.flatnonzero(stage == STAGE_OK)
+    for i, failed in zip(ok, (pool.map if pool is not None else map)(one, ok)):
+        if failed:
+            stage[i], error[i] = "decode", failed
+    return stage, error, pixels
+
+
+def decode_batch(table, *, image_column: str, fast: bool):
+    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
+    stage, error, pixels = _decode_rows(table.column("data").to_pylist(), table.column("read_error").to_pylist(),
+                                        image_column, fast)
     ids = {k: table.column(k).to_pylist() for k in ("unit", "image_id", "source")}
     return {**_identity({**ids, "row": table.column("row").to_numpy()}), "stage": stage, "error": error,
             "pixels": pixels}
+
+
+def actor_decode_batch(batch: dict, *, image_column: str, fast: bool, pool) -> dict:
+    """``decode="actor"``: numpy rows from ``read_shards`` -> ``decode_batch``'s rows, decoded by the encoder actor's
+    own CPU threads (``pool``); the same pixels, stages and errors as the decode tasks."""
+    stage, error, pixels = _decode_rows(list(batch["data"]), list(batch["read_error"]), image_column, fast, pool)
+    return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
 
 
 def device_decode_batch(batch: dict, *, image_column: str, device, gpu_decode) -> dict:
@@ -89,7 +109,7 @@ class EncoderActor:
     def __init__(self, *, store, model_id: str, subjects, rois, precision: str, device: str = "cpu",
                  num_threads: int | None = None, throttle_s: float = 0.0, decode: str = "cpu",
                  image_column: str = "image", forward_chunk: int | None = None,
-                 checkpoint_sha256: str | None = None):
+                 checkpoint_sha256: str | None = None, fast_decode: bool = True, decode_threads: int = 1):
         import torch
 
         from screening.models.collapsed import collapse_key
@@ -108,6 +128,11 @@ class EncoderActor:
                 raise InvalidParameterError(f"decode='gpu' (--decode gpu) needs a CUDA encoder; this one is on "
                                             f"{device!r}")
             self.gpu_decode = torchvision_decoder()
+        if decode == "actor":   # the actor's own CPUs decode (PIL releases the GIL while decoding and resizing)
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.fast_decode = fast_decode
+            self.decode_pool = ThreadPoolExecutor(max(1, int(decode_threads)), thread_name_prefix="decode")
         if num_threads:
             torch.set_num_threads(int(num_threads))
         model, _info = store.load_model(model_id)
@@ -142,6 +167,9 @@ class EncoderActor:
         if self.decode == "gpu":
             batch = device_decode_batch(batch, image_column=self.image_column, device=self.device,
                                         gpu_decode=self.gpu_decode)
+        elif self.decode == "actor":
+            batch = actor_decode_batch(batch, image_column=self.image_column, fast=self.fast_decode,
+                                       pool=self.decode_pool)
         stage = np.asarray(batch["stage"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         n = stage.shape[0]
@@ -175,7 +203,7 @@ class NullEncoderActor:
         self.decode, self.image_column = decode, image_column
 
     def __call__(self, batch: dict) -> dict:
-        if self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
+        if self.decode != "cpu":   # the read stage's raw rows (the decode="gpu" / "actor" plan): nothing is decoded
             stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
             batch = {**_identity(batch), "stage": stage, "error": error}
         n = len(batch["stage"])
