@@ -546,6 +546,7 @@ def add_driver_detail(fig, tracker, t0, per_thread, buckets, args):
     print("tasks and blocks per operator:", fig["operators"])
     fig["series"] = [[round(t - t0, 1), round(c, 2), u] for t, c, u, _ in tracker.series]
     fig.update(throttle_s=args.throttle_s, encoder_batch_size=args.encoder_batch_size, no_decode=args.no_decode,
+               decode_actor=args.decode_actor,
                driver_core=args.driver_core,
                write_batch_size=args.write_batch_size, target_max_block_mib=args.target_max_block_mib)
     print(f"steady state (after 10 s, before the last receipt): {fig['steady']}")
@@ -633,6 +634,9 @@ def parse_args():
     ap.add_argument("--no-decode", action="store_true",
                     help="the decode='gpu' plan (read -> encoder actors -> write, no decode tasks), whose null "
                          "encoder decodes nothing: the driver at rates CPU decode cannot feed on a small machine")
+    ap.add_argument("--decode-actor", action="store_true",
+                    help="the decode='actor' plan (read -> encoder actors -> write): the null encoder stage decodes "
+                         "each batch in its threads, as the real one does, then costs nothing")
     ap.add_argument("--driver-core", action="store_true",
                     help="the driver's threads on core 0, Ray's processes (started from a thread on core 1) on the "
                          "rest, as a driver on its own head node: the workers' load does not slow the driver")
@@ -647,7 +651,7 @@ def run_screen(args, in_dir, out):
     return screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
                   num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
                   batch_size=args.encoder_batch_size, write_batch_size=args.write_batch_size,
-                  decode="gpu" if args.no_decode else "cpu")
+                  decode="gpu" if args.no_decode else "actor" if args.decode_actor else "cpu")
 
 
 def instrument(args, raylet_pid, out):

@@ -197,13 +197,20 @@ class NullEncoderActor:
     """
 
     def __init__(self, *, subjects, rois, seed: int = 0, decode: str = "cpu", image_column: str = "image",
-                 **_ignored):
+                 fast_decode: bool = True, decode_threads: int = 1, **_ignored):
         self.shape = (len(subjects) + 1, len(rois))
         self.rng = np.random.default_rng(seed)
-        self.decode, self.image_column = decode, image_column
+        self.decode, self.image_column, self.fast_decode = decode, image_column, fast_decode
+        if decode == "actor":   # decoding is the actor's work in that plan, as in EncoderActor
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.decode_pool = ThreadPoolExecutor(max(1, int(decode_threads)), thread_name_prefix="decode")
 
     def __call__(self, batch: dict) -> dict:
-        if self.decode != "cpu":   # the read stage's raw rows (the decode="gpu" / "actor" plan): nothing is decoded
+        if self.decode == "actor":
+            batch = actor_decode_batch(batch, image_column=self.image_column, fast=self.fast_decode,
+                                       pool=self.decode_pool)
+        elif self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
             stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
             batch = {**_identity(batch), "stage": stage, "error": error}
         n = len(batch["stage"])
