@@ -489,7 +489,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="folder, .tar/.tar.gz archive, .csv/.txt list of paths or s3:// URIs, "
                              "or one image; local or s3://")
     parser.add_argument("out", metavar="OUT", help="output folder, local or s3://bucket/prefix")
-    parser.add_argument("--shard-rows", type=int, default=1000, help="rows per shard (default 1000; 8192 or more for GPU screening runs)")
+    parser.add_argument("--shard-rows", type=int, default=1000,
+                        help="rows per shard (default 1000; 8192 or more for GPU screening runs)")
     parser.add_argument("--row-group-rows", type=int, default=128,
                         help="rows per Parquet row group (default 128)")
     add_storage_arguments(parser)

@@ -54,7 +54,7 @@ def _decode_rows(datas, read_error, image_column: str, fast: bool, pool=None):
 
     def one(i):
         try:
-            pixels[i] = preprocess_bytes(bytes(datas[i]), fast=fast)
+            pixels[i] = preprocess_bytes(datas[i], fast=fast)
         except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's error row
             return f"{type(exc).__name__}: {exc}"
         return None
@@ -80,6 +80,19 @@ def actor_decode_batch(batch: dict, *, image_column: str, fast: bool, pool) -> d
     own CPU threads (``pool``); the same pixels, stages and errors as the decode tasks."""
     stage, error, pixels = _decode_rows(list(batch["data"]), list(batch["read_error"]), image_column, fast, pool)
     return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
+
+
+class ActorDecode:
+    """``decode="actor"``: the encoder actor's own decode threads (PIL releases the GIL while decoding and resizing)."""
+
+    def __init__(self, *, image_column: str, fast: bool, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.image_column, self.fast = image_column, fast
+        self.pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="decode")
+
+    def __call__(self, batch: dict) -> dict:
+        return actor_decode_batch(batch, image_column=self.image_column, fast=self.fast, pool=self.pool)
 
 
 def device_decode_batch(batch: dict, *, image_column: str, device, gpu_decode) -> dict:
@@ -128,11 +141,8 @@ class EncoderActor:
                 raise InvalidParameterError(f"decode='gpu' (--decode gpu) needs a CUDA encoder; this one is on "
                                             f"{device!r}")
             self.gpu_decode = torchvision_decoder()
-        if decode == "actor":   # the actor's own CPUs decode (PIL releases the GIL while decoding and resizing)
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.fast_decode = fast_decode
-            self.decode_pool = ThreadPoolExecutor(max(1, int(decode_threads)), thread_name_prefix="decode")
+        if decode == "actor":
+            self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
         if num_threads:
             torch.set_num_threads(int(num_threads))
         model, _info = store.load_model(model_id)
@@ -168,8 +178,7 @@ class EncoderActor:
             batch = device_decode_batch(batch, image_column=self.image_column, device=self.device,
                                         gpu_decode=self.gpu_decode)
         elif self.decode == "actor":
-            batch = actor_decode_batch(batch, image_column=self.image_column, fast=self.fast_decode,
-                                       pool=self.decode_pool)
+            batch = self.actor_decode(batch)
         stage = np.asarray(batch["stage"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         n = stage.shape[0]
@@ -200,16 +209,13 @@ class NullEncoderActor:
                  fast_decode: bool = True, decode_threads: int = 1, **_ignored):
         self.shape = (len(subjects) + 1, len(rois))
         self.rng = np.random.default_rng(seed)
-        self.decode, self.image_column, self.fast_decode = decode, image_column, fast_decode
+        self.decode, self.image_column = decode, image_column
         if decode == "actor":   # decoding is the actor's work in that plan, as in EncoderActor
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.decode_pool = ThreadPoolExecutor(max(1, int(decode_threads)), thread_name_prefix="decode")
+            self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
 
     def __call__(self, batch: dict) -> dict:
         if self.decode == "actor":
-            batch = actor_decode_batch(batch, image_column=self.image_column, fast=self.fast_decode,
-                                       pool=self.decode_pool)
+            batch = self.actor_decode(batch)
         elif self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
             stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
             batch = {**_identity(batch), "stage": stage, "error": error}
