@@ -302,10 +302,22 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     return result
 
 
+def encoder_pool(decode: str, res):
+    """The encoder stage's ``ActorPoolStrategy``. decode="actor": ``ACTOR_CALLS`` calls at once per actor, so one
+    batch decodes in the actor's threads while another holds the model (the stage's lock)."""
+    from ray.data import ActorPoolStrategy
+
+    from screening.pipeline.stages import ACTOR_CALLS
+
+    if decode == "actor":
+        return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size,
+                                 max_concurrent_calls_per_actor=ACTOR_CALLS, enable_true_multi_threading=True)
+    return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size)
+
+
 def build_dataset(plan: ScreeningPlan, pending, res):
     """The Ray Data plan for ``pending`` shards (lazy; nothing runs until it is iterated)."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     from screening.io.image_source import read_shards
     from screening.pipeline import stages
@@ -327,7 +339,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                             fn_kwargs={"image_column": plan.spec.image_column, "fast": opts.fast_decode})
     ds = ds.map_batches(
         encoder_cls, batch_format="numpy", batch_size=res.batch_size,
-        compute=ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size),
+        compute=encoder_pool(opts.decode, res),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
                                "rois": dict(plan.rois), "precision": opts.precision, "device": res.device,

@@ -19,6 +19,7 @@ the decoded rows and passes error rows through, so every input row leaves the pl
 from __future__ import annotations
 
 import gc
+import threading
 import time
 
 import numpy as np
@@ -80,6 +81,9 @@ def actor_decode_batch(batch: dict, *, image_column: str, fast: bool, pool) -> d
     own CPU threads (``pool``); the same pixels, stages and errors as the decode tasks."""
     stage, error, pixels = _decode_rows(list(batch["data"]), list(batch["read_error"]), image_column, fast, pool)
     return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
+
+
+ACTOR_CALLS = 2   # decode="actor": concurrent calls per encoder actor (one decoding, one on the model)
 
 
 class ActorDecode:
@@ -159,6 +163,8 @@ class EncoderActor:
         self.n_subjects = len(self.encoder.subjects)
         self.n_rois = len(self.encoder.roi_names)
         self.throttle_s = throttle_s
+        # decode="actor" runs ACTOR_CALLS calls at once (run.build_dataset); one at a time holds the model
+        self._model_lock = threading.Lock()
 
     def _encode(self, pixels) -> np.ndarray:
         step = self.forward_chunk or len(pixels)   # CPU: activations of one chunk, not of the whole batch
@@ -172,13 +178,17 @@ class EncoderActor:
         return self.encoder(pixels).cpu().numpy()                  # decoded on the device already
 
     def __call__(self, batch: dict) -> dict:
+        if self.decode == "actor":   # outside the model lock: overlaps the other call's forward
+            batch = self.actor_decode(batch)
+        with self._model_lock:
+            return self._encode_batch(batch)
+
+    def _encode_batch(self, batch: dict) -> dict:
         if self.throttle_s:
             time.sleep(self.throttle_s)  # tests only: keeps a run in flight long enough to kill things
         if self.decode == "gpu":
             batch = device_decode_batch(batch, image_column=self.image_column, device=self.device,
                                         gpu_decode=self.gpu_decode)
-        elif self.decode == "actor":
-            batch = self.actor_decode(batch)
         stage = np.asarray(batch["stage"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         n = stage.shape[0]
@@ -212,11 +222,16 @@ class NullEncoderActor:
         self.decode, self.image_column = decode, image_column
         if decode == "actor":   # decoding is the actor's work in that plan, as in EncoderActor
             self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
+        self._lock = threading.Lock()
 
     def __call__(self, batch: dict) -> dict:
         if self.decode == "actor":
             batch = self.actor_decode(batch)
-        elif self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
+        with self._lock:   # a numpy Generator is not thread-safe (decode="actor" runs calls concurrently)
+            return self._fake(batch)
+
+    def _fake(self, batch: dict) -> dict:
+        if self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
             stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
             batch = {**_identity(batch), "stage": stage, "error": error}
         n = len(batch["stage"])

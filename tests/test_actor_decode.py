@@ -1,0 +1,84 @@
+"""decode="actor": an encoder actor runs two calls at once, one decoding while the other holds the model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from screening.pipeline.stages import ACTOR_CALLS, EncoderActor
+from tests.image_corpus import encode, photo_like
+
+VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"
+
+
+def _raw_batch(n: int, seed: int) -> dict:
+    datas = [encode(photo_like(64, 48, seed=seed + i), "JPEG", quality=90) for i in range(n)]
+    table = pa.table({"unit": ["u"] * n, "row": np.arange(n), "image_id": [f"i{seed + k}" for k in range(n)],
+                      "source": [f"s{k}" for k in range(n)], "data": pa.array(datas, pa.binary()),
+                      "read_error": [""] * n})
+    return {k: np.asarray(v.to_numpy(zero_copy_only=False)) for k, v in zip(table.column_names, table.columns)}
+
+
+def _actor(visual_store):
+    from screening.store import open_store
+
+    return EncoderActor(store=open_store(str(visual_store)), model_id=VIS, subjects=["sub-01", "sub-02"],
+                        rois={"a": np.arange(0, 40), "b": np.arange(40, 90)}, precision="fp32", decode="actor",
+                        decode_threads=2)
+
+
+def test_the_next_batch_decodes_while_the_model_runs_and_the_model_runs_one_batch_at_a_time(visual_store):
+    actor = _actor(visual_store)
+    batches = [_raw_batch(3, 10 * k) for k in range(3)]
+    alone = [actor(b) for b in batches]             # one call at a time: the reference rows
+
+    spans, lock = {"decode": [], "forward": []}, threading.Lock()
+    decode, forward = actor.actor_decode, actor._forward
+
+    def timed(kind, fn):
+        def run(*a):
+            t0 = time.monotonic()
+            out = fn(*a)
+            if kind == "forward":
+                time.sleep(0.4)                      # a slow model: room for the other call's decode
+            with lock:
+                spans[kind].append((t0, time.monotonic()))
+            return out
+        return run
+
+    actor.actor_decode, actor._forward = timed("decode", decode), timed("forward", forward)
+    results = [None] * len(batches)
+
+    def call(i):
+        results[i] = actor(batches[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(batches))]
+    for t in threads[:ACTOR_CALLS]:
+        t.start()
+    time.sleep(0.2)                                  # the first forward has begun
+    threads[ACTOR_CALLS].start()
+    for t in threads:
+        t.join(30)
+    fw = sorted(spans["forward"])
+    assert len(fw) == 3 and all(a[1] <= b[0] for a, b in zip(fw, fw[1:])), f"forwards overlapped: {fw}"
+    assert any(f0 < d0 and d1 < f1 for d0, d1 in spans["decode"] for f0, f1 in fw), \
+        f"no decode ran during a forward: decode {spans['decode']}, forward {fw}"
+    for got, want in zip(results, alone):
+        assert list(got["image_id"]) == list(want["image_id"]) and list(got["stage"]) == [""] * 3
+        np.testing.assert_array_equal(got["roi"], want["roi"])
+
+
+def test_only_the_actor_decode_plan_runs_concurrent_calls():
+    from screening.pipeline.plan import Resources
+    from screening.pipeline.run import encoder_pool
+
+    res = Resources(num_gpus=1, num_cpus=4, min_size=1, max_size=2, batch_size=256, device="cuda",
+                    write_batch_size=8192)
+    actor = encoder_pool("actor", res)
+    assert actor.max_concurrent_calls_per_actor == ACTOR_CALLS == 2 and actor.enable_true_multi_threading
+    for decode in ("cpu", "gpu"):
+        pool = encoder_pool(decode, res)
+        assert not pool.enable_true_multi_threading and (pool.min_size, pool.max_size) == (1, 2)
