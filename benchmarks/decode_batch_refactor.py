@@ -1,13 +1,15 @@
 """Side by side: decode_batch now (shared _decode_rows) vs before (commit 90ea2b9), CPU time per image, same process.
 
-    git show 90ea2b9:screening/pipeline/stages.py > /tmp/sb/stages_old.py && python benchmarks/decode_batch_refactor.py
+    git show 90ea2b9:screening/pipeline/stages.py > /tmp/stages_old.py
+    python benchmarks/decode_batch_refactor.py /tmp/stages_old.py
 """
-import sys, time, statistics, importlib.util, io
+import sys, time, statistics, importlib.util, io, os
 import numpy as np, pyarrow as pa
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/benchmarks")
-from pipeline_scale import tiny_jpegs
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from screening.pipeline import stages as new
-spec = importlib.util.spec_from_file_location("stages_old", "/tmp/sb/stages_old.py"); old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
+if len(sys.argv) != 2 or not os.path.isfile(sys.argv[1]):
+    sys.exit("usage: decode_batch_refactor.py OLD_STAGES_PY (git show 90ea2b9:screening/pipeline/stages.py > it)")
+spec = importlib.util.spec_from_file_location("stages_old", sys.argv[1]); old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
 from PIL import Image
 rng = np.random.default_rng(0); imgs = []
 for _ in range(256):

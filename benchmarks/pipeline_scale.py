@@ -257,6 +257,14 @@ class ThrottledNullEncoder:
         return self.inner(batch)
 
 
+class NullEncoderNoDecode(ThrottledNullEncoder):
+    """``--decode-actor --no-decode``: the decode='actor' plan (its pool runs two calls per actor) whose null stage
+    decodes nothing, as ``--no-decode``'s: that plan's driver at rates decoding cannot feed on a small machine."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "decode": "gpu"})
+
+
 def steady_state(series, rows, skip_s=10.0):
     """Driver CPU per wall second from ``skip_s`` after the start (imports, planning, the first tasks) to the sample
     before the last receipt (the final commits), and the run's images/s: a point of the fit
@@ -636,7 +644,8 @@ def parse_args():
                          "encoder decodes nothing: the driver at rates CPU decode cannot feed on a small machine")
     ap.add_argument("--decode-actor", action="store_true",
                     help="the decode='actor' plan (read -> encoder actors -> write): the null encoder stage decodes "
-                         "each batch in its threads, as the real one does, then costs nothing")
+                         "each batch in its threads, as the real one does, then costs nothing; with --no-decode, "
+                         "that plan (two calls per encoder actor) with a null stage that decodes nothing")
     ap.add_argument("--driver-core", action="store_true",
                     help="the driver's threads on core 0, Ray's processes (started from a thread on core 1) on the "
                          "rest, as a driver on its own head node: the workers' load does not slow the driver")
@@ -651,7 +660,7 @@ def run_screen(args, in_dir, out):
     return screen(in_dir, StandInStore(), out, model_id=MODEL_ID, precision="fp32", num_encoders=1,
                   num_cpus_per_encoder=0, progress=False, encoder_stage="null", throttle_s=args.throttle_s,
                   batch_size=args.encoder_batch_size, write_batch_size=args.write_batch_size,
-                  decode="gpu" if args.no_decode else "actor" if args.decode_actor else "cpu")
+                  decode="actor" if args.decode_actor else "gpu" if args.no_decode else "cpu")
 
 
 def instrument(args, raylet_pid, out):
@@ -666,10 +675,11 @@ def instrument(args, raylet_pid, out):
     keep_dataset()
     tracker = ThreadCpuTracker(exclude=[sampler.name] + ([prof.name] if prof else []))
     tracker.start()
-    if args.throttle_s:
+    if args.throttle_s or (args.decode_actor and args.no_decode):
         from screening.pipeline import stages
 
-        stages.NullEncoderActor = ThrottledNullEncoder   # defined in __main__: Ray ships it by value
+        # defined in __main__: Ray ships them by value
+        stages.NullEncoderActor = NullEncoderNoDecode if args.decode_actor and args.no_decode else ThrottledNullEncoder
     if args.target_max_block_mib:
         from ray.data import DataContext
 

@@ -82,3 +82,28 @@ def test_only_the_actor_decode_plan_runs_concurrent_calls():
     for decode in ("cpu", "gpu"):
         pool = encoder_pool(decode, res)
         assert not pool.enable_true_multi_threading and (pool.min_size, pool.max_size) == (1, 2)
+
+
+def test_a_gpu_pool_that_could_outrun_the_driver_on_decode_tasks_is_told_to_decode_in_the_actors(visual_store,
+                                                                                                 tmp_path):
+    import pyarrow.parquet as pq
+
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.plan import build_plan, check_resources, driver_notice
+
+    shard = tmp_path / "in" / "a.parquet"
+    shard.parent.mkdir()
+    pq.write_table(pa.table({"image_id": ["g0"], "image": pa.array([encode(photo_like(48, 40, seed=1), "JPEG")],
+                                                                   pa.binary())}), shard)
+
+    def notice(gpus, **kw):
+        plan = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o"), model_id=VIS, rois=["V1"],
+                                       progress=False, **kw))
+        return driver_notice(plan, check_resources(plan, {"GPU": float(gpus), "CPU": 8.0 * gpus}))
+
+    assert notice(8) is None and notice(16) is None            # <= 24,000 images/s: one driver on decode tasks
+    msg = notice(32)
+    assert msg and "32 GPU encoders can take ~48,000 images/s" in msg and "--decode actor" in msg
+    assert notice(32, decode="actor") is None
+    assert notice(32, num_gpus_per_encoder=0.5, num_encoders=(1, 16)) is None   # 16 encoders x half a GPU
+    assert notice(64, num_gpus_per_encoder=0) is None          # CPU encoders: far below any driver limit

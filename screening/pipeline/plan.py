@@ -33,6 +33,10 @@ ACTOR_BATCH_ROWS = {"cpu": 64, "gpu": 256}
 DEFAULT_WRITE_BATCH_SIZE = {"cpu": 1024, "gpu": 8192}
 DECODE_BATCH_SIZE = 32
 ACTOR_DECODE_CPUS = 4.0   # decode="actor": default CPUs (and decode threads) per GPU encoder actor
+# docs/pipeline.md "Driver capacity" / "Sizing": images/s per GPU encoder (estimated from FLOPs, not measured), and
+# what one driver core schedules on the decode-task plan (measured 26,000-40,000 on an AMD EPYC; the lower end here)
+GPU_ENCODER_IMAGES_PER_S = 1_500
+DECODE_TASKS_DRIVER_IMAGES_PER_S = 25_000
 SYNTHETIC_RELIABILITY_NOTE = ("noise ceilings of a synthetic store are synthetic: reliability filtering is "
                               "meaningless here")
 
@@ -364,6 +368,18 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
                      ACTOR_BATCH_ROWS["gpu"], device="cuda",
                      write_batch_size=plan.options.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["gpu"],
                      decode_threads=max(1, int(c)))
+
+
+def driver_notice(plan: ScreeningPlan, res: Resources) -> str | None:
+    """A GPU pool that could outrun one driver on the decode-task plan: say so, and what to use instead."""
+    if res.device != "cuda" or plan.options.decode != "cpu":
+        return None
+    rate = int(res.max_size * res.num_gpus * GPU_ENCODER_IMAGES_PER_S)
+    if rate < DECODE_TASKS_DRIVER_IMAGES_PER_S:
+        return None
+    return (f"screening: {res.max_size} GPU encoders can take ~{rate:,} images/s, more than one driver core schedules "
+            f"with decode tasks (~{DECODE_TASKS_DRIVER_IMAGES_PER_S:,}); use --decode actor (decode='actor': the "
+            f"encoders decode, ~150,000 images/s per driver core) or split the inputs over several drivers")
 
 
 def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> Resources:

@@ -25,7 +25,7 @@ from screening.pipeline.commit import UnitLedger
 from screening.pipeline.config import RunConfig
 from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files, utcnow
-from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources
+from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
 from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_schema
 
 
@@ -259,6 +259,8 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
         ray = _ensure_ray()
         res = check_resources(plan, ray.cluster_resources(),
                               [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        if notice := driver_notice(plan, res):
+            print(notice, file=sys.stderr)
         with _output_errors(plan.out, "removing leftovers and writing the manifest"):
             n_left = layout.remove_leftovers([s.unit for s in pending], markers)
             layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
