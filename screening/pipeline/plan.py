@@ -34,7 +34,7 @@ DEFAULT_WRITE_BATCH_SIZE = {"cpu": 1024, "gpu": 8192}
 DECODE_BATCH_SIZE = 32
 ACTOR_DECODE_CPUS = 4.0   # decode="actor": default CPUs (and decode threads) per GPU encoder actor
 # docs/pipeline.md "Driver capacity" / "Sizing": images/s per GPU encoder (estimated from FLOPs, not measured), and
-# what one driver core schedules on the decode-task plan (measured 26,000-40,000 on an AMD EPYC; the lower end here)
+# what one driver core schedules on the decode-task plan (measured 26,000-55,000 on an AMD EPYC; the lower end here)
 GPU_ENCODER_IMAGES_PER_S = 1_500
 DECODE_TASKS_DRIVER_IMAGES_PER_S = 25_000
 SYNTHETIC_RELIABILITY_NOTE = ("noise ceilings of a synthetic store are synthetic: reliability filtering is "
@@ -379,7 +379,7 @@ def driver_notice(plan: ScreeningPlan, res: Resources) -> str | None:
         return None
     return (f"screening: {res.max_size} GPU encoders can take ~{rate:,} images/s, more than one driver core schedules "
             f"with decode tasks (~{DECODE_TASKS_DRIVER_IMAGES_PER_S:,}); use --decode actor (decode='actor': the "
-            f"encoders decode, ~150,000 images/s per driver core) or split the inputs over several drivers")
+            f"encoders decode, ~135,000 images/s per driver core) or split the inputs over several drivers")
 
 
 def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> Resources:

@@ -163,7 +163,7 @@ class EncoderActor:
         self.n_subjects = len(self.encoder.subjects)
         self.n_rois = len(self.encoder.roi_names)
         self.throttle_s = throttle_s
-        # decode="actor" runs ACTOR_CALLS calls at once (run.build_dataset); one at a time holds the model
+        # decode="actor" runs ACTOR_CALLS calls at once (run.encoder_pool); one at a time holds the model
         self._model_lock = threading.Lock()
 
     def _encode(self, pixels) -> np.ndarray:
