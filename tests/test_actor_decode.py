@@ -71,7 +71,7 @@ def test_the_next_batch_decodes_while_the_model_runs_and_the_model_runs_one_batc
         np.testing.assert_array_equal(got["roi"], want["roi"])
 
 
-def test_only_the_actor_decode_plan_runs_concurrent_calls():
+def test_only_the_actor_decode_plan_on_gpu_encoders_runs_concurrent_calls():
     from screening.pipeline.plan import Resources
     from screening.pipeline.run import encoder_pool
 
@@ -82,6 +82,9 @@ def test_only_the_actor_decode_plan_runs_concurrent_calls():
     for decode in ("cpu", "gpu"):
         pool = encoder_pool(decode, res)
         assert not pool.enable_true_multi_threading and (pool.min_size, pool.max_size) == (1, 2)
+    cpu = Resources(num_gpus=0, num_cpus=2, min_size=1, max_size=1, batch_size=64, device="cpu", write_batch_size=1024)
+    assert not encoder_pool("actor", cpu).enable_true_multi_threading         # CPU encoders: one call
+    assert encoder_pool("actor", cpu, "null").max_concurrent_calls_per_actor == 2   # the benchmarks' GPU stand-in
 
 
 def test_a_gpu_pool_that_could_outrun_the_driver_on_decode_tasks_is_told_to_decode_in_the_actors(visual_store,

@@ -304,14 +304,16 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     return result
 
 
-def encoder_pool(decode: str, res):
-    """The encoder stage's ``ActorPoolStrategy``. decode="actor": ``ACTOR_CALLS`` calls at once per actor, so one
-    batch decodes in the actor's threads while another holds the model (the stage's lock)."""
+def encoder_pool(decode: str, res, encoder_stage: str = "model"):
+    """The encoder stage's ``ActorPoolStrategy``. decode="actor" on GPU encoders (and the benchmarks' null stage
+    standing in for them): ``ACTOR_CALLS`` calls at once per actor, so one batch decodes in the actor's threads while
+    another holds the model (the stage's lock). CPU encoders keep one call: decode and the model share the same cores,
+    and a second call would run torch on another thread."""
     from ray.data import ActorPoolStrategy
 
     from screening.pipeline.stages import ACTOR_CALLS
 
-    if decode == "actor":
+    if decode == "actor" and (res.device == "cuda" or encoder_stage == "null"):
         return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size,
                                  max_concurrent_calls_per_actor=ACTOR_CALLS, enable_true_multi_threading=True)
     return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size)
@@ -341,7 +343,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                             fn_kwargs={"image_column": plan.spec.image_column, "fast": opts.fast_decode})
     ds = ds.map_batches(
         encoder_cls, batch_format="numpy", batch_size=res.batch_size,
-        compute=encoder_pool(opts.decode, res),
+        compute=encoder_pool(opts.decode, res, opts.encoder_stage),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
                                "rois": dict(plan.rois), "precision": opts.precision, "device": res.device,
