@@ -24,7 +24,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="1..8 (or 01, sub-01, sub01, subj01, s1), a comma list of those, or 'all' (default)")
     p.add_argument("--roi", action="append", default=None,
                    help="ROI name (repeatable or comma list; `screening rois` lists them); default all areas + groups")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="core precision (default auto: the fastest one on this machine, docs/precision.md)")
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet); default print a summary")
     add_storage_arguments(p)
 
@@ -91,6 +92,8 @@ def run_from_args(args) -> int:
     if not images:
         print("no decodable images given", file=sys.stderr)
         return 1
+    if model.precision_choice:
+        print(f"precision {model.precision} ({model.precision_choice['why']})", file=sys.stderr)
     res = berg.encode(model, np.stack(images), reduce="roi_mean", show_progress=True)
     rows = []
     for subject_id, arr in res[model.weights.dataset].items():

@@ -17,6 +17,8 @@ DEVICES = ("cpu", "cuda", "auto")
 #: fp16 is CUDA only: on CPUs float16 autocast is no fast path of ours (bf16 is), and its agreement is measured on GPU.
 PRECISIONS = ("fp32", "bf16", "fp16")
 CUDA_ONLY_PRECISIONS = ("fp16",)
+#: What a user may ask for: a precision, or ``auto`` (the fastest one where the encoder runs, ``screening.hardware``).
+PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 
 class SmallImageWarning(UserWarning):
@@ -111,9 +113,9 @@ def check_choice(name: str, value, valid: Iterable):
     return value
 
 
-def check_precision(precision, device: str) -> str:
-    """``precision`` is one of PRECISIONS and runs on ``device`` ("cpu" or "cuda")."""
-    check_choice("precision", precision, PRECISIONS)
+def check_precision(precision, device: str, *, allow_auto: bool = False) -> str:
+    """``precision`` is one of PRECISIONS (or ``auto`` where allowed) and runs on ``device`` ("cpu" or "cuda")."""
+    check_choice("precision", precision, PRECISION_CHOICES if allow_auto else PRECISIONS)
     if precision in CUDA_ONLY_PRECISIONS and device != "cuda":
         cpu_ok = ", ".join(repr(p) for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
         raise InvalidParameterError(f"precision={precision!r} needs a CUDA device (float16 autocast on a CPU "

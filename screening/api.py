@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from screening import atlas, rois as roi_lib
-from screening._validation import (DEVICES, PRECISIONS, check_choice, check_device, check_positive_int,
+from screening._validation import (DEVICES, PRECISION_CHOICES, check_choice, check_device, check_positive_int,
                                    check_precision, check_stimulus, parse_subjects, _is_int)
 from screening.exceptions import InvalidParameterError, UnknownModelIdError
+from screening.hardware import AUTO, resolve_precision
 from screening.models._weights import PUBLISHED, CheckpointInfo, EncoderWeights, get_weights
 from screening.models.encoder import Normalize, RoiEncoder, collapse_heads, core_features, default_batch_size
 from screening.models.fast import fold_batchnorm
@@ -68,6 +69,7 @@ class EncodingModel:
     core: torch.nn.Module
     heads: dict  # subject -> FactorizedReadout of the selected vertices only (column order), on device
     fingerprint: dict = field(default_factory=dict)
+    precision_choice: dict | None = None  # precision="auto": what it resolved to on this device, and why
     _roi_encoder: RoiEncoder | None = None
 
     @property
@@ -189,11 +191,12 @@ class BERG:
             ``roi`` (names), ``glasser_group`` (1..22), ``voxel_index`` (0/1 vector over the model's vertices);
             unioned, columns ascending in grayordinate order.
         device : {"cpu", "cuda", "auto"}
-        precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        precision : {"fp32", "bf16", "fp16", "auto"}, default="fp32"
             fp32 reproduces the published maths; bf16 and fp16 run the core under autocast (see README for
-            agreement). fp16 needs CUDA: on a CPU it is refused.
+            agreement). fp16 needs CUDA: on a CPU it is refused. ``auto``: the fastest on this device
+            (``screening.hardware``; docs/precision.md); the choice and why are in ``model.precision_choice``.
         batch_size : int, optional
-            Images per forward; default ``screening.models.encoder.default_batch_size`` (16 on CPU; on CUDA
+            Images per forward; default ``screening.models.encoder.default_batch_size`` (2 on CPU; on CUDA
             what fits in half the free memory, 32..512).
         fold_bn : bool, default=True
             Fold BatchNorm into the convolutions (same fp32 numbers within rounding, fewer kernels).
@@ -201,7 +204,11 @@ class BERG:
         weights = _weights(model_id)
         subjects = list(parse_subjects(subject))
         dev = check_device(device)
-        check_precision(precision, dev)
+        check_precision(precision, dev, allow_auto=True)
+        choice = None
+        if precision == AUTO:
+            choice = resolve_precision(dev).record()
+            precision = choice["precision"]
         batch_size = check_positive_int("batch_size", batch_size) or default_batch_size(dev, precision)
         # the selection is checked before the load: a typo should not wait for a 2 GB download
         columns, roi_sets = resolve_selection(selection, weights.variant, weights.n_vertices)
@@ -213,7 +220,7 @@ class BERG:
             core = core.to(memory_format=torch.channels_last)
         del model
         return EncodingModel(model_id, weights, info, subjects, columns, roi_sets, dev, precision, batch_size,
-                             core, heads, fingerprint=self.store.fingerprint(model_id))
+                             core, heads, fingerprint=self.store.fingerprint(model_id), precision_choice=choice)
 
     # -- encode -----------------------------------------------------------------------------------
     def encode(self, model: EncodingModel, stimulus: np.ndarray, return_metadata: bool = False,
@@ -284,11 +291,12 @@ def _describe(w: EncoderWeights) -> dict[str, Any]:
                                                          "vertices (not the 91k grayordinates)."}}},
         "device": {"type": "str", "required": False, "function": g, "default": "auto", "valid_values": list(DEVICES),
                    "description": "'auto' uses CUDA when torch sees it, else the CPU."},
-        "precision": {"type": "str", "required": False, "function": g, "default": "fp32", "valid_values": list(PRECISIONS),
+        "precision": {"type": "str", "required": False, "function": g, "default": "fp32",
+                      "valid_values": list(PRECISION_CHOICES),
                       "description": "fp32 reproduces the published maths; bf16 and fp16 (CUDA only) "
-                                     "run the core under autocast."},
+                                     "run the core under autocast; auto picks the fastest on the device."},
         "batch_size": {"type": "int", "required": False, "function": g, "default": None,
-                       "description": "Images per forward; default 16 on CPU, from free memory on CUDA."},
+                       "description": "Images per forward; default 2 on CPU, from free memory on CUDA."},
         "fold_bn": {"type": "bool", "required": False, "function": g, "default": True,
                     "description": "Fold BatchNorm into the convolutions (same fp32 numbers within rounding)."},
         "stimulus": {"type": "numpy.ndarray", "required": True, "function": "encode",

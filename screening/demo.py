@@ -8,6 +8,7 @@ that ship inside PyPI packages plus NSD-style artificial stimuli → ingest → 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,10 +128,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_storage_arguments(p)
     p.add_argument("--variant", default="all", choices=("all", "visual"), help="synthetic store variant")
     p.add_argument("--width", type=int, default=384, help="synthetic store width (384 = published)")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="core precision (default auto: the fastest one on this machine, docs/precision.md)")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and progress bars")
 
 
 def run_from_args(args) -> int:
+    from screening.pipeline.console import run_console
+
+    try:
+        with run_console(args.verbose):   # no Ray log lines unless --verbose, as in `screening run`
+            return _demo(args)
+    except KeyboardInterrupt:
+        print(f"\nscreening demo: interrupted; what was committed stays in {args.out} (rerun to resume)",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # as `screening run`: a normal exit would run Ray's atexit shutdown beside Ray Data's executor thread
+        os._exit(130)
+
+
+def _demo(args) -> int:
     import screening
     from screening.ingest import ingest
     from screening.models._weights import weights_for_variant

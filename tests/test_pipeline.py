@@ -295,6 +295,10 @@ def test_rerun_after_success_does_no_model_work(local_run, visual_store, inputs,
     # a different configuration must not be mixed into the same output
     with pytest.raises(InvalidParameterError, match="different configuration"):
         screen(str(inputs[0]), str(visual_store), str(out), **_kw(precision="bf16"))
+    # precision="auto" resumes in the precision the output holds, whatever this machine would choose
+    auto = screen(str(inputs[0]), str(visual_store), str(out), **_kw(precision="auto"))
+    assert auto.units_run == 0 and auto.precision == "fp32"
+    assert "precision: fp32 (auto: out already holds units screened in fp32" in auto.summary()
 
 
 @pytest.mark.timeout(120)

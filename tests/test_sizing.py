@@ -19,7 +19,10 @@ PUBLISHED = actor_footprint(384, 8 * 379)   # all 8 subjects x every ROI of the 
 
 def test_published_footprint_matches_the_measured_matrix():
     assert PUBLISHED.shared == 384 * 26 * 26 * 8 * 379 * 4      # 2.9 GiB, the collapsed matrix
-    assert 2 * GIB < PUBLISHED.private < 4 * GIB                  # core + 16 images of activations + runtime
+    assert 0.75 * GIB < PUBLISHED.private < 1.25 * GIB            # core + 2 images of activations + runtime
+    # activations per image as measured at width 384 (benchmarks/README.md, "Forward chunk"): 0.14 / 0.21 GiB
+    assert PUBLISHED.per_image == pytest.approx(0.141 * GIB, rel=0.03) and PUBLISHED.chunk == 2
+    assert actor_footprint(384, 8 * 379, "fp32").per_image == pytest.approx(0.212 * GIB, rel=0.03)
 
 
 def test_small_cpu_node_gives_the_encoder_nearly_every_core():
@@ -34,9 +37,9 @@ def test_big_node_few_fat_actors_and_memory_bounds_the_count():
     pool = size_cpu_pool([(64, 512 * GIB)], PUBLISHED, 384)
     assert pool.max_size == 4 and pool.threads == MAX_THREADS_PER_ENCODER
     assert 4 * pool.num_cpus <= 64 - task_reserve(64, 384) + 1e-9 and 0 < pool.task_cpus <= 1
-    tight = size_cpu_pool([(64, 10 * GIB)], PUBLISHED, 384)      # 2.9 GiB shared + ~3 GiB each: 2 fit
+    tight = size_cpu_pool([(64, 5 * GIB)], PUBLISHED, 384)       # 2.9 GiB shared + ~1 GiB each: 2 fit
     assert tight.max_size == 2 and tight.threads >= 31            # the cores go to the actors that fit
-    two_nodes = size_cpu_pool([(64, 512 * GIB), (64, 10 * GIB)], PUBLISHED, 384)
+    two_nodes = size_cpu_pool([(64, 512 * GIB), (64, 5 * GIB)], PUBLISHED, 384)
     assert two_nodes.max_size == 4 + 2 and two_nodes.threads == 16  # one size of actor: 16 threads on both nodes
 
 
@@ -56,10 +59,10 @@ def test_user_overrides_and_their_errors():
                                                     r"CPUs .* and \d+ by memory"):
         size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=3, num_cpus_per_encoder=1)
     with pytest.raises(InvalidParameterError, match=r"fits 3 by CPUs .* and 1 by memory"):
-        size_cpu_pool([(64, 8 * GIB)], PUBLISHED, 384, num_encoders=2, num_cpus_per_encoder=16)
-    with pytest.raises(InvalidParameterError, match=r"needs 2.9 GiB \(the collapsed ROI matrix.*largest node .* "
-                                                    r"4.0 GiB"):
-        size_cpu_pool([(64, 4 * GIB)], PUBLISHED, 384)
+        size_cpu_pool([(64, 4 * GIB)], PUBLISHED, 384, num_encoders=2, num_cpus_per_encoder=16)
+    with pytest.raises(InvalidParameterError, match=r"needs 2.9 GiB \(the collapsed ROI matrix.*forwarding 1 "
+                                                    r"image\(s\) at a time\), but the largest node .* 3.5 GiB"):
+        size_cpu_pool([(64, 3.5 * GIB)], PUBLISHED, 384)
     assert ActorFootprint(GIB, GIB).fits(None) > 1000           # memory unknown: cores alone decide
 
 
@@ -147,3 +150,13 @@ def test_key_names_what_the_matrix_depends_on(small):
     assert collapse_key("sha-of-the-checkpoint", subjects, moved) != key
     per_subject = {k: {s: v for s in subjects} for k, v in rois.items()}   # same sets, per-subject form
     assert collapse_key("sha-of-the-checkpoint", subjects, per_subject) == key
+
+
+def test_a_short_node_gets_smaller_forwards_before_it_is_refused():
+    roomy = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384)
+    assert roomy.forward_chunk == PUBLISHED.chunk == 2
+    node = PUBLISHED.shared + PUBLISHED.with_chunk(1).private + GIB // 100   # room for one image per forward only
+    short = size_cpu_pool([(2, node)], PUBLISHED, 384)
+    assert short.forward_chunk == 1 and short.memory == PUBLISHED.private - PUBLISHED.per_image
+    with pytest.raises(InvalidParameterError, match=r"forwarding 1 image\(s\)"):
+        size_cpu_pool([(2, node - GIB // 10)], PUBLISHED, 384)

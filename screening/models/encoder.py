@@ -25,10 +25,18 @@ from screening.models.readout import FactorizedReadout
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Peak activation memory per 224×224 image: block1/block2 outputs are C×222×222, ~3 live at once.
 _ACTIVATION_BYTES_PER_IMAGE = 3 * 384 * 222 * 222
+# Bytes per C×222×222 element live at the peak of one CPU forward: block1's fp32 output, two of block2's (measured at
+# width 384: 0.21 GiB per image in fp32, 0.14 in bf16; benchmarks/README.md, "Forward chunk").
+_CPU_ACTIVATION_BYTES = {"fp32": 12, "bf16": 8, "fp16": 8}
+
+# Images per CPU forward. 1 to 16 run at the same speed within ~10% (Xeon with AMX, and the same Xeon with oneDNN
+# capped to AVX2, fp32 and bf16) while activations grow linearly, so a CPU forward stays small.
+CPU_BATCH_SIZE = 2
 
 
-# Images per forward on a CPU: past 16, no gain on AMX cores, and activations grow.
-CPU_BATCH_SIZE = 16
+def activation_bytes_per_image(width: int, precision: str) -> int:
+    """Peak activation bytes one image adds to a CPU forward (``_CPU_ACTIVATION_BYTES``)."""
+    return _CPU_ACTIVATION_BYTES.get(precision, 12) * width * 222 * 222
 
 
 def default_batch_size(device: str | torch.device, precision: str = "bf16") -> int:
@@ -127,11 +135,17 @@ class CNN8Multihead(nn.Module):
         return self.head(subject)(self.core(x))
 
 
+ROI_ROWS_PER_STEP = 32   # collapse_vertices builds this many ROI rows at a time (32 x C·P floats: ~33 MB at width 384)
+
+
 def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: torch.Tensor,
-                      vertex_sets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+                      vertex_sets: Sequence[np.ndarray], out: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact vertex-mean weights from head tensors (V, C), (V, P) normalised, (V,).
 
-    Returns W (R, C·P) and b (R,) with ``mean_{o∈set_r} y[:, o] == x.flatten(1) @ W[r] + b[r]``.
+    Returns W (R, C·P) and b (R,) with ``mean_{o∈set_r} y[:, o] == x.flatten(1) @ W[r] + b[r]``. W is the
+    transposed view of a (C·P, R) buffer: ``out`` when given (e.g. a column block of a memory-mapped matrix), written
+    a few ROI rows at a time, so no second (R, C·P) copy is ever held.
 
     Overlapping sets (areas, the groups made of them, bilateral unions) share work: vertices are split
     into atoms (same set membership), Σ_o F[o]⊗Ŝ[o] is computed once per atom (V·C·P MACs in all), and
@@ -155,21 +169,31 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
     with torch.no_grad():
         perm = torch.as_tensor(used[order], device=f.device)
         f_sorted, s_sorted = f[perm], s[perm]  # one gather; each atom is then a contiguous slice
-        atom_sums = torch.empty(len(atoms), f.shape[1], s.shape[1], dtype=torch.float32, device=f.device)
+        del f, s
+        atom_sums = torch.empty(len(atoms), f_sorted.shape[1], s_sorted.shape[1], dtype=torch.float32,
+                                device=f_sorted.device)
         for a in range(len(atoms)):
             lo, hi = int(bounds[a]), int(bounds[a + 1])
             torch.matmul(f_sorted[lo:hi].T, s_sorted[lo:hi], out=atom_sums[a])
+        del f_sorted, s_sorted
         atom_sums = atom_sums.flatten(1)
-        w = torch.empty(n_r, atom_sums.shape[1], dtype=torch.float32, device=f.device)
-        b = torch.empty(n_r, dtype=torch.float32, device=f.device)
+        if out is None:
+            out = torch.empty(atom_sums.shape[1], n_r, dtype=torch.float32, device=atom_sums.device)
+        _check_out(out, atom_sums.shape[1], n_r, contiguous=False)
+        b = torch.empty(n_r, dtype=torch.float32, device=atom_sums.device)
         bias = bias.detach().float()
-        for r, idx in enumerate(vertex_sets):
-            parts = torch.as_tensor(np.flatnonzero(atom_sets[:, r]), device=f.device)
-            # a (1, k) @ (k, C·P) product: torch's column-sum kernel is ~50x slower here
-            coef = torch.full((1, parts.numel()), 1.0 / len(idx), device=f.device)
-            torch.mm(coef, atom_sums[parts], out=w[r:r + 1])
-            b[r] = bias[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=f.device)].mean()
-    return w, b
+        for lo in range(0, n_r, ROI_ROWS_PER_STEP):
+            hi = min(n_r, lo + ROI_ROWS_PER_STEP)
+            rows = torch.empty(hi - lo, atom_sums.shape[1], dtype=torch.float32, device=atom_sums.device)
+            for r in range(lo, hi):
+                idx = vertex_sets[r]
+                parts = torch.as_tensor(np.flatnonzero(atom_sets[:, r]), device=atom_sums.device)
+                # a (1, k) @ (k, C·P) product: torch's column-sum kernel is ~50x slower here
+                coef = torch.full((1, parts.numel()), 1.0 / len(idx), device=atom_sums.device)
+                torch.mm(coef, atom_sums[parts], out=rows[r - lo:r - lo + 1])
+                b[r] = bias[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=atom_sums.device)].mean()
+            out[:, lo:hi].copy_(rows.T)
+    return out.T, b
 
 
 class RoiEncoder(nn.Module):
@@ -209,8 +233,9 @@ class RoiEncoder(nn.Module):
     def from_model(cls, model: CNN8Multihead, subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]], *, precision: str = "fp32",
                    fold_bn: bool = True, device: str | torch.device = "cpu", cache_key: str | None = None,
-                   cache_dir=None) -> "RoiEncoder":
-        """Collapse ``model``'s heads to ``rois`` for ``subjects``; the full heads are not kept.
+                   cache_dir=None, release_heads: bool = False) -> "RoiEncoder":
+        """Collapse ``model``'s heads to ``rois`` for ``subjects``; the full heads are not kept (with
+        ``release_heads`` they are dropped from ``model`` too, one by one as they are collapsed: a lower peak).
 
         With ``cache_key`` (``collapsed.collapse_key``) on CPU, the collapsed matrix comes from the node-local
         cache (``screening.models.collapsed``), memory-mapped and shared with every process that maps it; it is
@@ -225,10 +250,12 @@ class RoiEncoder(nn.Module):
 
             shape = (model.core.width * SPATIAL * SPATIAL, len(subjects) * len(rois))
             w_t, b, source = load_or_build(
-                cache_key, shape, lambda out: collapse_heads(model, subjects, rois, out=out)[1], cache_dir=cache_dir)
+                cache_key, shape,
+                lambda out: collapse_heads(model, subjects, rois, out=out, release_heads=release_heads)[1],
+                cache_dir=cache_dir)
             w = w_t.T
         else:
-            w, b = collapse_heads(model, subjects, rois, device=device)
+            w, b = collapse_heads(model, subjects, rois, device=device, release_heads=release_heads)
         core = fold_batchnorm(model.core) if fold_bn else model.core
         enc = cls(core, w, b, subjects, list(rois), precision, model.weights).to(device).eval()
         enc.collapse_source = source
@@ -269,8 +296,8 @@ class RoiEncoder(nn.Module):
 
 def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subjects: Sequence[str],
                    rois: Mapping[str, np.ndarray | Mapping[str, np.ndarray]],
-                   device: str | torch.device = "cpu", out: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: str | torch.device = "cpu", out: torch.Tensor | None = None, *,
+                   release_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack every subject's collapsed ROI weights: rows ordered subject-major, then ROI.
 
     ``heads`` is a model or a mapping subject → head (e.g. heads cut to a selection, ``FactorizedReadout.select``).
@@ -279,7 +306,9 @@ def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subje
 
     Returns W (S·R, C·P) as the transposed view of one (C·P, S·R) buffer (``out`` when given, e.g. a
     memory-mapped file), the layout ``RoiEncoder`` multiplies with, so it takes W without a copy. Subjects are
-    collapsed one at a time into it: the peak is the result plus one subject's share, not 2-3x the result.
+    collapsed one at a time straight into it: the peak is the result plus one subject's working set. With
+    ``release_heads`` (a model only) each subject's head is dropped from the model once collapsed, so the full heads
+    (1.9 GB for the published model) and the result (2.9 GiB) are never all held at once.
     """
     n_r = len(rois)
     bs = []
@@ -287,18 +316,21 @@ def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subje
         sets = [v[s] if isinstance(v, Mapping) else v for v in rois.values()]
         h = heads.head(s) if isinstance(heads, CNN8Multihead) else heads[s]
         with torch.no_grad():  # on the encoder's device: a GPU collapses 8 heads in about a second
-            w, b = collapse_vertices(h._features.to(device), h.normalized_spatial(device=device), h.bias.to(device),
-                                     sets)
+            features, spatial = h._features.to(device), h.normalized_spatial(device=device)
             if out is None:
-                out = torch.empty(w.shape[1], len(subjects) * n_r, dtype=torch.float32, device=w.device)
-            _check_out(out, w.shape[1], len(subjects) * n_r)
-            out[:, i * n_r:(i + 1) * n_r].copy_(w.T)
-        del w
+                out = torch.empty(features.shape[1] * spatial[0].numel(), len(subjects) * n_r, dtype=torch.float32,
+                                  device=features.device)
+            _check_out(out, features.shape[1] * spatial[0].numel(), len(subjects) * n_r)
+            _, b = collapse_vertices(features, spatial, h.bias.to(device), sets, out=out[:, i * n_r:(i + 1) * n_r])
+        del h, features, spatial
+        if release_heads and isinstance(heads, CNN8Multihead):
+            del heads.subject_readouts[head_key(s)]
         bs.append(b)
     return out.T, torch.cat(bs)
 
 
-def _check_out(out: torch.Tensor, rows: int, cols: int) -> None:
-    if tuple(out.shape) != (rows, cols) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise InvalidParameterError(f"out must be a contiguous float32 ({rows}, {cols}) tensor (C·P, S·R); got "
-                                    f"{out.dtype} {tuple(out.shape)}")
+def _check_out(out: torch.Tensor, rows: int, cols: int, contiguous: bool = True) -> None:
+    if (tuple(out.shape) != (rows, cols) or out.dtype != torch.float32
+            or (contiguous and not out.is_contiguous())):
+        raise InvalidParameterError(f"out must be a {'contiguous ' if contiguous else ''}float32 ({rows}, {cols}) "
+                                    f"tensor (C·P, S·R); got {out.dtype} {tuple(out.shape)}")

@@ -8,7 +8,7 @@ import sys
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from screening._validation import PRECISIONS
+    from screening._validation import PRECISION_CHOICES
     from screening.fs import add_storage_arguments
     from screening.pipeline.config import DECODES
 
@@ -27,8 +27,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="images per part file (default 8192 on GPU encoders, 1024 on CPU)")
     parser.add_argument("--redo-changed", action="store_true",
                         help="OUT holds results for shards that changed since: screen them again (default: refuse)")
-    parser.add_argument("--precision", default="bf16", choices=PRECISIONS,
-                        help="core precision (default bf16; fp16 needs GPU encoders)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="core precision (default auto: bf16 where the encoders' hardware computes it natively "
+                             "and a probe confirms it is faster, fp16 on pre-Ampere GPUs, else fp32; fp16 needs GPU "
+                             "encoders)")
     parser.add_argument("--num-encoders", type=int, default=None)
     parser.add_argument("--num-gpus-per-encoder", type=float, default=None,
                         help="default: 1 when the cluster has GPUs, else 0")

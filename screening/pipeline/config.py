@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from screening._validation import (PRECISIONS, check_bool, check_choice, check_finite_number, check_nonneg_number,
+from screening._validation import (PRECISION_CHOICES, check_bool, check_choice, check_finite_number, check_nonneg_number,
                                    check_positive_int, parse_subjects)
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
@@ -43,7 +43,7 @@ class RunConfig:
     rois: Any = None
     composites: Mapping | None = None
     custom_rois: Mapping | None = None
-    precision: str = "bf16"
+    precision: str = "auto"         # resolved where the encoders run (screening.hardware)
     batch_size: int | None = None
     write_batch_size: int | None = None
     num_encoders: int | tuple[int, int] | None = None
@@ -107,9 +107,9 @@ class RunConfig:
 
 def _checked(c: RunConfig) -> dict:
     """The normalised value of every option that needs one; raises on the first bad one."""
-    if c.precision not in PRECISIONS:
+    if c.precision not in PRECISION_CHOICES:
         raise InvalidParameterError(f"precision={c.precision!r} is not valid; valid precisions: "
-                                    f"{', '.join(PRECISIONS)}")
+                                    f"{', '.join(PRECISION_CHOICES)}")
     check_choice("decode", c.decode, DECODES)
     check_choice("encoder_stage", c.encoder_stage, ENCODER_STAGES)
     if not isinstance(c.noise_ceiling, str) or c.noise_ceiling not in NOISE_CEILINGS:

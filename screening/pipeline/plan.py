@@ -8,15 +8,17 @@ Cluster resources (GPUs) are checked by :func:`check_resources` once Ray is conn
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
-from screening._validation import CUDA_ONLY_PRECISIONS
+from screening._validation import CUDA_ONLY_PRECISIONS, PRECISIONS
+from screening.hardware import AUTO
 from screening.exceptions import InputChangedError, InvalidParameterError
 from screening.fs import StorageOptions, to_uri
 from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar_images, read_footers, stat_shards,
@@ -25,8 +27,8 @@ from screening.io.inputs import IMAGE_EXTENSIONS, FoundInputs, file_units, find_
 from screening.pipeline.config import RunConfig
 from screening.pipeline.outputs import OutputLayout, check_compatible
 
-# Rows per encoder actor call (Ray's batch). On CPU the actor runs them as forwards of the encoder's own
-# CPU_BATCH_SIZE (screening.models.encoder), which bounds its activations.
+# Rows per encoder actor call (Ray's batch). On CPU the actor runs them as forwards of a few images
+# (sizing.CpuPool.forward_chunk), which bounds its activations.
 ACTOR_BATCH_ROWS = {"cpu": 64, "gpu": 256}
 # Images per part file: 8192 x 9 labels = 73,728 response rows (one row group) on GPU; CPU encoders fill parts
 # ~100x slower, so a smaller part keeps commits (restart points) minutes, not hours, apart.
@@ -59,10 +61,18 @@ class ScreeningPlan:
     rois: Mapping[str, np.ndarray]
     n_vertices: Mapping
     config: Mapping              # the manifest's record of the run's options, resolved
-    config_key: str
+    config_key: str | None       # None until precision="auto" is resolved (with_precision)
     reliability: Mapping | None = None
     redo: tuple[str, ...] = ()     # committed units whose input changed, to be redone (redo_changed=True)
     decode_batch_size: int = DECODE_BATCH_SIZE
+    precision: str | None = None   # the core precision; None: "auto", resolved where the encoders run (run.py)
+    key_source: Mapping = field(default_factory=dict)   # what the config key hashes, but the precision
+
+    def with_precision(self, precision: str, choice: Mapping) -> "ScreeningPlan":
+        """This plan with ``auto`` resolved: ``choice`` (``hardware.PrecisionChoice.record()``) goes to the manifest."""
+        config = {**self.config, "precision": precision, "precision_choice": dict(choice)}
+        return dataclasses.replace(self, precision=precision, config=config,
+                                   config_key=_config_key(self.key_source, precision))
 
     @property
     def out(self) -> str:
@@ -159,14 +169,35 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
                                id_column=config.id_column, storage=config.storage)
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__}
-    config_key = _config_key(fingerprint, nv, roi_set, config,
+    key_source = _key_source(fingerprint, nv, roi_set, config,
                              None if reliability is None else [config.reliability_threshold, config.noise_ceiling])
-    check_compatible(markers, config_key, config.out)
+    precision = config.precision
+    if precision == AUTO:
+        precision = recorded_precision(markers, key_source)
+        if precision is not None:
+            record.update(precision=precision, precision_choice={
+                "precision": precision, "why": f"out already holds units screened in {precision}: a resumed run keeps "
+                                               f"the recorded precision"})
+        elif markers:   # results of another configuration: refused as any other mismatch
+            check_compatible(markers, _config_key(key_source, "fp32"), config.out)
+    config_key = _config_key(key_source, precision) if precision != AUTO and precision else None
+    if config_key is not None:
+        check_compatible(markers, config_key, config.out)
     redo = check_inputs(markers, shards, config.out, config.redo_changed)
     pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
     return ScreeningPlan(options=config, shards=shards, pending=pending, spec=spec, store=store, model_id=model_id,
                          fingerprint=fingerprint, rois=roi_set, n_vertices=nv, config=record,
-                         config_key=config_key, reliability=reliability, redo=redo)
+                         config_key=config_key, reliability=reliability, redo=redo,
+                         precision=None if precision == AUTO else precision, key_source=key_source)
+
+
+def recorded_precision(markers: Mapping[str, dict], key_source: Mapping) -> str | None:
+    """The precision whose config key the committed units carry (``auto`` resuming an output), else None."""
+    keys = {m.get("config_key") for m in markers.values()}
+    for p in PRECISIONS:
+        if _config_key(key_source, p) in keys:
+            return p
+    return None
 
 
 def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
@@ -188,20 +219,25 @@ def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
     return roi_set, reliability, n_vertices(roi_set, config.subjects)
 
 
-def _config_key(fingerprint, nv, roi_set, config: RunConfig, reliability) -> str:
-    """What the results depend on; a resume with another key is refused. Keys of earlier versions stay valid."""
+def _key_source(fingerprint, nv, roi_set, config: RunConfig, reliability) -> dict:
+    """What the results depend on, but the precision (``_config_key`` adds it once resolved)."""
     subjects = config.subjects
     key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
                "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
                                                        np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
                             for n, v in roi_set.items()},
-               "precision": config.precision, "fast_decode": config.fast_decode, "image_column": config.image_column,
-               "id_column": config.id_column}
+               "fast_decode": config.fast_decode, "image_column": config.image_column, "id_column": config.id_column}
     if config.decode == "gpu":  # GPU decode changes pixels slightly: no resume across; "actor" has CPU's pixels
         key_src["decode"] = config.decode
     if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
         key_src["reliability"] = reliability
-    return hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key_src
+
+
+def _config_key(key_source: Mapping, precision: str) -> str:
+    """A resume with another key is refused. Keys of earlier versions stay valid (the same JSON is hashed)."""
+    return hashlib.sha256(json.dumps({**key_source, "precision": precision}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
 
 
 # Direct inputs (folders, tars, lists) have no id column: the id is derived from the bytes, as for Parquet without one.
@@ -384,11 +420,11 @@ def driver_notice(plan: ScreeningPlan, res: Resources) -> str | None:
 
 def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> Resources:
     """CPU encoders: nearly every core to few multi-threaded actors, bounded by memory (``sizing``)."""
-    from screening.models.encoder import CPU_BATCH_SIZE
     from screening.pipeline.sizing import actor_footprint, size_cpu_pool
 
     width = int(plan.fingerprint.get("width") or 384)
-    footprint = actor_footprint(width, len(plan.subjects) * len(plan.roi_names), plan.options.precision)
+    # auto not yet resolved: size for fp32, the larger of the two CPU precisions
+    footprint = actor_footprint(width, len(plan.subjects) * len(plan.roi_names), plan.precision or "fp32")
     per_node = [(float(n.get("CPU", 0)), n.get("memory")) for n in (nodes or [cluster])]
     pool = size_cpu_pool(per_node, footprint, width, num_encoders=plan.options.num_encoders,
                          num_cpus_per_encoder=plan.options.num_cpus_per_encoder)
@@ -396,15 +432,16 @@ def _cpu_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes) -> 
                      batch_size=plan.options.batch_size or ACTOR_BATCH_ROWS["cpu"], device="cpu",
                      write_batch_size=plan.options.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["cpu"],
                      threads=pool.threads, task_cpus=pool.task_cpus, memory=pool.memory,
-                     forward_chunk=CPU_BATCH_SIZE, decode_threads=max(1, pool.threads or 1))
+                     forward_chunk=pool.forward_chunk, decode_threads=max(1, pool.threads or 1))
 
 
 def _check_cpu_encoders(plan: ScreeningPlan) -> None:
     """CPU encoders cannot take the GPU-only options; refused before any task (CLI: exit 2)."""
-    if plan.options.precision in CUDA_ONLY_PRECISIONS:
+    if plan.precision in CUDA_ONLY_PRECISIONS:
         raise InvalidParameterError(
-            f"precision={plan.options.precision!r} (--precision {plan.options.precision}) needs GPU encoders, but this run's "
-            f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='bf16'")
+            f"precision={plan.precision!r} (--precision {plan.precision}) needs GPU encoders, but this run's "
+            f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='auto', "
+            f"'fp32' or 'bf16'")
     if plan.options.decode == "gpu" and plan.options.encoder_stage != "null":   # the null stage decodes nothing
         raise InvalidParameterError(
             "decode='gpu' (--decode gpu) needs GPU encoders, but this run's encoders are CPU ones (no GPUs in the "

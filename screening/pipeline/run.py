@@ -24,7 +24,8 @@ from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.config import RunConfig
 from screening.pipeline.lock import RunLock
-from screening.pipeline.outputs import MANIFEST, OutputLayout, build_manifest, committed_files, utcnow
+from screening.pipeline.outputs import (MANIFEST, OutputLayout, build_manifest, check_compatible, committed_files,
+                                        utcnow)
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
 from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_schema
 
@@ -61,6 +62,8 @@ class ScreeningResult:
     failed: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)
     synthetic: bool = False
+    precision: str | None = None        # the core precision the encoders ran (None: nothing was screened)
+    precision_why: str | None = None    # precision="auto": why this one
 
     @property
     def images_per_s(self) -> float:
@@ -100,10 +103,14 @@ class ScreeningResult:
 
     def summary(self) -> str:
         c = self.counts
+        precision = ""
+        if self.precision:
+            precision = f"  precision: {self.precision}" + (f" (auto: {self.precision_why})" if self.precision_why else "") + "\n"
         return (("SYNTHETIC WEIGHTS (a synthetic model store: these responses are not brain predictions)\n"
                  if self.synthetic else "") + f"screened {c['images']} images ({c['errors']} errors, {c['responses_rows']} response rows); "
                 f"this run: {self.units_run} unit(s), {self.images_this_run} images in {self.seconds:.1f} s "
                 f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
+                + precision +
                 f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
                 f"manifest: {self.manifest_path}"
                 + "".join(f"\n  UNREADABLE: {n} row(s) of {uri} could not be read (stage 'read' in errors/)"
@@ -131,7 +138,11 @@ def screen(images, store, out, **options) -> ScreeningResult:
         As :func:`screening.rois.build_roi_set`; default: all areas of the variant + its Glasser groups.
     batch_size : int, optional
         Encoder batch; default 256 on GPU, 64 on CPU.
-    precision : {"bf16", "fp32"}, default="bf16"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``auto``: the fastest precision where the encoders run (``screening.hardware``, docs/precision.md), resolved
+        once per run on a node of the encoders' kind and used by every encoder; an output keeps the precision it
+        was first screened in (a resumed ``auto`` run uses the recorded one). ``fp32`` is the published maths;
+        ``fp16`` needs GPU encoders. The run summary and the manifest (``config.precision_choice``) say which, and why.
     num_encoders : int or (min, max), optional
         Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder), or on CPU nodes as many actors as
         their cores and memory hold (docs/pipeline.md, "Sizing on CPU").
@@ -257,8 +268,13 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     stats = None
     if pending:
         ray = _ensure_ray()
-        res = check_resources(plan, ray.cluster_resources(),
-                              [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        res = check_resources(plan, ray.cluster_resources(), nodes)
+        if plan.precision is None:   # "auto": resolved once, on a node of the encoders' kind, for the whole output
+            plan = plan.with_precision(*_resolve_precision(plan, res))
+            check_compatible(layout.markers(), plan.config_key, plan.out)
+            res = check_resources(plan, ray.cluster_resources(), nodes)
+            manifest_args["config"] = dict(plan.config)
         if notice := driver_notice(plan, res):
             print(notice, file=sys.stderr)
         with _output_errors(plan.out, "removing leftovers and writing the manifest"):
@@ -290,6 +306,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
             raise OutputError(f"out={plan.out!r}: every unit is committed, but{manifest_note[6:]}") from exc
     files = committed_files(layout)
     result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
+                             precision=plan.precision, precision_why=(plan.config.get("precision_choice") or {}).get("why"),
                              errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
                              units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
                              storage=plan.options.storage, roi_names=plan.roi_names,
@@ -302,6 +319,31 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
             + (f"\n  ... ({len(failed) - 10} more in {result.manifest_path})" if len(failed) > 10 else "")
             + manifest_note)
     return result
+
+
+PRECISION_PROBE_TIMEOUT_S = 300.0
+
+
+def _resolve_precision(plan: ScreeningPlan, res) -> tuple[str, dict]:
+    """``auto``, resolved by one Ray task with an encoder's resources (its node, its threads): the rule of
+    ``screening.hardware``, and on a CPU that claims native bf16 a ~0.2 s probe. Every encoder then uses it."""
+    import ray
+
+    from screening.hardware import resolve_record
+
+    if plan.options.encoder_stage == "null":   # benchmarks: nothing is computed, nothing to probe
+        return "fp32", {"precision": "fp32", "why": "the null encoder stage computes nothing"}
+    task = ray.remote(num_cpus=min(1.0, res.num_cpus) if res.num_gpus else res.num_cpus, num_gpus=res.num_gpus,
+                      max_retries=2)(resolve_record)
+    ref = task.remote(res.device, res.threads)
+    try:
+        choice = ray.get(ref, timeout=PRECISION_PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise InvalidParameterError(
+            f"precision='auto' could not be resolved: the probe task for a {res.device} encoder was not done in "
+            f"{PRECISION_PROBE_TIMEOUT_S:.0f} s (no free node of that kind?); give --precision fp32 or bf16") from None
+    return choice["precision"], choice
 
 
 def encoder_pool(decode: str, res, encoder_stage: str = "model"):
@@ -346,7 +388,8 @@ def build_dataset(plan: ScreeningPlan, pending, res):
         compute=encoder_pool(opts.decode, res, opts.encoder_stage),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
-                               "rois": dict(plan.rois), "precision": opts.precision, "device": res.device,
+                               "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
+                               "precision_rule": (plan.config.get("precision_choice") or {}).get("rule"),
                                "num_threads": res.threads, "forward_chunk": res.forward_chunk,
                                "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
                                "throttle_s": opts.throttle_s, "decode": opts.decode,
@@ -455,6 +498,9 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
     old_bars = ctx.enable_progress_bars
     # Ray Data's own bars only in verbose mode: ours counts committed-ready images, theirs blocks per operator
     ctx.enable_progress_bars = plan.options.progress and is_verbose() and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
+    detectors = ctx.issue_detectors_config.detectors
+    if not is_verbose():   # its multi-line memory advice is Ray's log, not ours: the encoders' memory is sized (sizing.py)
+        ctx.issue_detectors_config.detectors = [d for d in detectors if d.__name__ != "HighMemoryIssueDetector"]
     bar = None
     if plan.options.progress:
         from tqdm.auto import tqdm
@@ -481,5 +527,6 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
         return ledger.finish()
     finally:
         ctx.enable_progress_bars = old_bars
+        ctx.issue_detectors_config.detectors = detectors
         if bar is not None:
             bar.close()

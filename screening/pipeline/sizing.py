@@ -32,10 +32,13 @@ PIXELS_222 = 222 * 222
 
 @dataclass(frozen=True)
 class ActorFootprint:
-    """Memory of one CPU encoder actor: ``shared`` once per node (the mapped ROI matrix), ``private`` per actor."""
+    """Memory of one CPU encoder actor: ``shared`` once per node (the mapped ROI matrix), ``private`` per actor, of
+    which ``per_image`` for each of the ``chunk`` images of one forward."""
 
     shared: int
     private: int
+    per_image: int = 0
+    chunk: int = 1
 
     def fits(self, node_memory: float | None) -> int:
         """Actors a node of ``node_memory`` bytes holds (unbounded when the memory is unknown)."""
@@ -43,21 +46,24 @@ class ActorFootprint:
             return 1 << 30
         return max(0, int((node_memory - self.shared) // self.private))
 
+    def with_chunk(self, chunk: int) -> "ActorFootprint":
+        """The same actor with forwards of ``chunk`` images."""
+        return ActorFootprint(self.shared, self.private + (chunk - self.chunk) * self.per_image, self.per_image, chunk)
+
 
 def actor_footprint(width: int, n_outputs: int, precision: str = "bf16",
                     chunk: int | None = None) -> ActorFootprint:
     """Estimated from the shapes: matrix (C·26·26) x (S·R) fp32; core weights twice (as loaded, BN folded); the
-    widest activations of one forward of ``chunk`` images (default: the encoder's CPU_BATCH_SIZE; ~3 live
-    C x 222 x 222 maps, block1's in fp32) plus the runtime."""
-    if chunk is None:
-        from screening.models.encoder import CPU_BATCH_SIZE
+    activations of one forward of ``chunk`` images (default: the encoder's CPU_BATCH_SIZE;
+    ``encoder.activation_bytes_per_image``) plus the runtime."""
+    from screening.models.encoder import CPU_BATCH_SIZE, activation_bytes_per_image
 
-        chunk = CPU_BATCH_SIZE
+    chunk = CPU_BATCH_SIZE if chunk is None else chunk
     matrix = width * SPATIAL_PIXELS * n_outputs * 4
     core = 2 * 4 * (3 * width * 25 + width * width * 25 + 6 * width * width * 9)
-    act_bytes = 4 + 2 * (2 if precision != "fp32" else 4)
-    activations = chunk * width * PIXELS_222 * act_bytes
-    return ActorFootprint(shared=matrix, private=RUNTIME_BYTES + core + activations)
+    per_image = activation_bytes_per_image(width, precision)
+    return ActorFootprint(shared=matrix, private=RUNTIME_BYTES + core + chunk * per_image, per_image=per_image,
+                          chunk=chunk)
 
 
 def encode_core_s(width: int) -> float:
@@ -79,6 +85,7 @@ class CpuPool:
     threads: int         # torch threads per actor
     task_cpus: float     # Ray CPUs per read / decode task
     memory: int          # Ray memory per actor (bytes): its private part
+    forward_chunk: int = 1   # images per forward: the footprint's chunk, smaller where memory is short
 
 
 def _floor4(x: float) -> float:
@@ -95,6 +102,7 @@ def size_cpu_pool(nodes: Sequence[tuple[float, float | None]], footprint: ActorF
         raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {total:g} CPU(s); "
                                     f"valid: 0 .. {total:g}")
     enc = [cpus - task_reserve(cpus, width) for cpus, _ in nodes]
+    footprint = _fitting_chunk(nodes, footprint)
     mem_fit = [footprint.fits(m) for _, m in nodes]
     usable = [i for i, k in enumerate(mem_fit) if k > 0]
     if not usable:
@@ -113,7 +121,20 @@ def size_cpu_pool(nodes: Sequence[tuple[float, float | None]], footprint: ActorF
     # what the encoders leave on the tightest node, split so that reads and decodes run side by side
     left = min(cpus - k * c for (cpus, _), k in zip(nodes, fits))
     return CpuPool(min_size=lo or 1, max_size=hi or max(1, n_fit), num_cpus=c, threads=max(1, round(c)),
-                   task_cpus=_floor4(min(1.0, left / TASK_SLOTS)), memory=footprint.private)
+                   task_cpus=_floor4(min(1.0, left / TASK_SLOTS)), memory=footprint.private,
+                   forward_chunk=footprint.chunk)
+
+
+def _fitting_chunk(nodes, footprint: ActorFootprint) -> ActorFootprint:
+    """The footprint's own chunk where one actor fits the largest node; else the largest smaller chunk that fits (1 at
+    least: a node that cannot hold an actor forwarding one image is refused by the caller)."""
+    biggest = max(((m or 0) for _, m in nodes), default=0)
+    if not biggest or footprint.fits(biggest):
+        return footprint
+    chunk = footprint.chunk
+    while chunk > 1 and not footprint.with_chunk(chunk).fits(biggest):
+        chunk //= 2
+    return footprint.with_chunk(max(1, chunk))
 
 
 def _bounds(num_encoders) -> tuple[int | None, int | None]:
@@ -131,8 +152,9 @@ def _gib(x: float) -> str:
 def _no_memory_message(nodes, fp: ActorFootprint) -> str:
     biggest = max((m or 0) for _, m in nodes)
     return (f"one CPU encoder actor needs {_gib(fp.shared)} (the collapsed ROI matrix, shared per node) + "
-            f"{_gib(fp.private)} (its own), but the largest node of the Ray cluster has {_gib(biggest)} of memory; "
-            f"screen fewer ROIs or subjects, or use nodes with more memory")
+            f"{_gib(fp.private)} (its own, forwarding {fp.chunk} image(s) at a time), but the largest node of the Ray "
+            f"cluster has {_gib(biggest)} of memory for tasks (Ray's 'memory' resource); screen fewer ROIs or "
+            f"subjects, give Ray more memory (ray start --memory), or use nodes with more memory")
 
 
 def _too_many_message(num_encoders, lo, c, nodes, enc, mem_fit, fp: ActorFootprint) -> str:

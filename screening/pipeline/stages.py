@@ -19,6 +19,7 @@ the decoded rows and passes error rows through, so every input row leaves the pl
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 
@@ -120,13 +121,30 @@ def device_decode_batch(batch: dict, *, image_column: str, device, gpu_decode) -
     return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
 
 
+def other_node_notice(device: str, precision: str, run_rule: str | None, caps=None) -> str | None:
+    """``auto`` was resolved on another node: say so where this node's own rule differs (it still uses the run's
+    precision, as one output holds one precision); None where it agrees or the precision was asked for."""
+    if run_rule is None:
+        return None
+    from screening.hardware import Capabilities, precision_rule
+
+    caps = caps or Capabilities.from_this_machine(device)
+    mine, why = precision_rule(caps)
+    if mine == run_rule:
+        return None
+    return (f"screening: this encoder's node ({caps.describe()}) would choose precision {mine!r} ({why}), but the "
+            f"run resolved {run_rule!r} on another node; it uses the run's {precision!r}: one output holds one "
+            f"precision. For speed on mixed nodes, give --precision explicitly or screen each node kind separately.")
+
+
 class EncoderActor:
     """Callable class for ``map_batches(compute=ActorPoolStrategy(...))``."""
 
     def __init__(self, *, store, model_id: str, subjects, rois, precision: str, device: str = "cpu",
                  num_threads: int | None = None, throttle_s: float = 0.0, decode: str = "cpu",
                  image_column: str = "image", forward_chunk: int | None = None,
-                 checkpoint_sha256: str | None = None, fast_decode: bool = True, decode_threads: int = 1):
+                 checkpoint_sha256: str | None = None, fast_decode: bool = True, decode_threads: int = 1,
+                 precision_rule: str | None = None):
         import torch
 
         from screening.models.collapsed import collapse_key
@@ -149,6 +167,9 @@ class EncoderActor:
             self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
         if num_threads:
             torch.set_num_threads(int(num_threads))
+        self.precision_notice = other_node_notice(device, precision, precision_rule)
+        if self.precision_notice:
+            print(self.precision_notice, file=sys.stderr, flush=True)
         model, _info = store.load_model(model_id)
         # Arrays arrive read-only (zero-copy from the object store); per-subject (reliability-filtered) mappings too.
         rois = {k: (np.array(v) if isinstance(v, np.ndarray) else {s: np.array(c) for s, c in v.items()})
@@ -156,7 +177,8 @@ class EncoderActor:
         # CPU: the collapsed matrix comes from the node cache, built once per machine and mapped by every actor
         key = collapse_key(checkpoint_sha256, list(subjects), rois) if checkpoint_sha256 else None
         self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device,
-                                             cache_key=key, cache_dir=getattr(store, "cache_dir", None))
+                                             cache_key=key, cache_dir=getattr(store, "cache_dir", None),
+                                             release_heads=True)
         self.forward_chunk = forward_chunk
         del model
         gc.collect()
