@@ -1,10 +1,15 @@
 """ROI-mean screening throughput: reference-style path vs the engine's path, side by side, same images.
 
 reference-style: fp32, batch 32, all vertices of every subject head (the published readout), then ROI means.
-engine:          BN folded, bf16 autocast + channels_last core, all subjects × ROIs collapsed into one matmul.
+engine:          BN folded, all subjects × ROIs collapsed into one matmul; core in fp32, in bf16 (autocast +
+                 channels_last), and in what precision="auto" resolves to on this CPU (screening.hardware).
 ROIs: every area with model vertices (357 of 360; L_H, R_H, R_RSC are fully excluded by MOSAIC) + 22 groups.
 
-    python benchmarks/encode_cpu.py [--images 32] [--repeats 3] [--store DIR]
+    python benchmarks/encode_cpu.py [--images 32] [--repeats 3] [--store DIR] [--json OUT]
+
+It prints the CPU model, its bf16 / AMX / AVX-512 flags and torch's CPU capability first. To see another CPU kind's
+kernels on an AMX Xeon, cap oneDNN's ISA (ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE_BF16): the CPUID flags still say
+AMX, so only auto's probe can tell (benchmarks/README.md says which rows were measured so).
 
 Weights are synthetic (same architecture and sizes as published; speed does not depend on values).
 """
@@ -60,7 +65,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--engine-batch", type=int, default=16)
+    p.add_argument("--engine-batch", type=int, default=None, help="default: the engine's CPU forward (CPU_BATCH_SIZE)")
+    p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--store", default=os.environ.get("SCREENING_BENCH_STORE",
                                                      str(Path.home() / ".cache/screening/bench-store-all")))
     args = p.parse_args(argv)
@@ -76,21 +82,37 @@ def main(argv=None) -> int:
     for j, cols in enumerate(roi_set.values()):
         membership[torch.as_tensor(cols), j] = 1.0 / len(cols)
 
+    from screening.hardware import Capabilities, resolve_precision
+    from screening.models.encoder import CPU_BATCH_SIZE
+
+    batch = args.engine_batch or CPU_BATCH_SIZE
+    caps = Capabilities.from_this_machine("cpu")
+    flags = sorted(f for f in _proc_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16"))
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    print(f"CPU: {caps.cpu_model} ({caps.arch}); flags: {' '.join(flags) or 'none of avx2/avx512/bf16/amx'}; torch "
+          f"CPU capability {caps.torch_cpu_capability}" + (f"; oneDNN capped to {isa_cap}" if isa_cap else ""),
+          flush=True)
+    t = time.perf_counter()
+    choice = resolve_precision("cpu")
+    print(f"auto -> {choice.precision} in {time.perf_counter() - t:.2f} s: {choice.why}", flush=True)
+
     t0 = time.perf_counter()
     engine = RoiEncoder.from_model(model, SUBJECTS, roi_set, precision="bf16")
     engine_fp32 = RoiEncoder.from_model(model, SUBJECTS, roi_set, precision="fp32")
-    collapse_s = (time.perf_counter() - t0) / 2
+    engine_auto = RoiEncoder.from_model(model, SUBJECTS, roi_set, precision=choice.precision)
+    collapse_s = (time.perf_counter() - t0) / 3
     images = photo_batch(args.images)
     print(f"model: width {info.width}, {info.n_vertices} vertices x 8 subjects, {len(roi_set)} ROIs; "
           f"{args.images} photos; torch threads {torch.get_num_threads()}; collapse {collapse_s:.1f}s per encoder",
           flush=True)
 
-    times = {"reference": [], "engine-bf16": [], "engine-fp32": []}
+    times = {"reference": [], "engine-bf16": [], "engine-fp32": [], "engine-auto": []}
     results = {}
     for rep in range(args.repeats):  # interleaved, so machine noise hits every path alike
         for name, fn in (("reference", lambda: reference_roi_means(model, images, membership)),
-                         ("engine-bf16", lambda: engine_roi_means(engine, images, args.engine_batch)),
-                         ("engine-fp32", lambda: engine_roi_means(engine_fp32, images, args.engine_batch))):
+                         ("engine-bf16", lambda: engine_roi_means(engine, images, batch)),
+                         ("engine-fp32", lambda: engine_roi_means(engine_fp32, images, batch)),
+                         ("engine-auto", lambda: engine_roi_means(engine_auto, images, batch))):
             t = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t)
@@ -99,11 +121,38 @@ def main(argv=None) -> int:
     ref_ips = args.images / statistics.median(times["reference"])
     print("\n| path | images/s (median) | ratio to reference | min per-ROI r | median r | max rel err |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for name in times:
         ips = args.images / statistics.median(times[name])
         rmin, rmed, rel = agreement(results[name], results["reference"])
-        print(f"| {name} | {ips:.2f} | {ips / ref_ips:.1f}x | {rmin:.5f} | {rmed:.5f} | {rel:.2e} |")
+        label = f"engine-auto ({choice.precision})" if name == "engine-auto" else name
+        print(f"| {label} | {ips:.3f} | {ips / ref_ips:.2f}x | {rmin:.5f} | {rmed:.5f} | {rel:.2e} |")
+        rows.append({"path": name, "images_per_s": ips, "ratio_to_reference": ips / ref_ips, "min_r": rmin,
+                     "median_r": rmed, "max_rel_err": rel, "seconds": times[name]})
+    fastest = max(rows[1:3], key=lambda r: r["images_per_s"])
+    auto_ratio = rows[3]["images_per_s"] / fastest["images_per_s"]
+    print(f"\nauto ({choice.precision}) runs at {auto_ratio:.2f}x the fastest precision measured here "
+          f"({fastest['path']}); target >= 0.9")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"cpu": caps.cpu_model, "flags": flags, "torch_cpu_capability": caps.torch_cpu_capability,
+                       "onednn_max_cpu_isa": isa_cap, "threads": torch.get_num_threads(), "images": args.images,
+                       "repeats": args.repeats, "engine_batch": batch, "auto": choice.record(),
+                       "auto_vs_fastest": auto_ratio, "rows": rows}, f, indent=1)
     return 0
+
+
+def _proc_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("flags", "Features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             if rss > peak["rss"]:
                 peak.update(rss=rss, rss_at_s=now)
             if pss > peak["pss"]:
-                peak.update(pss=pss, pss_at_s=now, pss_rows=sorted(rows, key=lambda r: -r[2])[:8])
+                peak.update(pss=pss, pss_at_s=now, pss_rows=sorted(rows, key=lambda r: -r[2]))
             done.wait(args.every_s)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     result = {"command": cmd, "rc": rc, "seconds": round(time.perf_counter() - t0, 1),
               "cpu": _cpu(), "peak_tree_rss_gib": round(peak["rss"] / GIB, 3), "at_s": peak["rss_at_s"],
               "peak_tree_pss_gib": round(peak["pss"] / GIB, 3), "pss_at_s": peak["pss_at_s"],
-              "largest_at_pss_peak": [{"process": n, "rss_gib": round(r / GIB, 3), "pss_gib": round(s / GIB, 3)}
+              "processes_at_pss_peak": [{"process": n, "rss_gib": round(r / GIB, 3), "pss_gib": round(s / GIB, 3)}
                                       for n, r, s in peak["pss_rows"]]}
     print(json.dumps(result, indent=1), file=sys.stderr)
     if args.json:

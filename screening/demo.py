@@ -172,6 +172,10 @@ def _demo(args) -> int:
     print(f"[2/5] {n_photos} packaged photographs + artificial stimuli in {out / 'images'}; ingesting ...", flush=True)
     ingest(str(out / "images"), str(out / "shards"), shard_rows=16, overwrite=True)
     print("[3/5] screening on local Ray ...", flush=True)
+    if not os.environ.get("RAY_ADDRESS"):
+        from screening.pipeline.run import ensure_ray
+
+        ensure_ray(dashboard=False)   # the demo's own local Ray: no dashboard processes (~0.3 GB)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,
                               precision=args.precision, storage_options=options)
     print("[4/5] ranking ...", flush=True)

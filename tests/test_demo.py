@@ -7,12 +7,21 @@ CI uses a reduced-width (16-channel) visual-variant store to keep the suite shor
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+
+# Ray's log lines: "2026-12-06 16:44:52,994	INFO ...", C++ "[2026-12-06 ...", "(raylet)" / "(MapWorker pid=...)"
+# prefixes, and the messages seen before in a quiet demo.
+RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING|ERROR)|\[\d{4}-\d\d-\d\d \d\d:|"
+                      r"\((raylet|MapWorker|pid=)|core_worker\.cc|Progress bars disabled|issue_detector|"
+                      r"Started a local Ray instance")
 
 
 @pytest.mark.timeout(900)
@@ -24,6 +33,12 @@ def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=880)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SYNTHETIC WEIGHTS" in proc.stdout
+    # the precision auto chose, and why, in the summary and the manifest
+    m = re.search(r"precision: (fp32|bf16) \(auto: (.+)\)", proc.stdout)
+    assert m, proc.stdout[-2000:]
+    # quiet without --verbose: our progress bar only, no line of Ray's (Python loggers, C++ lines, worker prefixes)
+    ray_lines = [ln for ln in re.split(r"[\r\n]", proc.stderr) if RAY_LINE.search(ln)]
+    assert not ray_lines, ray_lines[:5]
     index = Path(re.search(r"open (\S+index\.html)", proc.stdout).group(1))
     assert index.is_file()
     html = index.read_text()
@@ -36,6 +51,8 @@ def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
 
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["model"]["synthetic"] is True
+    choice = manifest["config"]["precision_choice"]
+    assert manifest["config"]["precision"] == choice["precision"] == m.group(1) and choice["why"] == m.group(2)
     n_images = len(list((out / "images").iterdir()))
     from tests.test_pipeline import read_run
 
@@ -46,3 +63,23 @@ def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
     assert set(responses["subject"]) == {f"sub-0{i}" for i in range(1, 9)} | {"mean"}
     rankings = pd.read_parquet(out / "run" / "rankings")
     assert {"roi", "subject", "rank", "image_id", "response", "z"} <= set(rankings.columns)
+
+
+@pytest.mark.timeout(300)
+def test_demo_ctrl_c_exits_130_with_one_line(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "SCREENING_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "screening.cli", "demo", "--variant", "visual", "--width", "16",
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:   # interrupt once the screening step has started (Ray up, the run in flight)
+        seen.append(line)
+        if line.startswith("[3/5]"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest + err
+    assert "Traceback" not in err, err[-3000:]
+    assert re.search(r"^screening demo: interrupted; .* \(rerun to resume\)$", err, re.MULTILINE), err[-2000:]

@@ -152,7 +152,7 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
     each set sums its atoms.
     """
     f = features.detach().float()
-    s = spatial_hat.detach().float().flatten(1)
+    s = spatial_hat.detach().float().flatten(1)   # a view for a float32 head: no copy
     n_v, n_r = f.shape[0], len(vertex_sets)
     member = np.zeros((n_v, n_r), dtype=bool)
     for r, idx in enumerate(vertex_sets):
@@ -168,14 +168,11 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
     atom_sets = np.unpackbits(atoms, axis=1, count=n_r).astype(bool)  # (A, R)
     with torch.no_grad():
         perm = torch.as_tensor(used[order], device=f.device)
-        f_sorted, s_sorted = f[perm], s[perm]  # one gather; each atom is then a contiguous slice
+        atom_sums = torch.empty(len(atoms), f.shape[1], s.shape[1], dtype=torch.float32, device=f.device)
+        for a in range(len(atoms)):   # one atom's rows gathered at a time: no sorted copy of the whole head
+            rows = perm[int(bounds[a]):int(bounds[a + 1])]
+            torch.matmul(f[rows].T, s[rows], out=atom_sums[a])
         del f, s
-        atom_sums = torch.empty(len(atoms), f_sorted.shape[1], s_sorted.shape[1], dtype=torch.float32,
-                                device=f_sorted.device)
-        for a in range(len(atoms)):
-            lo, hi = int(bounds[a]), int(bounds[a + 1])
-            torch.matmul(f_sorted[lo:hi].T, s_sorted[lo:hi], out=atom_sums[a])
-        del f_sorted, s_sorted
         atom_sums = atom_sums.flatten(1)
         if out is None:
             out = torch.empty(atom_sums.shape[1], n_r, dtype=torch.float32, device=atom_sums.device)
@@ -322,9 +319,12 @@ def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subje
                                   device=features.device)
             _check_out(out, features.shape[1] * spatial[0].numel(), len(subjects) * n_r)
             _, b = collapse_vertices(features, spatial, h.bias.to(device), sets, out=out[:, i * n_r:(i + 1) * n_r])
-        del h, features, spatial
         if release_heads and isinstance(heads, CNN8Multihead):
+            from screening.models.pages import release_file_pages
+
             del heads.subject_readouts[head_key(s)]
+            release_file_pages([h._features, h.spatial, h.bias])
+        del h, features, spatial
         bs.append(b)
     return out.T, torch.cat(bs)
 

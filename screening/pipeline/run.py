@@ -212,7 +212,9 @@ def screen_config(config: RunConfig) -> ScreeningResult:
     return execute(build_plan(config))
 
 
-def _ensure_ray():
+def ensure_ray(*, dashboard: bool | None = None):
+    """Connect to Ray (RAY_ADDRESS or a new local instance) unless connected; ``dashboard=False``: a local instance
+    without the dashboard's processes (the demo: less memory)."""
     import signal
     import threading
 
@@ -223,10 +225,14 @@ def _ensure_ray():
         handler = signal.getsignal(signal.SIGTERM) if main else None
         from screening.pipeline.console import ray_logging_level
 
-        ray.init(log_to_driver=True, logging_level=ray_logging_level())
+        extra = {} if dashboard is None else {"include_dashboard": dashboard}
+        ray.init(log_to_driver=True, logging_level=ray_logging_level(), **extra)
         if callable(handler):  # Ray's core worker replaces a SIGTERM handler set before init (the CLI's)
             signal.signal(signal.SIGTERM, handler)
     return ray
+
+
+_ensure_ray = ensure_ray
 
 
 def execute(plan: ScreeningPlan) -> ScreeningResult:
