@@ -1,4 +1,4 @@
-"""bf16 — the default core precision of the pipeline and the demo — against the published fp32 maths, in values.
+"""bf16 — the core precision `auto` picks where a CPU or GPU computes it natively — against the published fp32 maths.
 
 Per (subject, ROI) Pearson r across real photographs (the demo's packaged photos: scikit-image, scikit-learn and
 matplotlib sample data), on the calibrated synthetic store, and once at the published width (``slow``). The README's
@@ -13,7 +13,7 @@ import torch
 
 from screening import rois
 from screening.models._weights import SUBJECTS
-from screening.models.encoder import CNN8Multihead, RoiEncoder, collapse_heads
+from screening.models.encoder import CPU_BATCH_SIZE, CNN8Multihead, RoiEncoder, collapse_heads
 from screening.models.fast import fold_batchnorm
 
 VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"
@@ -54,8 +54,12 @@ def bf16_agreement(model: CNN8Multihead, images: np.ndarray, subjects, roi_set) 
     the mean offset |mean(bf16 - fp32)| / sd(fp32) across images, which r cannot see."""
     w, b = collapse_heads(model, subjects, roi_set)
     x = torch.from_numpy(images)
-    ref = RoiEncoder(model.core, w, b, subjects, list(roi_set), "fp32", model.weights).eval()(x)
-    got = RoiEncoder(fold_batchnorm(model.core), w, b, subjects, list(roi_set), "bf16", model.weights).eval()(x)
+    ref_enc = RoiEncoder(model.core, w, b, subjects, list(roi_set), "fp32", model.weights).eval()
+    got_enc = RoiEncoder(fold_batchnorm(model.core), w, b, subjects, list(roi_set), "bf16", model.weights).eval()
+    # forwards of CPU_BATCH_SIZE images, as the engine runs them: where bf16 is emulated (AVX2), a 6-image bf16 forward
+    # holds ~1 GB of im2col buffers per image
+    ref = torch.cat([ref_enc(x[i:i + CPU_BATCH_SIZE]) for i in range(0, len(x), CPU_BATCH_SIZE)])
+    got = torch.cat([got_enc(x[i:i + CPU_BATCH_SIZE]) for i in range(0, len(x), CPU_BATCH_SIZE)])
     assert (ref.double().std(0) > 1e-3 * ref.abs().max()).all(), "ROI means must vary across the photos"
     shape = (len(subjects), len(roi_set))
     offset = ((got.double() - ref.double()).mean(0) / ref.double().std(0)).abs().numpy().reshape(shape)

@@ -213,7 +213,9 @@ def test_gpu_only_options_are_refused_by_the_plan_without_gpus(visual_store, tmp
     with pytest.raises(InvalidParameterError, match=r"decode='nvjpeg' is not valid; valid values: 'cpu', 'gpu'"):
         build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o3"), decode="nvjpeg", **kw))
     cpu_plan = build_plan(RunConfig.of(str(shard), str(visual_store), str(tmp_path / "o1"), **kw))
-    assert cpu_plan.config_key != gpu_plan.config_key
+    # precision="auto" (the default) has no key until it is resolved on the cluster: compare at one precision
+    assert cpu_plan.config_key is None and gpu_plan.config_key is None
+    assert cpu_plan.with_precision("bf16", {}).config_key != gpu_plan.with_precision("bf16", {}).config_key
 
 
 def test_resume_with_another_decoder_is_refused(ray_local, visual_store, tmp_path):

@@ -273,14 +273,8 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     pending = [s for s in plan.pending if s.unit not in markers]   # another run may have committed some since
     stats = None
     if pending:
-        ray = _ensure_ray()
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        res = check_resources(plan, ray.cluster_resources(), nodes)
-        if plan.precision is None:   # "auto": resolved once, on a node of the encoders' kind, for the whole output
-            plan = plan.with_precision(*_resolve_precision(plan, res))
-            check_compatible(layout.markers(), plan.config_key, plan.out)
-            res = check_resources(plan, ray.cluster_resources(), nodes)
-            manifest_args["config"] = dict(plan.config)
+        plan, res = _plan_on_cluster(plan, layout)
+        manifest_args["config"] = dict(plan.config)
         if notice := driver_notice(plan, res):
             print(notice, file=sys.stderr)
         with _output_errors(plan.out, "removing leftovers and writing the manifest"):
@@ -328,6 +322,19 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
 
 
 PRECISION_PROBE_TIMEOUT_S = 300.0
+
+
+def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
+    """``(plan, resources)`` once Ray is up: the pool checked against the cluster, and precision="auto" resolved once,
+    on a node of the encoders' kind, for the whole output."""
+    ray = _ensure_ray()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    res = check_resources(plan, ray.cluster_resources(), nodes)
+    if plan.precision is None:
+        plan = plan.with_precision(*_resolve_precision(plan, res))
+        check_compatible(layout.markers(), plan.config_key, plan.out)
+        res = check_resources(plan, ray.cluster_resources(), nodes)   # the pool sized for the precision it runs
+    return plan, res
 
 
 def _resolve_precision(plan: ScreeningPlan, res) -> tuple[str, dict]:
