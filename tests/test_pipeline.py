@@ -530,3 +530,53 @@ def test_ray_job_submit_runs_jobs_screen(visual_store, tmp_path):
             head.wait(10)
     resp, errs = read_run(out)
     assert_partition(resp, errs, ids, n_subjects=1)
+
+
+@pytest.mark.timeout(300)
+def test_encoder_killed_past_its_restarts_fails_only_the_open_units_naming_memory(ray_local, visual_store, tmp_path,
+                                                                                monkeypatch):
+    """SIGKILL (what the OOM killer sends) to every encoder process as it comes up, once a unit is committed: after
+    ENCODER_MAX_RESTARTS restarts the run stops instead of looping; the open units fail with a message that names
+    memory, the committed ones stay, and a rerun does only the failed ones."""
+    from screening.exceptions import UnitsFailedError
+    from screening.pipeline import run as run_mod, screen
+
+    monkeypatch.setattr(run_mod, "ENCODER_MAX_RESTARTS", 1)
+    root = tmp_path / "in"
+    ids = make_shards(root, 6, 32, seed=11)
+    out = tmp_path / "out"
+    box = {}
+    kw = _kw(subjects=["sub-03"], batch_size=16, num_encoders=1, write_batch_size=32, throttle_s=0.5)
+
+    def run():
+        try:
+            box["result"] = screen(str(root), str(visual_store), str(out), **kw)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    killed: set = set()
+    deadline = time.time() + 200
+    while t.is_alive() and time.time() < deadline:
+        if (out / "_committed").exists() and list((out / "_committed").glob("*.json")):
+            for pid in set(_encoder_pids()) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.1)
+    t.join(60)
+    assert not t.is_alive(), "the run kept restarting its encoder"
+    assert len(killed) >= 2, f"killed {len(killed)} encoder process(es)"
+    err = box.get("error")
+    assert isinstance(err, UnitsFailedError), box
+    assert "restarted 1 times, then given up" in str(err) and "memory" in str(err), str(err)
+    committed = {p.stem for p in (out / "_committed").glob("*.json")}
+    assert 1 <= len(committed) < 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["run"]["units_failed"]) == 6 - len(committed)
+    assert not set(manifest["run"]["units_failed"]) & committed
+    monkeypatch.setattr(run_mod, "ENCODER_MAX_RESTARTS", 4)
+    again = screen(str(root), str(visual_store), str(out), **{**kw, "throttle_s": 0.0})
+    assert again.units_run == 6 - len(committed) and again.units_skipped == len(committed)
+    resp, errs = read_run(out)
+    assert_partition(resp, errs, ids, n_subjects=1)

@@ -165,6 +165,13 @@ class UnitLedger:
         if self.on_commit is not None:
             self.on_commit(marker)
 
+    def stop(self, reason: str) -> None:
+        """No more receipts will come (the stream failed): each open unit missing rows fails with ``reason`` at
+        ``finish``; a unit whose every row arrived still commits."""
+        for st in self.units.values():
+            if (st.seen == 0).any():
+                st.failures.append(reason)
+
     def commit_empty_units(self) -> None:
         """Shards with zero rows are complete before any row arrives."""
         for st in [s for s in self.units.values() if s.shard.rows == 0]:

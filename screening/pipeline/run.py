@@ -42,6 +42,7 @@ WRITE_TASK_CPUS = 0
 DECODE_TASK_MEMORY = 512 * 2**20
 READ_CHUNK_ROWS = 256
 NODE_WATCH_S = 5.0   # how often the driver looks for nodes that left the cluster (one GCS call)
+ENCODER_MAX_RESTARTS = 4   # per encoder actor: enough for preemptions and a lost node, not for an OOM loop
 
 
 @dataclass
@@ -408,8 +409,10 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                                "throttle_s": opts.throttle_s, "decode": opts.decode,
                                "fast_decode": opts.fast_decode, "decode_threads": res.decode_threads,
                                "image_column": plan.spec.image_column},
-        # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1 (actor_pool_map_operator.py):
-        # a killed or preempted encoder is restarted and its in-flight batches rerun; we rely on that default.
+        # A killed or preempted encoder is restarted and its in-flight batches rerun (max_task_retries=-1, Ray Data's
+        # default), but at most ENCODER_MAX_RESTARTS times (Ray Data's default is forever): an encoder the OOM killer
+        # takes each time it starts would loop. Past that the stream raises, and _run_pending fails the open units.
+        max_restarts=ENCODER_MAX_RESTARTS,
     )
     # Workers write; the driver gets receipts. Tasks are placed where their input blocks are (Ray's locality-aware
     # scheduling), i.e. mostly on the node that encoded them.
@@ -418,6 +421,24 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                         fn_kwargs={"layout": plan.layout, "labels": list(plan.subjects) + [MEAN_SUBJECT],
                                    "roi_names": list(plan.roi_names), "config_key": plan.config_key})
     return ds
+
+
+def _ray_errors() -> tuple:
+    import ray.exceptions
+
+    return (ray.exceptions.RayError,)
+
+
+def stream_failure(exc: BaseException) -> str:
+    """Why the open units of a stream that raised are failed. An encoder that died past its restarts is named with the
+    usual cause, memory."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if "ActorDied" in type(exc).__name__ or "OutOfMemory" in type(exc).__name__ or "actor died" in first.lower():
+        return (f"the encoder actor died and was restarted {ENCODER_MAX_RESTARTS} times, then given up "
+                f"({type(exc).__name__}: {first}). The usual cause is memory: a process killed by the OOM killer or "
+                f"Ray's memory monitor. Give each encoder more memory (--num-encoders fewer per node, fewer ROIs or "
+                f"subjects, or nodes with more memory), then rerun: committed units are kept")
+    return f"the run's stream failed ({type(exc).__name__}: {first}); rerun to redo the open units"
 
 
 class _RayCompactor:
@@ -530,13 +551,16 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
             ds = build_dataset(plan, [s for s in pending if s.unit in ledger.units], res)
             # prefetch_batches=0: a receipt is handed over as soon as it exists (with 1, each waited for the next one, so
             # every unit committed one write batch late; no driver CPU difference measured)
-            for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-                if lock.lost.is_set():
-                    raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this run's "
-                                         f"heartbeat was late); stopping without committing more units")
-                n = ledger.add(receipts)
-                if bar is not None:
-                    bar.update(n)
+            try:
+                for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                    if lock.lost.is_set():
+                        raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this "
+                                             f"run's heartbeat was late); stopping without committing more units")
+                    n = ledger.add(receipts)
+                    if bar is not None:
+                        bar.update(n)
+            except _ray_errors() as exc:   # the stream gave up: units with every row committed, the rest failed
+                ledger.stop(stream_failure(exc))
         return ledger.finish()
     finally:
         ctx.enable_progress_bars = old_bars
