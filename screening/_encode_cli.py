@@ -13,7 +13,6 @@ import numpy as np
 
 from screening.fs import StorageOptions, add_storage_arguments
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -33,14 +32,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def _files(paths: list[str]) -> list[Path]:
     """Image files named or found under the folders named; a missing path or an image-less folder is an error."""
     from screening.exceptions import InvalidParameterError
+    from screening.io.inputs import IMAGE_EXTENSIONS, has_image_ext
 
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if has_image_ext(f.name) and not f.is_dir())
             if not found:
                 raise InvalidParameterError(f"folder {str(p)!r} holds no image files (looked for "
-                                            f"{', '.join(sorted(IMAGE_SUFFIXES))}, any case, in subfolders too)")
+                                            f"{', '.join(IMAGE_EXTENSIONS)}, any case, in subfolders too)")
             out += found
         elif p.exists():
             out.append(p)

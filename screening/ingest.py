@@ -230,7 +230,10 @@ def _load(item: _Item) -> tuple[str, bytes | None, str | None, tuple[int, int] |
     try:
         data = item.read()
     except Exception as e:  # noqa: BLE001 — any failure to read is reported per file, by design
-        return item.source, None, None, None, f"read failed: {type(e).__name__}: {e}"
+        from screening.io.inputs import link_problem
+
+        note = link_problem(item.source) if "://" not in item.source else ""
+        return item.source, None, None, None, f"read failed: {type(e).__name__}: {e}{note}"
     digest = hashlib.sha256(data).hexdigest()
     try:
         size = image_size(data)

@@ -335,3 +335,62 @@ def test_unsupported_input_names_what_was_found_and_what_is_accepted(visual_stor
     assert re.search(shown, err), err
     assert "accepted: Parquet image shards" in err and ".tar" in err and ".csv" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 2
+
+
+def test_folder_symlinks_are_screened_or_named_and_other_files_are_counted(ray_local, visual_store, photos, tmp_path,
+                                                                          capsys):
+    """Category folders built of symlinks: a link to a photo is screened as that photo; a dangling link and a link
+    loop are error rows that say so; a linked folder (not followed), a folder named like an image and a text file
+    are counted in the summary, not dropped silently."""
+    names = sorted(photos)
+    store_dir, root = tmp_path / "library", tmp_path / "faces"
+    store_dir.mkdir()
+    root.mkdir()
+    for n in names[:2]:
+        (root / n).write_bytes(photos[n])
+    (store_dir / names[2]).write_bytes(photos[names[2]])
+    (root / "linked.jpg").symlink_to(store_dir / names[2])
+    (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (root / "loop-a.jpg").symlink_to(root / "loop-b.jpg")
+    (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
+    (root / "dir.jpg").mkdir()
+    (root / "notes.txt").write_text("not an image")
+    (root / "more").symlink_to(store_dir, target_is_directory=True)
+    out = tmp_path / "out"
+    assert _run(root, visual_store, out) == 0
+    printed = capsys.readouterr().out
+    resp, errs = _committed(out)
+    _assert_each_once(resp, [_sid(photos[n]) for n in names[:3]])
+    src = _sources(out)
+    assert str(root / "linked.jpg") in set(src.source)          # screened under the name the user gave it
+    by_source = dict(zip(errs.source, errs.error))
+    assert set(by_source) == {str(root / n) for n in ("dangling.jpg", "loop-a.jpg", "loop-b.jpg")}
+    assert "a dangling symlink" in by_source[str(root / "dangling.jpg")] and "gone.jpg" in by_source[
+        str(root / "dangling.jpg")]
+    assert "a symlink loop" in by_source[str(root / "loop-a.jpg")]
+    assert set(errs.stage) == {"read"}
+    assert "not screened: 2 other file(s) beside the images (" in printed, printed
+    assert ".txt 1" in printed and "(symlinked folder, not followed) 1" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["not_screened"] == {".txt": 1, "(symlinked folder, not followed)": 1}
+
+
+def test_a_run_whose_every_image_failed_says_so_in_rank_and_report(ray_local, visual_store, tmp_path, capsys):
+    """Both images undecodable: the unit commits with two error rows, and `rank` / `report` say that every image
+    failed and where the errors are, not that nothing is committed."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    corpus = bad_image_corpus()
+    (root / "a.jpg").write_bytes(corpus["truncated_jpeg"][0])
+    (root / "b.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "out"
+    assert _run(root, visual_store, out) == 0
+    assert len(os.listdir(out / "_committed")) == 1
+    capsys.readouterr()
+    assert main(["rank", str(out / "responses"), str(out / "rankings")]) == 2
+    err = capsys.readouterr().err
+    assert "no committed unit" not in err
+    assert "1 committed unit(s) hold no response rows: all 2 image(s) failed; see " in err, err
+    assert f"{out / 'errors'}/" in err
+    assert main(["report", str(out), "--no-flatmaps"]) == 2
+    assert "all 2 image(s) failed" in capsys.readouterr().err

@@ -292,3 +292,26 @@ def test_s3_uri_list_and_tar(s3_endpoint, bucket, tmp_path):
     res = ingest(f"s3://{name}/a.tar", tmp_path / "out_tar", endpoint_url=s3_endpoint, anonymous=False)
     assert res.rows == len(images)
     assert _read_shards(res.shards).column("source").to_pylist()[0] == f"tar://{next(iter(images))}::s3://{name}/a.tar"
+
+
+def test_symlinks_in_a_folder_are_ingested_or_named(tmp_path):
+    """A symlink to an image is ingested as that image (labs build category folders of links); a dangling link is an
+    error that says so; a linked folder is counted as skipped, not walked."""
+    from tests.image_corpus import encode, photo_like
+
+    lib, root = tmp_path / "lib", tmp_path / "faces"
+    lib.mkdir()
+    root.mkdir()
+    data = encode(photo_like(48, 40, seed=3), "JPEG")
+    (lib / "face.jpg").write_bytes(data)
+    (root / "linked.jpg").symlink_to(lib / "face.jpg")
+    (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (root / "more").symlink_to(lib, target_is_directory=True)
+    res = ingest(str(root), str(tmp_path / "out"), shard_rows=4)
+    assert res.rows == 1
+    t = pq.read_table(res.shards[0])
+    assert t.column("source").to_pylist() == [str(root / "linked.jpg")] and t.column("image")[0].as_py() == data
+    errors = dict(res.errors)
+    assert list(errors) == [str(root / "dangling.jpg")]
+    assert "a dangling symlink" in errors[str(root / "dangling.jpg")] and "gone.jpg" in errors[str(root / "dangling.jpg")]
+    assert res.skipped == 1

@@ -349,7 +349,9 @@ def read_files(item: dict, *, storage=None, chunk_rows: int = 256):
             if size >= 0 and len(data) != size:
                 data, error = None, f"the file changed after the run was planned (size {size} -> {len(data)})"
         except Exception as exc:  # noqa: BLE001 - one file's problem is that file's error row
-            error = f"read failed: {type(exc).__name__}: {exc}"
+            from screening.io.inputs import link_problem
+
+            error = f"read failed: {type(exc).__name__}: {exc}" + (link_problem(uri) if "://" not in uri else "")
         if (t := chunks.add(row, uri, data, error)) is not None:
             yield t
     if (t := chunks.take()) is not None:

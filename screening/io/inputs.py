@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import collections
 import csv
+import errno
 import hashlib
 import io
 import os
 import posixpath
 import re
+import stat
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,18 +67,60 @@ def is_hidden(relpath: str) -> bool:
 # listing (shared with screening ingest)
 # ----------------------------------------------------------------------------------------------
 
+LINKED_FOLDER = "(symlinked folder, not followed)"
+
+
 def walk_folder(fs, root: str) -> list[tuple[str, dict]]:
-    """``(relative path, listing info)`` of every non-hidden file under ``root``, sorted by relative path."""
+    """``(relative path, listing info)`` of every non-hidden file under ``root``, sorted by relative path.
+
+    A symlink to a file is that file (labs build category folders out of symlinks). A dangling or looping symlink is
+    listed as a file of size -1 whose read fails, so it becomes an error row that names it, never a silent gap. A
+    symlink to a folder is not followed (loops): it is listed with type :data:`LINKED_FOLDER`, to be reported."""
     root = root.rstrip("/")
     found = fs.find(root, detail=True)
     rows = []
     for p, info in found.items():
         if info.get("type", "file") != "file":
-            continue
+            if not info.get("islink"):
+                continue
+            info = _followed(p, info)
         rel = p[len(root):].lstrip("/")
         if not is_hidden(rel):
             rows.append((rel, info))
     return sorted(rows, key=lambda r: r[0])
+
+
+def _follow_link(path: str, info: dict) -> dict:
+    """A local symlink's listing info: its target's when that is a file; a LINKED_FOLDER entry for a folder; a file
+    of size -1 for a dangling or looping link (reading it then fails and names it)."""
+    try:
+        st = os.stat(path)   # follows the link
+    except OSError:
+        return {**info, "type": "file", "size": -1}
+    if stat.S_ISDIR(st.st_mode):
+        return {**info, "type": LINKED_FOLDER}
+    return {**info, "type": "file", "size": st.st_size, "mtime": st.st_mtime}
+
+
+def _followed(path: str, info: dict) -> dict:
+    return _follow_link(path, info) if info.get("islink") and info.get("type") != "file" else info
+
+
+def link_problem(path: str) -> str:
+    """For a local path that is a broken symlink, what is wrong with it ("" otherwise): added to its error row."""
+    if not os.path.islink(path):
+        return ""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f" (a symlink loop: {path} -> {target})"
+        return f" (a dangling symlink: {path} -> {target}, which does not exist)"
+    return ""
 
 
 def iter_tar_images(fileobj, on_other: Callable[[str], None] | None = None) -> Iterator[tuple[str, bytes]]:
@@ -138,13 +182,23 @@ def expand_braces(pattern: str) -> list[str]:
 
 @dataclass(frozen=True)
 class FoundInputs:
-    """What ``images=`` holds: one kind, its files (scheme-less paths of ``fs``) and, for listings, their infos."""
+    """What ``images=`` holds: one kind, its files (scheme-less paths of ``fs``) and, for listings, their infos;
+    ``skipped``: what a folder or glob held that is not screened, as (extension or kind, count) pairs."""
 
     kind: str                 # "parquet" | "tar" | "files" | "list"
     fs: object
     root: str                 # the location as given (display form)
     paths: tuple[str, ...]
     infos: tuple[dict, ...] = ()
+    skipped: tuple[tuple[str, int], ...] = ()
+
+
+def skipped_summary(entries, taken) -> tuple[tuple[str, int], ...]:
+    """(extension or kind, count) of the listed entries not in ``taken``, most common first."""
+    kinds = collections.Counter(
+        LINKED_FOLDER if i.get("type") == LINKED_FOLDER else (posixpath.splitext(p)[1].lower() or "(no extension)")
+        for p, i in entries if p not in taken)
+    return tuple(kinds.most_common())
 
 
 def _found_summary(names) -> str:
@@ -154,18 +208,21 @@ def _found_summary(names) -> str:
 
 def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> FoundInputs:
     """One kind from a listing: tar shards (Parquet beside them is img2dataset metadata) > Parquet > images."""
-    tars = [(p, i) for p, i in entries if is_tar(p)]
-    parquet = [(p, i) for p, i in entries if p.endswith(".parquet") and not posixpath.basename(p).startswith("_")]
-    imgs = [(p, i) for p, i in entries if has_image_ext(p)]
+    files = [(p, i) for p, i in entries if i.get("type", "file") == "file"]
+    tars = [(p, i) for p, i in files if is_tar(p)]
+    parquet = [(p, i) for p, i in files if p.endswith(".parquet") and not posixpath.basename(p).startswith("_")]
+    imgs = [(p, i) for p, i in files if has_image_ext(p)]
     for kind, chosen in (("tar", tars), ("parquet", parquet)):
         if chosen and imgs:
             raise InvalidParameterError(
                 f"images={images!r} mixes {len(chosen)} {kind} file(s) with {len(imgs)} image file(s); point "
                 f"images= at one kind (accepted: {ACCEPTED})")
         if chosen:
-            return FoundInputs(kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen))
+            return FoundInputs(kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen),
+                               skipped_summary(entries, {p for p, _ in chosen}))
     if imgs:
-        return FoundInputs("files", fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs))
+        return FoundInputs("files", fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs),
+                           skipped_summary(entries, {p for p, _ in imgs}))
     what = f"found {_found_summary([p for p, _ in entries])}" if entries else "it is empty"
     raise InvalidParameterError(f"images={images!r} holds nothing screening run reads ({what}); accepted: {ACCEPTED}")
 
@@ -181,7 +238,8 @@ def find_inputs(images: str, *, storage=None) -> FoundInputs:
             raise InvalidParameterError(f"images={images!r} matches no file")
         with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
             infos = list(pool.map(fs.info, paths))
-        return _classify(images, fs, [(p, i) for p, i in zip(paths, infos) if i.get("type", "file") == "file"])
+        return _classify(images, fs, [(p, _followed(p, i)) for p, i in zip(paths, infos)
+                                      if i.get("type", "file") == "file" or i.get("islink")])
     if fs.isdir(path):
         root = path.rstrip("/")
         return _classify(images, fs, [(f"{root}/{rel}", info) for rel, info in walk_folder(fs, root)])
@@ -190,7 +248,7 @@ def find_inputs(images: str, *, storage=None) -> FoundInputs:
     if path.lower().endswith(LIST_SUFFIXES):
         return FoundInputs("list", fs, images, (path,), (fs.info(path),))
     if path.lower().endswith(".parquet") or is_tar(path) or has_image_ext(path):
-        return _classify(images, fs, [(path, fs.info(path))])
+        return _classify(images, fs, [(path, _followed(path, fs.info(path)))])
     ext = posixpath.splitext(path)[1] or "(no extension)"
     raise InvalidParameterError(f"images={images!r} is a {ext} file, which screening run does not read; "
                                 f"accepted: {ACCEPTED}")

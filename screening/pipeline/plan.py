@@ -165,10 +165,10 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, config)
     layout = OutputLayout(config.out, storage=config.storage)
     markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
-    shards, spec = plan_inputs(config.images, markers, image_column=config.image_column,
-                               id_column=config.id_column, storage=config.storage)
+    shards, spec, skipped = plan_inputs(config.images, markers, image_column=config.image_column,
+                                        id_column=config.id_column, storage=config.storage)
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
-              "engine_version": __version__}
+              "engine_version": __version__, "not_screened": dict(skipped)}
     key_source = _key_source(fingerprint, nv, roi_set, config,
                              None if reliability is None else [config.reliability_threshold, config.noise_ceiling])
     precision = config.precision
@@ -245,16 +245,17 @@ DIRECT_SPEC = ColumnSpec("image", False, None, None)
 
 
 def plan_inputs(images: str, markers: Mapping[str, dict], *, image_column: str, id_column: str,
-                storage: StorageOptions | None = None) -> tuple[tuple[Shard, ...], ColumnSpec]:
-    """The run's units and how to read their rows, from whatever ``images`` is (``screening.io.inputs``)."""
+                storage: StorageOptions | None = None):
+    """``(units, how to read their rows, what was not screened)`` from whatever ``images`` is
+    (``screening.io.inputs``); the last is (extension or kind, count) pairs of a folder's or glob's other files."""
     found = find_inputs(images, storage=storage)
     if found.kind == "parquet":
-        return _parquet_shards(found, image_column, id_column)
+        return (*_parquet_shards(found, image_column, id_column), found.skipped)
     if found.kind == "tar":
-        return _tar_shards(found, markers, storage), DIRECT_SPEC
+        return _tar_shards(found, markers, storage), DIRECT_SPEC, found.skipped
     units = file_units(found, storage=storage)
     return tuple(Shard(u.uri, u.uri, u.unit, len(u.files), u.size, u.version, kind="files", files=u.files,
-                       sizes=u.sizes) for u in units), DIRECT_SPEC
+                       sizes=u.sizes) for u in units), DIRECT_SPEC, found.skipped
 
 
 def _parquet_shards(found: FoundInputs, image_column: str, id_column: str):

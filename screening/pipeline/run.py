@@ -63,6 +63,7 @@ class ScreeningResult:
     failed: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)
     synthetic: bool = False
+    not_screened: dict = field(default_factory=dict)   # what the input folder held besides images, by extension
     precision: str | None = None        # the core precision the encoders ran (None: nothing was screened)
     precision_why: str | None = None    # precision="auto": why this one
 
@@ -102,6 +103,13 @@ class ScreeningResult:
                  for u in self.responses_files]
         return ray.data.read_parquet(paths, filesystem=arrow_filesystem(fs))
 
+    def _not_screened(self) -> str:
+        if not self.not_screened:
+            return ""
+        n = sum(self.not_screened.values())
+        return (f"  not screened: {n} other file(s) beside the images ("
+                + ", ".join(f"{k} {v}" for k, v in self.not_screened.items()) + ")\n")
+
     def summary(self) -> str:
         c = self.counts
         precision = ""
@@ -111,7 +119,7 @@ class ScreeningResult:
                  if self.synthetic else "") + f"screened {c['images']} images ({c['errors']} errors, {c['responses_rows']} response rows); "
                 f"this run: {self.units_run} unit(s), {self.images_this_run} images in {self.seconds:.1f} s "
                 f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
-                + precision +
+                + precision + self._not_screened() +
                 f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
                 f"manifest: {self.manifest_path}"
                 + "".join(f"\n  UNREADABLE: {n} row(s) of {uri} could not be read (stage 'read' in errors/)"
@@ -308,6 +316,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
     files = committed_files(layout)
     result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
                              precision=plan.precision, precision_why=(plan.config.get("precision_choice") or {}).get("why"),
+                             not_screened=dict(plan.config.get("not_screened") or {}),
                              errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
                              units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
                              storage=plan.options.storage, roi_names=plan.roi_names,
