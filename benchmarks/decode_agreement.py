@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.encode_cpu import agreement  # noqa: E402
 from screening import rois as roi_lib  # noqa: E402
 from screening.demo import packaged_photos  # noqa: E402
-from screening.models._weights import SUBJECTS, weights_for_variant  # noqa: E402
+from screening.models.registry import SUBJECTS, weights_for_variant  # noqa: E402
 from screening.models.encoder import RoiEncoder  # noqa: E402
 from screening.preprocess import preprocess_bytes  # noqa: E402
 

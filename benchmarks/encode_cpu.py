@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._images import photo_batch  # noqa: E402
 from screening import rois as roi_lib  # noqa: E402
-from screening.models._weights import DEFAULT_MODEL_ID, SUBJECTS  # noqa: E402
+from screening.models.registry import DEFAULT_MODEL_ID, SUBJECTS  # noqa: E402
 from screening.models.encoder import Normalize, RoiEncoder  # noqa: E402
 
 

@@ -570,7 +570,7 @@ def agreement_images(n_crops: int, seed: int = 0):
 
 def store_record(store_dir):
     """The published weights record whose model the store holds (synthetic or real), or None."""
-    from screening.models._weights import PUBLISHED
+    from screening.models.registry import PUBLISHED
 
     return next((w for w in PUBLISHED.values() if (Path(store_dir) / w.store_dir / "synthetic.json").exists()
                  or (Path(store_dir) / w.store_dir / "encoding_models_weights" / w.filename).exists()), None)
@@ -783,7 +783,7 @@ def cmd_bench(argv) -> int:
                     sms=props.multi_processor_count)
     print(f"gpu_bench: {json.dumps(meta)}", flush=True)
     rec = Record(args.json, meta)
-    from screening.models._weights import SUBJECTS
+    from screening.models.registry import SUBJECTS
 
     if cuda:
         ctx = {"dev": torch.device("cuda"), "width": 384, "variant": "all", "subjects": SUBJECTS,

@@ -64,10 +64,10 @@ def _check_out(out: str | None) -> None:
 def run_from_args(args) -> int:
     import pandas as pd
 
-    from screening._validation import parse_subjects
+    from screening.validation import parse_subjects
     from screening.api import BERG
     from screening.exceptions import ImageDecodeError
-    from screening.models._weights import DEFAULT_MODEL_ID
+    from screening.models.registry import DEFAULT_MODEL_ID
     from screening.preprocess import preprocess_bytes
 
     # every check on the user's arguments before the (slow) model load

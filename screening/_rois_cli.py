@@ -25,10 +25,10 @@ def roi_rows(variant: str) -> tuple[list[tuple[str, str, int, str]], list[tuple[
     """``(rows, refused)``: rows are ``(kind, name, n_vertices, detail)`` for every accepted name;
     ``refused`` are ``(name, why)`` for atlas areas and default composites with no vertex in ``variant``."""
     from screening import atlas, rois
-    from screening.rank._rois import DEFAULT_COMPOSITES
+    from screening.rank import DEFAULT_COMPOSITES
 
-    areas = rois._area_columns(variant)
-    groups = rois._group_columns(variant)
+    areas = rois.area_columns(variant)
+    groups = rois.group_columns(variant)
     rows = []
     for name in rois.default_roi_names(variant):
         if name in areas:
@@ -67,7 +67,7 @@ def run_from_args(args) -> int:
         for r in rows:
             print("\t".join(map(str, r)), file=out)
         return 0
-    from screening.models._weights import weights_for_variant
+    from screening.models.registry import weights_for_variant
 
     w = weights_for_variant(args.variant)
     print(f"ROI names accepted for variant {args.variant!r} ({w.model_id}, {w.n_vertices:,} vertices); "

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from screening import atlas, rois as roi_lib
-from screening._validation import (DEVICES, PRECISION_CHOICES, check_choice, check_device, check_positive_int,
-                                   check_precision, check_stimulus, parse_subjects, _is_int)
+from screening.validation import (DEVICES, check_choice, check_device, check_positive_int,
+                                   check_stimulus, parse_subjects, is_int)
 from screening.exceptions import InvalidParameterError, UnknownModelIdError
-from screening.hardware import AUTO, resolve_precision
-from screening.models._weights import PUBLISHED, CheckpointInfo, EncoderWeights, get_weights
+from screening.hardware import AUTO, PRECISION_CHOICES, check_precision, resolve_precision
+from screening.models.registry import PUBLISHED, CheckpointInfo, EncoderWeights, get_weights
 from screening.models.encoder import Normalize, RoiEncoder, collapse_heads, core_features, default_batch_size
 from screening.models.fast import fold_batchnorm
 
@@ -264,7 +264,7 @@ def _describe(w: EncoderWeights) -> dict[str, Any]:
     """BERG's describe() dictionary for one CNN8 model, from what the engine knows of it."""
     # long: one literal in the shape BERG's describe() returns; splitting it would scatter that shape
     areas = [n for n in roi_lib.default_roi_names(w.variant) if not n.startswith("group_")]
-    groups = sorted(int(g[-2:]) for g in roi_lib._group_columns(w.variant))
+    groups = sorted(int(g[-2:]) for g in roi_lib.group_columns(w.variant))
     cortex = "visual cortex (Glasser groups 1-5)" if w.variant == "visual" else "cortex (Glasser groups 1-22)"
     description = (
         f"A brain-optimised 8-layer CNN (MOSAIC CNN8, width {w.width}) with one factorised linear readout per "
@@ -401,10 +401,10 @@ def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int) 
             parts[name] = roi_lib.resolve_roi(name, variant)
     groups = selection.get("glasser_group")
     if groups is not None:
-        glist = [groups] if (_is_int(groups) or isinstance(groups, bool)) else list(groups)
-        present = roi_lib._group_columns(variant)
+        glist = [groups] if (is_int(groups) or isinstance(groups, bool)) else list(groups)
+        present = roi_lib.group_columns(variant)
         for g in glist:
-            if not _is_int(g) or atlas.group_column(g) not in present:
+            if not is_int(g) or atlas.group_column(g) not in present:
                 valid = ", ".join(str(int(k[-2:])) for k in sorted(present))
                 raise InvalidParameterError(f"glasser_group {g!r} is not valid for variant {variant!r}; "
                                             f"valid groups: {valid}")

@@ -151,7 +151,7 @@ def run_from_args(args) -> int:
 def _demo(args) -> int:
     import screening
     from screening.ingest import ingest
-    from screening.models._weights import weights_for_variant
+    from screening.models.registry import weights_for_variant
     from screening.rank import rank
 
     t0 = time.perf_counter()
@@ -173,7 +173,7 @@ def _demo(args) -> int:
     ingest(str(out / "images"), str(out / "shards"), shard_rows=16, overwrite=True)
     print("[3/5] screening on local Ray ...", flush=True)
     if not os.environ.get("RAY_ADDRESS"):
-        from screening.pipeline.run import ensure_ray
+        from screening.pipeline.ray_session import ensure_ray
 
         ensure_ray(dashboard=False)   # the demo's own local Ray: no dashboard processes (~0.3 GB)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,

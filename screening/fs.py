@@ -26,6 +26,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
@@ -235,3 +236,12 @@ def read_json(fs, path: str):
         return None
     with fs.open(path, "rb") as f:
         return json.loads(f.read().decode())
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """This machine's cache folder: ``cache_dir``, else ``$SCREENING_CACHE_DIR``, else ``~/.cache/screening`` (the
+    download cache of stores and the node cache of collapsed ROI matrices live under it)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("SCREENING_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "screening"

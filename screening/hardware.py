@@ -23,11 +23,30 @@ from dataclasses import asdict, dataclass
 
 from screening.exceptions import InvalidParameterError
 
+#: Core precisions of the encoders: ``fp32`` is the published maths; ``bf16``/``fp16`` autocast the core after block1.
+#: fp16 is CUDA only: on CPUs float16 autocast is no fast path of ours (bf16 is), and its agreement is measured on GPU.
+PRECISIONS = ("fp32", "bf16", "fp16")
+CUDA_ONLY_PRECISIONS = ("fp16",)
 AUTO = "auto"
+#: What a user may ask for: a precision, or ``auto`` (the fastest one where the encoder runs).
+PRECISION_CHOICES = PRECISIONS + (AUTO,)
 #: bf16 must beat fp32 by this factor in the probe: within it, fp32 (the published maths) is kept, and costs < 10%.
 MIN_GAIN = 1.1
 #: The probe layer: one 3x3 conv of the core's width at 56x56 (blocks 5-6's shape), batch 1, as the encoder runs it.
 PROBE_SHAPE = (384, 56)
+
+
+def check_precision(precision, device: str, *, allow_auto: bool = False) -> str:
+    """``precision`` is one of PRECISIONS (or ``auto`` where allowed) and runs on ``device`` ("cpu" or "cuda")."""
+    valid = PRECISION_CHOICES if allow_auto else PRECISIONS
+    if precision not in valid:
+        raise InvalidParameterError(f"precision={precision!r} is not valid; valid values: "
+                                    f"{', '.join(map(repr, valid))}")
+    if precision in CUDA_ONLY_PRECISIONS and device != "cuda":
+        cpu_ok = ", ".join(repr(p) for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
+        raise InvalidParameterError(f"precision={precision!r} needs a CUDA device (float16 autocast on a CPU "
+                                    f"measured slower than fp32) but this runs on {device!r}; valid precisions on a CPU: {cpu_ok}")
+    return precision
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from screening._validation import check_positive_int
+from screening.validation import check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
 from screening.fs import StorageOptions, add_storage_arguments, filesystem_for, is_local, to_uri
 

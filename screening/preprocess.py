@@ -70,7 +70,7 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
-from screening._validation import check_bool, check_positive_int
+from screening.validation import check_bool, check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError
 
 __all__ = [

@@ -60,7 +60,7 @@ LOCALIZER_ALIASES: dict[str, tuple[str, ...]] = {
 
 
 @lru_cache(maxsize=4)
-def _area_columns(variant: str) -> dict[str, np.ndarray]:
+def area_columns(variant: str) -> dict[str, np.ndarray]:
     mapping = atlas.variant_vertex_mapping(variant)
     out = {}
     for name, g in atlas.roi_grayordinates().items():
@@ -72,7 +72,7 @@ def _area_columns(variant: str) -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _group_columns(variant: str) -> dict[str, np.ndarray]:
+def group_columns(variant: str) -> dict[str, np.ndarray]:
     groups = atlas.glasser_group_id()[atlas.variant_vertex_mask(variant)]
     return {atlas.group_column(g): np.flatnonzero(groups == g) for g in np.unique(groups)}
 
@@ -98,7 +98,7 @@ class Vocabulary:
 @lru_cache(maxsize=4)
 def variant_vocabulary(variant: str) -> Vocabulary:
     """Areas and groups with model vertices in ``variant`` (label order; groups ascending)."""
-    return Vocabulary(tuple(_area_columns(variant)), tuple(sorted(_group_columns(variant))),
+    return Vocabulary(tuple(area_columns(variant)), tuple(sorted(group_columns(variant))),
                       f"has no vertices in variant {variant!r}")
 
 
@@ -111,15 +111,15 @@ def atlas_vocabulary() -> Vocabulary:
 
 def default_roi_names(variant: str) -> list[str]:
     """Every area with vertices in the variant (label order), then its Glasser groups."""
-    areas = [n for n in atlas.area_names() if n in _area_columns(variant)]
-    return areas + sorted(_group_columns(variant))
+    areas = [n for n in atlas.area_names() if n in area_columns(variant)]
+    return areas + sorted(group_columns(variant))
 
 
 def valid_names_hint(variant: str) -> str:
-    areas = _area_columns(variant)
+    areas = area_columns(variant)
     bilateral = sorted({n[2:] for n in areas})
     return (f"areas like {', '.join(list(areas)[:4])}, ... ({len(areas)} in variant {variant!r}), "
-            f"bilateral names like {', '.join(bilateral[:3])}, ..., groups {', '.join(sorted(_group_columns(variant)))}")
+            f"bilateral names like {', '.join(bilateral[:3])}, ..., groups {', '.join(sorted(group_columns(variant)))}")
 
 
 def accepted_in(vocab: Vocabulary, composites: Mapping[str, Iterable[str]] | None = None,
@@ -264,7 +264,7 @@ def resolve_roi(name: str, variant: str, composites: Mapping[str, Iterable[str]]
                                     + f" (`screening rois` lists them all){hint}")
 
     atoms = expand_roi(name, vocab, composites, unknown=unknown)
-    areas, groups = _area_columns(variant), _group_columns(variant)
+    areas, groups = area_columns(variant), group_columns(variant)
     cols = [areas[a] if a in areas else groups[a] for a in atoms]
     return cols[0].copy() if len(cols) == 1 else np.unique(np.concatenate(cols))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from screening import BERG, atlas
-from screening._validation import SmallImageWarning
+from screening.validation import SmallImageWarning
 from screening.exceptions import InvalidParameterError, ModelNotFoundError, ScreeningError, StimulusError
-from screening.models._weights import load_checkpoint
+from screening.models.registry import load_checkpoint
 from tests._models import reference_forward
 
 VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"

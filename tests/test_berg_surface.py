@@ -8,7 +8,7 @@ import pytest
 
 from screening import BERG, atlas, rois
 from screening.exceptions import InvalidParameterError, ModelNotFoundError
-from screening.models._weights import PUBLISHED
+from screening.models.registry import PUBLISHED
 
 VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"
 ALL = "fmri-mosaic-CNN8_multihead_subNSD_verticesAll"

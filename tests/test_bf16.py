@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from screening import rois
-from screening.models._weights import SUBJECTS
+from screening.models.registry import SUBJECTS
 from screening.models.encoder import CPU_BATCH_SIZE, CNN8Multihead, RoiEncoder, collapse_heads
 from screening.models.fast import fold_batchnorm
 

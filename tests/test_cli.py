@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from screening import atlas, rois
-from screening._validation import parse_subjects
+from screening.validation import parse_subjects
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import DEFAULT_COMPOSITES
 

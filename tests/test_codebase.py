@@ -163,3 +163,119 @@ def test_every_error_class_lives_in_exceptions_and_pickles():
         back = pickle.loads(pickle.dumps(cls(f"{name}: bad value 's3://b/k'")))
         assert type(back) is cls and str(back) == f"{name}: bad value 's3://b/k'"
         assert isinstance(back, exceptions.ScreeningError)
+
+
+# --------------------------------------------------------------------------- boundaries: imports
+
+def import_graph(root: Path, package: str) -> tuple[dict, list]:
+    """``({module: {imported module}}, [(importer, target module, name)])`` of every import of ``package`` in the tree
+    (lazy ones inside functions too); the second lists each imported name, for the privacy rule."""
+    base = root / package.replace(".", "/")
+    mods = {}
+    for path in sorted(base.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str:
+        while name not in mods and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    graph, names = {m: set() for m in mods}, []
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    target = full if full in mods else owner(node.module)
+                    graph[m].add(target)
+                    names.append((m, target, "" if full in mods else alias.name))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == package:
+                        graph[m].add(owner(alias.name))
+                        names.append((m, owner(alias.name), ""))
+    return graph, names
+
+
+def package_of(module: str, root: Path) -> str:
+    """``pkg.sub`` for a module inside subpackage ``sub``; a top-level module is its own package."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and (root / parts[0] / parts[1]).is_dir() else module
+
+
+def cycles(graph: dict) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def boundary_problems(root: Path, package: str) -> list[str]:
+    """Import cycles between modules or between packages, and imports of another package's private module or name."""
+    graph, names = import_graph(root, package)
+    modules = {m: {t for t in ts if t not in (m, package)} for m, ts in graph.items()}
+    packages: dict = {}
+    for m, ts in graph.items():
+        for t in ts:
+            a, b = package_of(m, root), package_of(t, root)
+            if a != b and package not in (a, b):
+                packages.setdefault(a, set()).add(b)
+    problems = [f"module cycle: {' <-> '.join(c)}" for c in cycles(modules)]
+    problems += [f"package cycle: {' <-> '.join(c)}" for c in cycles(packages)]
+    for importer, target, name in names:
+        private_module = any(p.startswith("_") and not p.startswith("__") for p in target.split("."))
+        private_name = name.startswith("_") and not name.startswith("__")
+        if (private_module or private_name) and package_of(importer, root) != package_of(target, root):
+            problems.append(f"{importer} imports the private {target + ('.' + name if name else '')} of another "
+                            f"package")
+    return sorted(set(problems))
+
+
+def test_no_import_cycle_and_no_private_import_across_packages():
+    problems = boundary_problems(ROOT, "screening")
+    assert not problems, "\n".join(problems)
+
+
+def test_boundary_check_catches_planted_cycles_and_private_imports(tmp_path):
+    pkg = tmp_path / "plant"
+    for d in ("a", "b"):
+        (pkg / d).mkdir(parents=True)
+        (pkg / d / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "one.py").write_text("def f():\n    from plant.b.two import g\n    return g()\n")
+    (pkg / "b" / "two.py").write_text("from plant.a import one\n\n\ndef g():\n    return 1\n")
+    (pkg / "b" / "_hidden.py").write_text("X = 1\n_y = 2\n")
+    (pkg / "b" / "three.py").write_text("from plant.b._hidden import X, _y\n")           # same package: fine
+    (pkg / "a" / "four.py").write_text("from plant.b._hidden import X\nfrom plant.b.three import _z\n")
+    problems = boundary_problems(tmp_path, "plant")
+    assert "module cycle: plant.a.one <-> plant.b.two" in problems
+    assert "package cycle: plant.a <-> plant.b" in problems
+    assert "plant.a.four imports the private plant.b._hidden.X of another package" in problems
+    assert "plant.a.four imports the private plant.b.three._z of another package" in problems
+    assert not [p for p in problems if p.startswith("plant.b.three")]

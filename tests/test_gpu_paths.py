@@ -266,7 +266,7 @@ def photo_jpegs():
 
 def _encoder(visual_store, precision, device="cuda"):
     from screening import rois
-    from screening.models._weights import SUBJECTS
+    from screening.models.registry import SUBJECTS
     from screening.models.encoder import RoiEncoder
     from screening.store import open_store
 

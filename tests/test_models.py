@@ -8,7 +8,7 @@ import torch
 
 from screening import atlas, rois
 from screening.exceptions import CheckpointError
-from screening.models._weights import SUBJECTS, expected_shapes, load_checkpoint, save_checkpoint
+from screening.models.registry import SUBJECTS, expected_shapes, load_checkpoint, save_checkpoint
 from screening.models.encoder import CNN8Multihead, Normalize, RoiEncoder, collapse_heads
 from screening.models.fast import fold_batchnorm
 from tests._models import random_model, reference_forward
@@ -171,7 +171,7 @@ def test_the_weights_record_drives_the_encoder(small):
     import dataclasses
 
     from screening.exceptions import InvalidParameterError
-    from screening.models._weights import PUBLISHED
+    from screening.models.registry import PUBLISHED
 
     assert small.weights.model_id == "unregistered" and small.input_size == 224
     rec = dataclasses.replace(small.weights, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from screening import atlas, rois
 from screening.exceptions import InvalidParameterError
-from screening.models._weights import SUBJECTS
+from screening.models.registry import SUBJECTS
 from screening.models.encoder import CNN8Multihead, Normalize, collapse_heads
 from screening.rois import DEFAULT_COMPOSITES
 

@@ -20,7 +20,7 @@ import torch
 from screening import exceptions as E
 from screening.exceptions import (CheckpointError, IntegrityError, InvalidParameterError, ModelLoadError,
                                   ModelNotFoundError, StoreError, UnsafePickleError)
-from screening.models._weights import PREFIX, SUBJECTS, get_weights, save_checkpoint
+from screening.models.registry import PREFIX, SUBJECTS, get_weights, save_checkpoint
 from screening.models.encoder import CNN8Multihead
 from screening.store import _cache, normalize_subject, open_store
 from screening.store._unpickle import load_metadata_npy
@@ -263,7 +263,7 @@ def test_normalize_subject(subject, expected):
 
 @pytest.mark.parametrize("subject", [0, 9, "sub-09", True, 1.5, "one", None, "1,2", "all"])
 def test_normalize_subject_rejects(subject):
-    # the one subject grammar (screening._validation.parse_subjects), limited to exactly one subject
+    # the one subject grammar (screening.validation.parse_subjects), limited to exactly one subject
     with pytest.raises(InvalidParameterError, match="valid values|exactly one"):
         normalize_subject(subject)
 

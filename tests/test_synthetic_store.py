@@ -15,7 +15,7 @@ import torch
 
 from screening import atlas
 from screening.exceptions import InvalidParameterError
-from screening.models._weights import SUBJECTS, get_weights, weights_for_variant
+from screening.models.registry import SUBJECTS, get_weights, weights_for_variant
 from screening.models.core import CNN8Core
 from screening.models.encoder import Normalize
 from screening.store import open_store
@@ -196,7 +196,7 @@ def test_cli(visual_store, capsys):
 @pytest.mark.slow
 def test_full_size_all_variant(tmp_path):
     """The published size: 72 keys, 57,051 vertices, width 384, loads through the store."""
-    from screening.models._weights import expected_shapes
+    from screening.models.registry import expected_shapes
 
     t0 = time.perf_counter()
     root = make_store(tmp_path / "all", variant="all", seed=0, width=384)

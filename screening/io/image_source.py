@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screening.exceptions import InvalidParameterError
+from screening.io.inputs import file_version, iter_tar_images, link_problem, stem
 
 
 @dataclass(frozen=True)
@@ -52,22 +53,6 @@ class Shard:
         if self.kind != "parquet":
             item.update(kind=self.kind, files=list(self.files), sizes=list(self.sizes), broken=self.broken)
         return item
-
-
-def file_version(info: dict) -> str:
-    """What changes when a file is rewritten, read from a listing/HEAD at no extra cost.
-
-    S3: the ETag (content MD5 for single-part uploads, a hash of part hashes for multipart; any rewrite changes it).
-    Local: the modification time in nanoseconds. Together with the size and the footer's row count this is the
-    input's fingerprint recorded in each commit marker.
-    """
-    for key in ("ETag", "etag"):
-        if info.get(key):
-            return "etag:" + str(info[key]).strip('"')
-    mtime = info.get("mtime", info.get("LastModified"))
-    if hasattr(mtime, "timestamp"):
-        mtime = mtime.timestamp()
-    return f"mtime_ns:{int(round(float(mtime or 0) * 1e9))}"
 
 
 def stat_shards(fs, paths: list[str], threads: int = 16) -> list[tuple[int, str]]:
@@ -115,7 +100,6 @@ def list_shards(fs, path: str) -> list[str]:
 
 def unit_names(paths: list[str]) -> list[str]:
     """Output stems: the file stem, plus 8 hex of sha1(path) where two inputs share a stem."""
-    from screening.io.inputs import stem
 
     stems = [stem(p) for p in paths]
     seen: dict[str, int] = {}
@@ -311,7 +295,6 @@ def read_tar(item: dict, *, storage=None, chunk_rows: int = 256):
     rows (stage ``read``) naming the archive, like an unreadable row group of a Parquet shard.
     """
     from screening.fs import filesystem_for
-    from screening.io.inputs import iter_tar_images
 
     fs, path = filesystem_for(item["uri"], storage)
     n, chunks, row = int(item["rows"]), _Chunks(item["unit"], chunk_rows), 0
@@ -349,8 +332,6 @@ def read_files(item: dict, *, storage=None, chunk_rows: int = 256):
             if size >= 0 and len(data) != size:
                 data, error = None, f"the file changed after the run was planned (size {size} -> {len(data)})"
         except Exception as exc:  # noqa: BLE001 - one file's problem is that file's error row
-            from screening.io.inputs import link_problem
-
             error = f"read failed: {type(exc).__name__}: {exc}" + (link_problem(uri) if "://" not in uri else "")
         if (t := chunks.add(row, uri, data, error)) is not None:
             yield t
@@ -361,7 +342,6 @@ def read_files(item: dict, *, storage=None, chunk_rows: int = 256):
 def count_tar_images(uri: str, storage=None) -> tuple[int, str]:
     """``(image members, why the archive broke or "")``: a tar unit's row count, counted by a task on a worker."""
     from screening.fs import filesystem_for
-    from screening.io.inputs import iter_tar_images
 
     fs, path = filesystem_for(uri, storage)
     n = 0

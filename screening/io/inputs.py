@@ -137,6 +137,22 @@ def iter_tar_images(fileobj, on_other: Callable[[str], None] | None = None) -> I
             yield member.name, (f.read() if f is not None else b"")
 
 
+def file_version(info: dict) -> str:
+    """What changes when a file is rewritten, read from a listing/HEAD at no extra cost.
+
+    S3: the ETag (content MD5 for single-part uploads, a hash of part hashes for multipart; any rewrite changes it).
+    Local: the modification time in nanoseconds. Together with the size and the footer's row count this is the
+    input's fingerprint recorded in each commit marker.
+    """
+    for key in ("ETag", "etag"):
+        if info.get(key):
+            return "etag:" + str(info[key]).strip('"')
+    mtime = info.get("mtime", info.get("LastModified"))
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"mtime_ns:{int(round(float(mtime or 0) * 1e9))}"
+
+
 def read_list_entries(fs, path: str) -> list[str]:
     """Entries of a ``.csv`` (column ``path``, else ``uri``, else the first) or ``.txt``/``.lst`` list."""
     text = fs.cat_file(path).decode("utf-8-sig")
@@ -293,8 +309,6 @@ def _file_units(name: str, root: str, files, sizes, versions) -> list[FileUnit]:
 
 def file_units(found: FoundInputs, *, storage=None) -> list[FileUnit]:
     """Units of a folder / glob of images (sizes and versions from the listing) or of a list (stat'ed in parallel)."""
-    from screening.io.image_source import file_version
-
     if found.kind == "files":
         files = [to_uri(found.fs, p) for p in found.paths]
         sizes = [int(i.get("size", -1)) for i in found.infos]

@@ -49,7 +49,7 @@ def collapse_key(checkpoint_sha256: str, subjects: Sequence[str],
 
 
 def cache_dir_for(cache_dir: str | os.PathLike | None = None) -> Path:
-    from screening.store._cache import cache_root
+    from screening.fs import cache_root
 
     return cache_root(cache_dir) / "collapsed"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-#: (name, in_is_rgb, kernel, padding) in forward order; pools are interleaved by ``_ORDER``.
+#: (name, in_is_rgb, kernel, padding) in forward order; pools are interleaved by ``STAGE_ORDER``.
 _BLOCKS = {
     "block1": (5, 1),  # padding 1 (not 2): 224 → 222, as published
     "block2": (5, 2),
@@ -19,7 +19,7 @@ _BLOCKS = {
     "block7": (3, 1),
     "block8": (3, 1),
 }
-_ORDER = ("block1", "block2", "pool1", "block3", "block4", "pool2",
+STAGE_ORDER = ("block1", "block2", "pool1", "block3", "block4", "pool2",
           "block5", "block6", "pool3", "block7", "block8", "pool4")
 WIDTH = 384
 OUT_SPATIAL = 26
@@ -51,6 +51,6 @@ class CNN8Core(nn.Module):
 
     def forward(self, x, start: int = 0):
         """Run the stages from ``start`` (0 = block1) to pool4."""
-        for name in _ORDER[start:]:
+        for name in STAGE_ORDER[start:]:
             x = getattr(self, name)(x)
         return x

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from screening._validation import PRECISIONS, check_precision
+from screening.hardware import PRECISIONS, check_precision
 from screening.exceptions import InvalidParameterError
-from screening.models._weights import (DEFAULT_MODEL_ID, IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, SPATIAL, SUBJECTS,
+from screening.models.registry import (DEFAULT_MODEL_ID, IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, SPATIAL, SUBJECTS,
                                        CheckpointInfo, EncoderWeights, head_key, validate_state_dict,
                                        weights_for_model)
 from screening.models.core import CNN8Core

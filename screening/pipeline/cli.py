@@ -8,7 +8,7 @@ import sys
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from screening._validation import PRECISION_CHOICES
+    from screening.hardware import PRECISION_CHOICES
     from screening.fs import add_storage_arguments
     from screening.pipeline.config import DECODES
 

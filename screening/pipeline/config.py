@@ -14,10 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from screening._validation import (PRECISION_CHOICES, check_bool, check_choice, check_finite_number, check_nonneg_number,
+from screening.validation import (check_bool, check_choice, check_finite_number, check_nonneg_number,
                                    check_positive_int, parse_subjects)
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
+from screening.hardware import PRECISION_CHOICES
 
 # Where images are decoded: "cpu" tasks before the encoders, "gpu" (nvJPEG, inside GPU encoder actors), or "actor"
 # (the encoder actors' own CPU threads: the same pixels as "cpu", and the "gpu" plan's shape and driver cost).

@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from screening.pipeline.tables import PARQUET_OPTIONS, error_table, response_table, responses_schema, source_table
+from screening.pipeline.tables import (PARQUET_OPTIONS, STAGE_OK, error_table, response_table, responses_schema,
+                                       source_table)
 
-STAGE_OK = ""
 WRITE_ATTEMPTS = 3
 RECEIPT_SCHEMA = pa.schema([("unit", pa.string()), ("responses", pa.string()), ("errors", pa.string()),
                             ("sources", pa.string()),

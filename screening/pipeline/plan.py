@@ -17,8 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from screening._validation import CUDA_ONLY_PRECISIONS, PRECISIONS
-from screening.hardware import AUTO
+from screening.hardware import AUTO, CUDA_ONLY_PRECISIONS, PRECISIONS
 from screening.exceptions import InputChangedError, InvalidParameterError
 from screening.fs import StorageOptions, to_uri
 from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar_images, read_footers, stat_shards,
@@ -112,7 +111,7 @@ def resolve_store(store, *, storage: StorageOptions | None = None):
 
 
 def resolve_model_id(store, model_id) -> str:
-    from screening.models._weights import DEFAULT_MODEL_ID
+    from screening.models.registry import DEFAULT_MODEL_ID
 
     ids = list(store.model_ids())
     if model_id is None:
@@ -303,9 +302,9 @@ def _count_tar_rows(uris: list[str], storage) -> list[tuple[int, str]]:
     """Image members per archive, counted by one Ray task per archive (archive bytes never reach the driver)."""
     if not uris:
         return []
-    from screening.pipeline.run import _ensure_ray
+    from screening.pipeline.ray_session import ensure_ray
 
-    ray = _ensure_ray()
+    ray = ensure_ray()
     count = ray.remote(num_cpus=1, max_retries=3)(count_tar_images)
     return [tuple(r) for r in ray.get([count.remote(u, storage) for u in uris])]
 

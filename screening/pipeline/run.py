@@ -23,6 +23,7 @@ from screening.exceptions import InvalidParameterError, OutputError, RunLockedEr
 from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.config import RunConfig
+from screening.pipeline.ray_session import ensure_ray
 from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import (MANIFEST, OutputLayout, build_manifest, check_compatible, committed_files,
                                         utcnow)
@@ -216,32 +217,14 @@ def screen(images, store, out, **options) -> ScreeningResult:
     return screen_config(RunConfig.of(images, store, out, **options))
 
 
+_ensure_ray = ensure_ray   # the one name execute() calls (tests replace it to prove a rerun starts no Ray)
+
+
 def screen_config(config: RunConfig) -> ScreeningResult:
     """Run a :class:`RunConfig` (built by ``RunConfig.of`` / ``RunConfig.from_args``): plan, then execute."""
     return execute(build_plan(config))
 
 
-def ensure_ray(*, dashboard: bool | None = None):
-    """Connect to Ray (RAY_ADDRESS or a new local instance) unless connected; ``dashboard=False``: a local instance
-    without the dashboard's processes (the demo: less memory)."""
-    import signal
-    import threading
-
-    import ray
-
-    if not ray.is_initialized():
-        main = threading.current_thread() is threading.main_thread()
-        handler = signal.getsignal(signal.SIGTERM) if main else None
-        from screening.pipeline.console import ray_logging_level
-
-        extra = {} if dashboard is None else {"include_dashboard": dashboard}
-        ray.init(log_to_driver=True, logging_level=ray_logging_level(), **extra)
-        if callable(handler):  # Ray's core worker replaces a SIGTERM handler set before init (the CLI's)
-            signal.signal(signal.SIGTERM, handler)
-    return ray
-
-
-_ensure_ray = ensure_ray
 
 
 def execute(plan: ScreeningPlan) -> ScreeningResult:

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-STAGE_OK = ""
+from screening.pipeline.tables import STAGE_OK
 
 
 def _read_stage(datas, read_error, image_column: str):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MEAN_SUBJECT = "mean"
+STAGE_OK = ""   # the stage column of a row that was screened (an error row names its stage)
 ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
                           ("error", pa.string())])
 

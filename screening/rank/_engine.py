@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from screening._validation import check_bool
+from screening.validation import check_bool
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
 from screening.rank._stream import RunningStats, TopK

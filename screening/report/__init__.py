@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from screening._validation import parse_subjects
+from screening.validation import parse_subjects
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 from screening.report import html as H

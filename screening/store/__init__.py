@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from screening.exceptions import (CheckpointError, InvalidParameterError, ModelLoadError,
                                   ModelNotFoundError, StoreError, UnsafePickleError)
-from screening.models._weights import PUBLISHED, PUBLISHED_WIDTH, SUBJECTS, EncoderWeights, get_weights
+from screening.models.registry import PUBLISHED, PUBLISHED_WIDTH, SUBJECTS, EncoderWeights, get_weights
 from screening.fs import StorageOptions, filesystem_for, is_remote, join, resolve_anonymous
 
 __all__ = ["open_store", "ModelStore", "normalize_subject", "normalize_metadata", "load_metadata_npy",
@@ -40,8 +40,8 @@ def __getattr__(name):  # lazy: the unpickler pulls numpy only when used
 
 
 def normalize_subject(subject) -> str:
-    """One subject, in any spelling :func:`screening._validation.parse_subjects` takes, -> ``"sub-0N"``."""
-    from screening._validation import parse_subjects
+    """One subject, in any spelling :func:`screening.validation.parse_subjects` takes, -> ``"sub-0N"``."""
+    from screening.validation import parse_subjects
 
     subjects = parse_subjects(subject)
     if len(subjects) != 1:
@@ -222,7 +222,7 @@ class ModelStore:
         ModelNotFoundError, StoreError, CheckpointError (a ModelLoadError), ModelLoadError
             A width other than 384 is accepted only for stores whose metadata says ``synthetic``.
         """
-        from screening.models._weights import load_checkpoint
+        from screening.models.registry import load_checkpoint
         from screening.models.encoder import CNN8Multihead
 
         w = self.weights(model_id)
@@ -348,9 +348,9 @@ def open_store(location: str | os.PathLike, *, storage_options: StorageOptions |
     loc = os.fspath(location)
     scheme = urlparse(loc).scheme.lower()
     if scheme in ("http", "https"):
-        from screening.store._cache import _check_http_url
+        from screening.store._cache import check_http_url
 
-        _check_http_url(loc)
+        check_http_url(loc)
     elif scheme not in ("s3", "s3a") and is_remote(loc):
         raise InvalidParameterError(
             f"unsupported store location {loc!r}; valid forms: a local directory, s3://bucket[/prefix], "

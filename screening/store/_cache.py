@@ -44,8 +44,9 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from screening.exceptions import IntegrityError, InvalidParameterError, StoreError
+from screening.fs import cache_root
 
-__all__ = ["cache_root", "entry_path", "fetch", "file_sha256", "read_sidecar", "sha256_of_file"]
+__all__ = ["entry_path", "fetch", "file_sha256", "read_sidecar", "sha256_of_file"]
 
 CHUNK = 8 << 20
 #: Files checked as torch zip archives (CRC32 of every member) before they are cached.
@@ -54,11 +55,6 @@ PROGRESS_MIN_BYTES = 64 << 20
 _VERIFIED: dict[str, tuple] = {}  # path -> (stat key, sha256) verified in this process
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("SCREENING_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "screening"
 
 
 def entry_path(url: str, cache_dir: str | os.PathLike | None = None, filename: str | None = None) -> Path:
@@ -166,7 +162,7 @@ class _Source:
         self.url, self.size, self.open = url, size, open_
 
 
-def _check_http_url(url: str) -> None:
+def check_http_url(url: str) -> None:
     p = urlparse(url)
     if p.scheme == "https":
         return
@@ -185,7 +181,7 @@ def _check_http_url(url: str) -> None:
 def http_source(url: str, timeout: float = 60.0) -> _Source:
     import urllib.request
 
-    _check_http_url(url)
+    check_http_url(url)
 
     def size():
         req = urllib.request.Request(url, method="HEAD")

@@ -2,7 +2,7 @@
 
 The published MOSAIC weights cannot be reached from build machines, so tests, the demo and benchmarks
 run on a store that is byte-for-byte the published *format* — the checkpoint via
-:func:`screening.models._weights.save_checkpoint` (72 ``module.``-prefixed keys, fp32,
+:func:`screening.models.registry.save_checkpoint` (72 ``module.``-prefixed keys, fp32,
 ``num_batches_tracked`` int64 scalars) and eight ``np.save``-pickled metadata dicts with the real atlas —
 but whose numbers are random. Every metadata dict says so (``synthetic: True`` and a ``note``).
 
@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from screening import atlas
-from screening._validation import check_positive_int
+from screening.validation import check_positive_int
 from screening.exceptions import InvalidParameterError
-from screening.models._weights import SPATIAL, SUBJECTS, save_checkpoint, weights_for_variant
+from screening.models.registry import SPATIAL, SUBJECTS, save_checkpoint, weights_for_variant
 
 __all__ = ["make_store", "synthetic_state_dict", "synthetic_metadata", "is_complete", "NOTE",
            "configure_parser", "run_from_args"]
@@ -89,7 +89,7 @@ def _round_stat(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _init_and_calibrate_core(core, seed: int, width: int) -> torch.Tensor:
     """Kaiming conv init + BN calibration in place; returns the per-channel mean of the core output."""
-    from screening.models.core import _ORDER
+    from screening.models.core import STAGE_ORDER
     from screening.models.encoder import Normalize
 
     g = _gen(seed, "core")
@@ -105,7 +105,7 @@ def _init_and_calibrate_core(core, seed: int, width: int) -> torch.Tensor:
     size, n = (224, 4) if width <= 64 else (160, 2)
     x = Normalize()(calibration_images(n, size, _gen(seed, "calibration")))
     core.eval()
-    for name in _ORDER:
+    for name in STAGE_ORDER:
         mod = getattr(core, name)
         if name.startswith("block"):
             conv, bn, relu = mod

@@ -10,22 +10,16 @@ from typing import Iterable
 import numpy as np
 
 from screening.exceptions import InvalidParameterError, StimulusError
-from screening.models._weights import SUBJECTS
+from screening.models.registry import SUBJECTS
 
 DEVICES = ("cpu", "cuda", "auto")
-#: Core precisions of the encoders: ``fp32`` is the published maths; ``bf16``/``fp16`` autocast the core after block1.
-#: fp16 is CUDA only: on CPUs float16 autocast is no fast path of ours (bf16 is), and its agreement is measured on GPU.
-PRECISIONS = ("fp32", "bf16", "fp16")
-CUDA_ONLY_PRECISIONS = ("fp16",)
-#: What a user may ask for: a precision, or ``auto`` (the fastest one where the encoder runs, ``screening.hardware``).
-PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 
 class SmallImageWarning(UserWarning):
     """Images smaller than the model's 224×224 input are upsampled, which blurs them."""
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
     return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
@@ -38,7 +32,7 @@ _VALID_SUBJECTS = ("1, 2, 3, 4, 5, 6, 7, 8 (also written '01', 'sub-01', 'sub01'
 
 def _one_subject(item) -> str | None:
     """Canonical ``sub-0N`` of one spelling, or None if it is not one."""
-    if _is_int(item):
+    if is_int(item):
         n = int(item)
     elif isinstance(item, str):
         m = _SUBJECT_RE.match(item.strip())
@@ -113,20 +107,10 @@ def check_choice(name: str, value, valid: Iterable):
     return value
 
 
-def check_precision(precision, device: str, *, allow_auto: bool = False) -> str:
-    """``precision`` is one of PRECISIONS (or ``auto`` where allowed) and runs on ``device`` ("cpu" or "cuda")."""
-    check_choice("precision", precision, PRECISION_CHOICES if allow_auto else PRECISIONS)
-    if precision in CUDA_ONLY_PRECISIONS and device != "cuda":
-        cpu_ok = ", ".join(repr(p) for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
-        raise InvalidParameterError(f"precision={precision!r} needs a CUDA device (float16 autocast on a CPU "
-                                    f"measured slower than fp32) but this runs on {device!r}; valid precisions on a CPU: {cpu_ok}")
-    return precision
-
-
 def check_positive_int(name: str, value, allow_none: bool = True):
     if value is None and allow_none:
         return None
-    if not _is_int(value) or int(value) < 1:
+    if not is_int(value) or int(value) < 1:
         raise InvalidParameterError(f"{name}={value!r} must be a positive integer")
     return int(value)
 
