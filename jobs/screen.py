@@ -21,15 +21,16 @@ if _ROOT not in sys.path:
 def main(argv=None) -> int:
     import ray
 
-    from screening.pipeline.cli import configure_parser, run_from_args
+    from screening.cli import run_command
+    from screening.pipeline import cli
 
     parser = argparse.ArgumentParser(prog="jobs/screen.py", description=__doc__.splitlines()[0])
-    configure_parser(parser)
+    cli.configure_parser(parser)
     args = parser.parse_args(argv)
     # Inside a job RAY_ADDRESS is set; elsewhere "auto" joins the cluster running on this node (never a new one).
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
              logging_level=logging.INFO if args.verbose else logging.WARNING)
-    return run_from_args(args)
+    return run_command("run", cli, args)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"screening {name}", description=COMMANDS[name][1])
     module.configure_parser(cmd)
     args = cmd.parse_args(argv[1:])
+    return run_command(name, module, args)
+
+
+def run_command(name: str, module, args) -> int:
+    """``module.run_from_args(args)``, with every error of ours printed once, as one or two lines, and its exit code
+    (``ScreeningError.exit_code``: 2 for a user's mistake, 1 for work that did not complete); ``jobs/screen.py``
+    runs ``screening run`` through here too."""
     from screening.exceptions import ScreeningError
 
     try:
         return int(module.run_from_args(args) or 0)
     except ScreeningError as exc:
-        return _user_error(name, str(exc))
+        if exc.exit_code == 2:
+            return _user_error(name, str(exc))
+        print(f"screening {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except OSError as exc:
         msg = _user_path_error(exc)
         if msg is None:

@@ -27,7 +27,12 @@ __all__ = [
 
 
 class ScreeningError(Exception):
-    """Base class of every error raised by ``screening``."""
+    """Base class of every error raised by ``screening``.
+
+    ``exit_code`` is what the command line exits with (``screening.cli.main``, the one place that prints these): 2
+    for a user's mistake (the default), 1 where the work ran and part of it did not complete."""
+
+    exit_code = 2
 
 
 class InvalidParameterError(ScreeningError, ValueError):
@@ -82,6 +87,10 @@ class RunLockedError(ScreeningError, RuntimeError):
 class UnitsFailedError(ScreeningError, RuntimeError):
     """Some units of a run could not be committed (write failures, missing or duplicated rows); the rest were."""
 
+    exit_code = 1
+
 
 class OutputError(ScreeningError, OSError):
     """The output root could not be written (disk full, permissions, storage errors); the message says which."""
+
+    exit_code = 1

@@ -504,12 +504,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``screening ingest``; 0 on success, 1 when nothing could be ingested, 2 on bad arguments."""
-    try:
-        result = ingest(args.src, args.out, shard_rows=args.shard_rows, row_group_rows=args.row_group_rows,
-                        storage_options=StorageOptions.from_args(args), overwrite=args.overwrite,
-                        workers=args.workers, progress=False if args.quiet else None)
-    except ScreeningError as e:
-        print(f"screening ingest: error: {e}", file=sys.stderr)
-        return 2
+    result = ingest(args.src, args.out, shard_rows=args.shard_rows, row_group_rows=args.row_group_rows,
+                    storage_options=StorageOptions.from_args(args), overwrite=args.overwrite,
+                    workers=args.workers, progress=False if args.quiet else None)
     print(result.summary(), file=sys.stderr)
     return 0 if result.rows or not result.errors else 1

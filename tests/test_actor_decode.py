@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from screening.pipeline.stages import ACTOR_CALLS, EncoderActor
+from screening.pipeline.decode_modes import ACTOR_CALLS
+from screening.pipeline.stages import EncoderActor
 from tests.image_corpus import encode, photo_like
 
 VIS = "fmri-mosaic-CNN8_multihead_subNSD_verticesVisual"

@@ -146,6 +146,30 @@ def test_real_bugs_keep_their_traceback(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "screening rois: error: Permission denied: '/root/secret'"
 
 
+def test_errors_carry_their_exit_code_and_only_main_prints_them(monkeypatch, capsys):
+    """A user's mistake: one 'error:' line, exit 2. Work that ran but did not complete (UnitsFailedError,
+    OutputError): its message, exit 1. The code survives the pickle round trip Ray makes."""
+    import pickle
+
+    from screening import cli
+    from screening.exceptions import InvalidParameterError, OutputError, ScreeningError, UnitsFailedError
+    import screening._rois_cli as mod
+
+    assert ScreeningError.exit_code == InvalidParameterError.exit_code == 2
+    assert UnitsFailedError.exit_code == OutputError.exit_code == 1
+    assert pickle.loads(pickle.dumps(UnitsFailedError("x"))).exit_code == 1
+    for exc, code, line in ((InvalidParameterError("top_k=-1 must be >= 0"), 2,
+                             "screening rois: error: top_k=-1 must be >= 0"),
+                            (UnitsFailedError("1 unit(s) could not be committed"), 1,
+                             "screening rois: 1 unit(s) could not be committed")):
+        def fail(args, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(mod, "run_from_args", fail)
+        assert cli.main(["rois"]) == code
+        assert capsys.readouterr().err.strip() == line
+
+
 # -- parse_subjects -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("value, want", [
     (1, ("sub-01",)), (np.int64(8), ("sub-08",)), ("1", ("sub-01",)), ("01", ("sub-01",)), ("sub-1", ("sub-01",)),

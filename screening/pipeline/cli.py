@@ -10,7 +10,7 @@ import sys
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from screening.hardware import PRECISION_CHOICES
     from screening.fs import add_storage_arguments
-    from screening.pipeline.config import DECODES
+    from screening.pipeline.decode_modes import DECODES
 
     parser.add_argument("images", help="Parquet shards, a folder of images, .tar / WebDataset shards "
                                        "(shard-{000..009}.tar), a .csv/.txt list of paths or s3:// URIs, or a glob; "
@@ -83,7 +83,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from screening.exceptions import OutputError, ScreeningError, UnitsFailedError
     from screening.pipeline.console import ray_logging_level, run_console
     from screening.pipeline.config import RunConfig
     from screening.pipeline.run import screen_config
@@ -112,10 +111,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         # while Ray Data's executor thread may still submit tasks, which aborts the process (SIGABRT, seen in
         # CoreWorker::SubmitActorTask). A local cluster's processes are reaped by Ray's own reaper.
         os._exit(143 if isinstance(exc, _Terminated) else 130)
-    except (UnitsFailedError, OutputError) as exc:  # not the user's mistake: the run went on, some did not commit
-        print(f"screening run: {exc}", file=sys.stderr)
-        return 1
-    except (ScreeningError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
         print(f"screening run: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary(), flush=True)

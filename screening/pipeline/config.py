@@ -19,10 +19,8 @@ from screening.validation import (check_bool, check_choice, check_finite_number,
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 from screening.hardware import PRECISION_CHOICES
+from screening.pipeline.decode_modes import decode_mode
 
-# Where images are decoded: "cpu" tasks before the encoders, "gpu" (nvJPEG, inside GPU encoder actors), or "actor"
-# (the encoder actors' own CPU threads: the same pixels as "cpu", and the "gpu" plan's shape and driver cost).
-DECODES = ("cpu", "gpu", "actor")
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 ENCODER_STAGES = ("model", "null")
 
@@ -111,7 +109,7 @@ def _checked(c: RunConfig) -> dict:
     if c.precision not in PRECISION_CHOICES:
         raise InvalidParameterError(f"precision={c.precision!r} is not valid; valid precisions: "
                                     f"{', '.join(PRECISION_CHOICES)}")
-    check_choice("decode", c.decode, DECODES)
+    mode = decode_mode(c.decode)
     check_choice("encoder_stage", c.encoder_stage, ENCODER_STAGES)
     if not isinstance(c.noise_ceiling, str) or c.noise_ceiling not in NOISE_CEILINGS:
         raise InvalidParameterError(f"noise_ceiling={c.noise_ceiling!r} is not valid; valid noise ceilings: "
@@ -139,7 +137,7 @@ def _checked(c: RunConfig) -> dict:
             "num_encoders": _num_encoders(c.num_encoders), "num_gpus_per_encoder": gpus,
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
-            "fast_decode": check_bool("fast_decode", c.fast_decode) and c.decode != "gpu",
+            "fast_decode": check_bool("fast_decode", c.fast_decode) and not mode.full_size,
             "progress": check_bool("progress", c.progress), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),

@@ -24,6 +24,7 @@ from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar
                                        unit_names)
 from screening.io.inputs import IMAGE_EXTENSIONS, FoundInputs, file_units, find_inputs
 from screening.pipeline.config import RunConfig
+from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.outputs import OutputLayout, check_compatible
 
 # Rows per encoder actor call (Ray's batch). On CPU the actor runs them as forwards of a few images
@@ -33,7 +34,6 @@ ACTOR_BATCH_ROWS = {"cpu": 64, "gpu": 256}
 # ~100x slower, so a smaller part keeps commits (restart points) minutes, not hours, apart.
 DEFAULT_WRITE_BATCH_SIZE = {"cpu": 1024, "gpu": 8192}
 DECODE_BATCH_SIZE = 32
-ACTOR_DECODE_CPUS = 4.0   # decode="actor": default CPUs (and decode threads) per GPU encoder actor
 # docs/pipeline.md "Driver capacity" / "Sizing": images/s per GPU encoder (estimated from FLOPs, not measured), and
 # what one driver core schedules on the decode-task plan (measured 26,000-55,000 on an AMD EPYC; the lower end here)
 GPU_ENCODER_IMAGES_PER_S = 1_500
@@ -226,7 +226,7 @@ def _key_source(fingerprint, nv, roi_set, config: RunConfig, reliability) -> dic
                                                        np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
                             for n, v in roi_set.items()},
                "fast_decode": config.fast_decode, "image_column": config.image_column, "id_column": config.id_column}
-    if config.decode == "gpu":  # GPU decode changes pixels slightly: no resume across; "actor" has CPU's pixels
+    if decode_mode(config.decode).in_config_key:  # GPU decode changes pixels slightly: no resume across
         key_src["decode"] = config.decode
     if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
         key_src["reliability"] = reliability
@@ -379,7 +379,7 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
         return _cpu_resources(plan, cluster, nodes)
     c = plan.options.num_cpus_per_encoder
     if c is None:   # decode="actor": the actor's CPUs decode (NSD-sized JPEGs: ~520 images/s per core)
-        c = ACTOR_DECODE_CPUS if plan.options.decode == "actor" else 1.0
+        c = decode_mode(plan.options.decode).gpu_encoder_cpus
     if c > cpus:
         raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {cpus:g} CPU(s); "
                                     f"valid: 0 .. {cpus:g}")
@@ -398,8 +398,7 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
             f"the Ray cluster has {cpus:g} CPU(s) and {lo} encoder(s) x num_cpus_per_encoder={c:g} hold "
             f"{lo * c:g}; at least 1 CPU must stay free for reading and decoding. Use a smaller "
             f"num_cpus_per_encoder (e.g. {max(0.0, (cpus - 1) / max(lo, 1)):g}) or a cluster with more CPUs")
-    if plan.options.decode == "gpu":
-        _check_torchvision()
+    decode_mode(plan.options.decode).check_gpu_encoders()
     return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=plan.options.batch_size or
                      ACTOR_BATCH_ROWS["gpu"], device="cuda",
                      write_batch_size=plan.options.write_batch_size or DEFAULT_WRITE_BATCH_SIZE["gpu"],
@@ -408,7 +407,7 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
 
 def driver_notice(plan: ScreeningPlan, res: Resources) -> str | None:
     """A GPU pool that could outrun one driver on the decode-task plan: say so, and what to use instead."""
-    if res.device != "cuda" or plan.options.decode != "cpu":
+    if res.device != "cuda" or not decode_mode(plan.options.decode).decode_tasks:
         return None
     rate = int(res.max_size * res.num_gpus * GPU_ENCODER_IMAGES_PER_S)
     if rate < DECODE_TASKS_DRIVER_IMAGES_PER_S:
@@ -442,15 +441,5 @@ def _check_cpu_encoders(plan: ScreeningPlan) -> None:
             f"precision={plan.precision!r} (--precision {plan.precision}) needs GPU encoders, but this run's "
             f"encoders are CPU ones (no GPUs in the cluster, or num_gpus_per_encoder=0); use precision='auto', "
             f"'fp32' or 'bf16'")
-    if plan.options.decode == "gpu" and plan.options.encoder_stage != "null":   # the null stage decodes nothing
-        raise InvalidParameterError(
-            "decode='gpu' (--decode gpu) needs GPU encoders, but this run's encoders are CPU ones (no GPUs in the "
-            "cluster, or num_gpus_per_encoder=0); use decode='cpu' (--decode cpu, the default)")
+    decode_mode(plan.options.decode).check_cpu_encoders(null_stage=plan.options.encoder_stage == "null")
 
-
-def _check_torchvision() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("torchvision") is None:
-        raise InvalidParameterError("decode='gpu' (--decode gpu) needs torchvision (its nvJPEG decoder): install "
-                                    "the torchvision release made for this torch, or use decode='cpu'")

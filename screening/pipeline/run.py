@@ -353,17 +353,16 @@ def _resolve_precision(plan: ScreeningPlan, res) -> tuple[str, dict]:
 
 
 def encoder_pool(decode: str, res, encoder_stage: str = "model"):
-    """The encoder stage's ``ActorPoolStrategy``. decode="actor" on GPU encoders (and the benchmarks' null stage
-    standing in for them): ``ACTOR_CALLS`` calls at once per actor, so one batch decodes in the actor's threads while
-    another holds the model (the stage's lock). CPU encoders keep one call: decode and the model share the same cores,
-    and a second call would run torch on another thread."""
+    """The encoder stage's ``ActorPoolStrategy``: as many concurrent calls per actor as the decode mode asks for on
+    this device (``DecodeMode.calls_per_actor``); several run in true threads, the model behind the stage's lock."""
     from ray.data import ActorPoolStrategy
 
-    from screening.pipeline.stages import ACTOR_CALLS
+    from screening.pipeline.decode_modes import decode_mode
 
-    if decode == "actor" and (res.device == "cuda" or encoder_stage == "null"):
+    calls = decode_mode(decode).calls_per_actor(res.device, null_stage=encoder_stage == "null")
+    if calls > 1:
         return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size,
-                                 max_concurrent_calls_per_actor=ACTOR_CALLS, enable_true_multi_threading=True)
+                                 max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)
     return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size)
 
 
@@ -373,6 +372,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
 
     from screening.io.image_source import read_shards
     from screening.pipeline import stages
+    from screening.pipeline.decode_modes import decode_mode
     from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
 
@@ -384,7 +384,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
                         fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
-    if opts.decode == "cpu":   # decode="gpu" / "actor": the encoder actors decode the raw bytes
+    if decode_mode(opts.decode).decode_tasks:   # else the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
                             num_cpus=res.task_cpus,
                             memory=DECODE_TASK_MEMORY,

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.tables import STAGE_OK
 
 
@@ -84,7 +85,6 @@ def actor_decode_batch(batch: dict, *, image_column: str, fast: bool, pool) -> d
     return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
 
 
-ACTOR_CALLS = 2   # decode="actor": concurrent calls per encoder actor (one decoding, one on the model)
 
 
 class ActorDecode:
@@ -154,8 +154,8 @@ class EncoderActor:
             from screening.exceptions import InvalidParameterError
 
             raise InvalidParameterError("the encoder actor was given a GPU but torch sees no CUDA device")
-        self.decode, self.image_column, self.device = decode, image_column, device
-        if decode == "gpu":
+        self.mode, self.image_column, self.device = decode_mode(decode), image_column, device
+        if self.mode.on_device:
             from screening.device_decode import torchvision_decoder
             from screening.exceptions import InvalidParameterError
 
@@ -163,7 +163,7 @@ class EncoderActor:
                 raise InvalidParameterError(f"decode='gpu' (--decode gpu) needs a CUDA encoder; this one is on "
                                             f"{device!r}")
             self.gpu_decode = torchvision_decoder()
-        if decode == "actor":
+        if self.mode.in_actor:
             self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -200,7 +200,7 @@ class EncoderActor:
         return self.encoder(pixels).cpu().numpy()                  # decoded on the device already
 
     def __call__(self, batch: dict) -> dict:
-        if self.decode == "actor":   # outside the model lock: overlaps the other call's forward
+        if self.mode.in_actor:   # outside the model lock: overlaps the other call's forward
             batch = self.actor_decode(batch)
         with self._model_lock:
             return self._encode_batch(batch)
@@ -208,7 +208,7 @@ class EncoderActor:
     def _encode_batch(self, batch: dict) -> dict:
         if self.throttle_s:
             time.sleep(self.throttle_s)  # tests only: keeps a run in flight long enough to kill things
-        if self.decode == "gpu":
+        if self.mode.on_device:
             batch = device_decode_batch(batch, image_column=self.image_column, device=self.device,
                                         gpu_decode=self.gpu_decode)
         stage = np.asarray(batch["stage"], dtype=object).copy()
@@ -217,7 +217,7 @@ class EncoderActor:
         roi = np.full((n, self.n_subjects + 1, self.n_rois), np.nan, dtype=np.float32)
         ok = np.flatnonzero(stage == STAGE_OK)
         if ok.size:
-            pixels = batch["pixels"] if self.decode == "gpu" else np.asarray(batch["pixels"])
+            pixels = batch["pixels"] if self.mode.on_device else np.asarray(batch["pixels"])
             try:
                 roi[ok] = self._encode(pixels[ok])
             except Exception:  # noqa: BLE001 - retry row by row so one bad row cannot sink the batch
@@ -241,19 +241,19 @@ class NullEncoderActor:
                  fast_decode: bool = True, decode_threads: int = 1, **_ignored):
         self.shape = (len(subjects) + 1, len(rois))
         self.rng = np.random.default_rng(seed)
-        self.decode, self.image_column = decode, image_column
-        if decode == "actor":   # decoding is the actor's work in that plan, as in EncoderActor
+        self.mode, self.image_column = decode_mode(decode), image_column
+        if self.mode.in_actor:   # decoding is the actor's work in that plan, as in EncoderActor
             self.actor_decode = ActorDecode(image_column=image_column, fast=fast_decode, threads=decode_threads)
         self._lock = threading.Lock()
 
     def __call__(self, batch: dict) -> dict:
-        if self.decode == "actor":
+        if self.mode.in_actor:
             batch = self.actor_decode(batch)
         with self._lock:   # a numpy Generator is not thread-safe (decode="actor" runs calls concurrently)
             return self._fake(batch)
 
     def _fake(self, batch: dict) -> dict:
-        if self.decode == "gpu":   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
+        if self.mode.on_device:   # the read stage's raw rows (the decode="gpu" plan): nothing is decoded
             stage, error = _read_stage(list(batch["data"]), list(batch["read_error"]), self.image_column)
             batch = {**_identity(batch), "stage": stage, "error": error}
         n = len(batch["stage"])

@@ -295,18 +295,14 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     if "://" not in str(args.out) and os.path.isfile(args.out):  # found only after the scans otherwise
         raise InvalidParameterError(f"out={args.out!r} is a file; give a folder for {RANKINGS_FILE}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
-            warnings.simplefilter("always", RankingNote)
-            rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
-                        contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
-                        comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
-                        null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
-                        batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                        storage_options=StorageOptions.from_args(args), progress=progress)
-    except InvalidParameterError as exc:
-        print(f"screening rank: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
+        warnings.simplefilter("always", RankingNote)
+        rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
+                    contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
+                    comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
+                    null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
+                    batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
+                    storage_options=StorageOptions.from_args(args), progress=progress)
     for w in caught:
         if issubclass(w.category, RankingNote):
             print(f"screening rank: note: {w.message}", file=sys.stderr)

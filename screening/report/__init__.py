@@ -784,12 +784,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     for flag, k in (("--top-k", args.top_k), ("--bottom-k", args.bottom_k)):
         if k is not None and k < 0:  # head(-1) would silently drop the last image instead
             raise InvalidParameterError(f"{flag} must be 0 or more; got {k}")
-    try:
-        path = write_report(args.run_dir, rois=args.rois, subject=args.subject, top_k=args.top_k,
-                            bottom_k=args.bottom_k, flatmaps=not args.no_flatmaps,
-                            progress=lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}", file=sys.stderr))
-    except InvalidParameterError as exc:
-        print(f"screening report: error: {exc}", file=sys.stderr)
-        return 2
+    path = write_report(args.run_dir, rois=args.rois, subject=args.subject, top_k=args.top_k,
+                        bottom_k=args.bottom_k, flatmaps=not args.no_flatmaps,
+                        progress=lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}", file=sys.stderr))
     print(f"wrote {os.path.relpath(path)}")
     return 0
