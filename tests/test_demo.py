@@ -24,13 +24,19 @@ RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING|ERRO
                       r"Started a local Ray instance")
 
 
-@pytest.mark.timeout(900)
-def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
+def demo_command(tmp_path):
+    """``(argv, env, out)`` of the demo at CI size: a reduced-width visual store, a private cache."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "SCREENING_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "screening.cli", "demo", "--variant", "visual", "--width", "16",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=880)
+    argv = [sys.executable, "-m", "screening.cli", "demo", "--variant", "visual", "--width", "16", "--out", str(out)]
+    return argv, env, out
+
+
+@pytest.mark.timeout(900)
+def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
+    argv, env, out = demo_command(tmp_path)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=880)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SYNTHETIC WEIGHTS" in proc.stdout
     # the precision auto chose, and why, in the summary and the manifest
@@ -67,11 +73,8 @@ def test_demo_runs_end_to_end_and_says_it_is_synthetic(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_demo_ctrl_c_exits_130_with_one_line(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
-           "RAY_USAGE_STATS_ENABLED": "0", "SCREENING_CACHE_DIR": str(tmp_path / "cache")}
-    out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "screening.cli", "demo", "--variant", "visual", "--width", "16",
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv, env, _ = demo_command(tmp_path)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stdout:   # interrupt once the screening step has started (Ray up, the run in flight)
         seen.append(line)
