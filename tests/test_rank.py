@@ -470,3 +470,18 @@ def test_s3_responses_rank_as_the_local_files(tmp_path, monkeypatch):
     a, b = (x.sort_values(key).reset_index(drop=True) for x in (want, got))
     pd.testing.assert_frame_equal(a, b)
     assert len(back) == len(got) and set(got.kind) == {"topk", "bottomk", "contrast"}
+
+
+def test_rank_config_is_checked_when_built_and_frozen():
+    import dataclasses
+
+    from screening.rank._engine import RankConfig
+
+    cfg = RankConfig.of(rois="FFC", top_k=5, contrasts="FFC:V1")
+    assert (cfg.rois, cfg.bottom_k, cfg.contrasts) == (["FFC"], 5, ("FFC:V1",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.top_k = 7
+    with pytest.raises(InvalidParameterError, match=r"top_k must be an integer >= 1; got 0"):
+        RankConfig(top_k=0)
+    with pytest.raises(InvalidParameterError, match=r"contrast_by='p' is not valid; valid: 'z', 'response'"):
+        RankConfig.of(contrast_by="p")

@@ -63,8 +63,10 @@ SETS_SCHEMA = pa.schema([
 ])
 
 
-@dataclass
+@dataclass(frozen=True)
 class RankConfig:
+    """Every option of one ranking, checked once, when it is built; each bad value names itself and the valid ones."""
+
     rois: list | None = None
     top_k: int = 25
     bottom_k: int = 25
@@ -80,9 +82,13 @@ class RankConfig:
     batch_size: int = 65_536
     memory_budget_mb: float = 512.0
 
+    def __post_init__(self):
+        for name, value in _checked(self).items():
+            object.__setattr__(self, name, value)
+
     @classmethod
     def of(cls, *, rois=None, top_k=25, bottom_k=None, contrasts=(), comparison=None, **options) -> "RankConfig":
-        """From ``rank``'s keyword arguments (``bottom_k=None``: as many as ``top_k``); ``Ranker`` checks it."""
+        """From ``rank``'s keyword arguments (``bottom_k=None``: as many as ``top_k``)."""
         return cls(rois=list(rois) if rois is not None and not isinstance(rois, str) else rois, top_k=top_k,
                    bottom_k=top_k if bottom_k is None else bottom_k,
                    contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
@@ -101,26 +107,21 @@ def _check_int(name, value, lo):
     return int(value)
 
 
-def validate_config(cfg: RankConfig) -> RankConfig:
-    cfg.top_k = _check_int("top_k", cfg.top_k, 1)
-    cfg.bottom_k = _check_int("bottom_k", cfg.bottom_k, 0)
-    cfg.n_null = _check_int("n_null", cfg.n_null, 1)
-    cfg.null_draws = _check_int("null_draws", cfg.null_draws, 0)
-    cfg.seed = _check_int("seed", cfg.seed, 0)
-    cfg.batch_size = _check_int("batch_size", cfg.batch_size, 1)
-    cfg.selectivity = check_bool("selectivity", cfg.selectivity)
-    cfg.consensus = check_bool("consensus", cfg.consensus)
+def _checked(cfg: RankConfig) -> dict:
+    """The normalised value of every option that needs one; raises on the first bad one."""
     if cfg.contrast_by not in ("z", "response"):
         raise InvalidParameterError(f"contrast_by={cfg.contrast_by!r} is not valid; valid: 'z', 'response'")
     if not 0.5 < float(cfg.null_quantile) < 1.0:
         raise InvalidParameterError(f"null_quantile must be in (0.5, 1); got {cfg.null_quantile!r}")
     if not float(cfg.memory_budget_mb) > 0:
         raise InvalidParameterError(f"memory_budget_mb must be > 0; got {cfg.memory_budget_mb!r}")
-    if isinstance(cfg.rois, str):
-        cfg.rois = [cfg.rois]
-    if isinstance(cfg.contrasts, str):
-        cfg.contrasts = (cfg.contrasts,)
-    return cfg
+    return {"top_k": _check_int("top_k", cfg.top_k, 1), "bottom_k": _check_int("bottom_k", cfg.bottom_k, 0),
+            "n_null": _check_int("n_null", cfg.n_null, 1), "null_draws": _check_int("null_draws", cfg.null_draws, 0),
+            "seed": _check_int("seed", cfg.seed, 0), "batch_size": _check_int("batch_size", cfg.batch_size, 1),
+            "selectivity": check_bool("selectivity", cfg.selectivity),
+            "consensus": check_bool("consensus", cfg.consensus),
+            "rois": [cfg.rois] if isinstance(cfg.rois, str) else cfg.rois,
+            "contrasts": (cfg.contrasts,) if isinstance(cfg.contrasts, str) else cfg.contrasts}
 
 
 class RankingNote(UserWarning):
@@ -293,7 +294,7 @@ class Ranker:
 
     def __init__(self, dataset, cfg: RankConfig, *, composites=None, manifest=None, progress=None):
         self.ds = dataset
-        self.cfg = validate_config(cfg)
+        self.cfg = cfg
         self.manifest = manifest or {}
         self.composites = composites
         self.progress = progress or (lambda msg: None)
