@@ -199,7 +199,7 @@ def expand_braces(pattern: str) -> list[str]:
 @dataclass(frozen=True)
 class FoundInputs:
     """What ``images=`` holds: one kind, its files (scheme-less paths of ``fs``) and, for listings, their infos;
-    ``skipped``: what a folder or glob held that is not screened, as (extension or kind, count) pairs."""
+    ``skipped``: what a folder or glob of images held besides them, as (extension or kind, count) pairs."""
 
     kind: str                 # "parquet" | "tar" | "files" | "list"
     fs: object
@@ -233,9 +233,8 @@ def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> FoundInputs:
             raise InvalidParameterError(
                 f"images={images!r} mixes {len(chosen)} {kind} file(s) with {len(imgs)} image file(s); point "
                 f"images= at one kind (accepted: {ACCEPTED})")
-        if chosen:
-            return FoundInputs(kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen),
-                               skipped_summary(entries, {p for p, _ in chosen}))
+        if chosen:   # other files beside shards are their metadata (ingest's _manifest.json, img2dataset's stats)
+            return FoundInputs(kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen))
     if imgs:
         return FoundInputs("files", fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs),
                            skipped_summary(entries, {p for p, _ in imgs}))
