@@ -161,18 +161,50 @@ def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> Non
 
 def committed_files(out, *, storage=None) -> dict[str, list[str]]:
     """``{"responses": [...], "errors": [...], "sources": [...]}``: URIs of the parts of committed units only, as
-    their markers list.
+    their markers list (:class:`RunOutputs`, which every reader of a run uses)."""
+    return RunOutputs(out, storage=storage).files()
 
-    This is what every reader of a run (``ScreeningResult``, ``screening rank``, ``screening report``) opens; any
-    other file under ``responses/`` or ``errors/`` is a leftover of a retried task or an interrupted run.
-    """
-    layout = out if isinstance(out, OutputLayout) else OutputLayout(out, storage=storage)
-    markers = layout.markers()
-    files = {kind: [] for kind in KINDS}
-    for unit in sorted(markers):
-        for kind, rels in marker_files(markers[unit]).items():
-            files[kind] += [layout.uri(rel) for rel in rels]
-    return files
+
+class RunOutputs:
+    """A run's committed outputs, as every reader (``ScreeningResult``, ``screening rank``, ``screening report``)
+    sees them: the parts that commit markers list (any other file under ``responses/`` or ``errors/`` is a leftover
+    of a retried task or an interrupted run), the manifest, and why there is nothing to read when there is not."""
+
+    def __init__(self, out, *, storage=None):
+        self.layout = out if isinstance(out, OutputLayout) else OutputLayout(out, storage=storage)
+        self._markers = None
+
+    @property
+    def markers(self) -> dict[str, dict]:
+        if self._markers is None:
+            self._markers = self.layout.markers()
+        return self._markers
+
+    def is_run(self) -> bool:
+        """The root is a pipeline run's output (it has ``_committed/``), not a plain folder of tables."""
+        try:
+            return self.layout.fs.isdir(self.layout.join(COMMITTED))
+        except (OSError, ValueError):
+            return False
+
+    def files(self) -> dict[str, list[str]]:
+        files = {kind: [] for kind in KINDS}
+        for unit in sorted(self.markers):
+            for kind, rels in marker_files(self.markers[unit]).items():
+                files[kind] += [self.layout.uri(rel) for rel in rels]
+        return files
+
+    def manifest(self) -> dict | None:
+        return self.layout.read_manifest()
+
+    def why_no(self, kind: str = RESPONSES) -> str:
+        """Why the run has no committed ``kind`` rows: no unit committed yet, or every committed image failed."""
+        if not self.markers:
+            return (f"{self.layout.out!r} is a pipeline run with no committed unit yet (no marker in "
+                    f"{self.layout.uri(COMMITTED)})")
+        images = sum(int(m.get("rows", 0)) for m in self.markers.values())
+        return (f"the run's {len(self.markers)} committed unit(s) hold no {kind.rstrip('s')} rows: all {images} "
+                f"image(s) failed; see {self.layout.uri(ERRORS)}/ for each image and why")
 
 
 def build_manifest(*, engine_version, config, model, rois, shards, markers, run=None, reliability=None) -> dict:

@@ -21,7 +21,10 @@ def open_responses(uri, storage: StorageOptions | None = None) -> tuple[ds.Datas
         raise InvalidParameterError(f"responses={uri!r} does not exist")
     source = committed_responses(fs, path, storage)
     if source is not None and not source:
-        raise InvalidParameterError(_no_responses(fs, uri, path, storage))
+        from screening.pipeline.outputs import RunOutputs  # lazy: the pipeline package pulls in Ray
+
+        why = RunOutputs(to_uri(fs, posixpath.dirname(path.rstrip("/"))), storage=storage).why_no()
+        raise InvalidParameterError(f"responses={uri!r}: {why}; nothing to rank")
     try:
         dataset = ds.dataset(path if source is None else source, format="parquet", filesystem=fs)
     except Exception as exc:
@@ -39,30 +42,12 @@ def committed_responses(fs, path: str, storage: StorageOptions | None = None) ->
     path = path.rstrip("/")
     if posixpath.basename(path) != "responses":
         return None
-    run = posixpath.dirname(path)
-    try:
-        if not fs.isdir(posixpath.join(run, "_committed")):
-            return None
-    except (OSError, ValueError):
+    from screening.pipeline.outputs import RESPONSES, RunOutputs  # lazy: the pipeline package pulls in Ray
+
+    outputs = RunOutputs(to_uri(fs, posixpath.dirname(path)), storage=storage)
+    if not outputs.is_run():
         return None
-    from screening.pipeline.outputs import RESPONSES, committed_files  # lazy: the pipeline package pulls in Ray
-
-    uris = committed_files(to_uri(fs, run), storage=storage)[RESPONSES]
-    return [filesystem_for(u, storage)[1] for u in uris]
-
-
-def _no_responses(fs, uri: str, path: str, storage) -> str:
-    """Why a pipeline run's responses are empty: no unit committed yet, or every committed image failed."""
-    from screening.pipeline.outputs import OutputLayout  # lazy: the pipeline package pulls in Ray
-
-    run = posixpath.dirname(path.rstrip("/"))
-    markers = OutputLayout(to_uri(fs, run), storage=storage).markers()
-    if not markers:
-        return (f"responses={uri!r} belongs to a pipeline run with no committed unit yet (no marker in "
-                f"{posixpath.join(run, '_committed')}); nothing to rank")
-    images = sum(int(m.get("rows", 0)) for m in markers.values())
-    return (f"responses={uri!r}: the run's {len(markers)} committed unit(s) hold no response rows: all {images} "
-            f"image(s) failed; see {to_uri(fs, posixpath.join(run, 'errors'))}/ for each image and why")
+    return [filesystem_for(u, storage)[1] for u in outputs.files()[RESPONSES]]
 
 
 def find_manifest(fs, responses_path: str):

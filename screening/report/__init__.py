@@ -319,11 +319,10 @@ def _rank_now(run: Path, manifest: dict, say) -> None:
 
 def _committed_files(run: Path, kind: str) -> list[str] | None:
     """The committed ``kind`` files of a pipeline run (``_committed/`` present), else ``None`` (a plain folder)."""
-    if not (run / "_committed").is_dir():
-        return None
-    from screening.pipeline.outputs import committed_files  # lazy: the pipeline package pulls in Ray
+    from screening.pipeline.outputs import RunOutputs  # lazy: the pipeline package pulls in Ray
 
-    return committed_files(str(run))[kind]
+    outputs = RunOutputs(str(run))
+    return outputs.files()[kind] if outputs.is_run() else None
 
 
 def _committed_dataset(run: Path, kind: str) -> ds.Dataset | None:
