@@ -45,7 +45,8 @@ def check_precision(precision, device: str, *, allow_auto: bool = False) -> str:
     if precision in CUDA_ONLY_PRECISIONS and device != "cuda":
         cpu_ok = ", ".join(repr(p) for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
         raise InvalidParameterError(f"precision={precision!r} needs a CUDA device (float16 autocast on a CPU "
-                                    f"measured slower than fp32) but this runs on {device!r}; valid precisions on a CPU: {cpu_ok}")
+                                    f"measured slower than fp32) but this runs on {device!r}; valid precisions on a "
+                                    f"CPU: {cpu_ok}")
     return precision
 
 
@@ -78,12 +79,14 @@ class Capabilities:
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise InvalidParameterError("precision='auto' on device 'cuda', but torch sees no CUDA device")
-            caps.update(cuda_name=torch.cuda.get_device_name(), cuda_capability=tuple(torch.cuda.get_device_capability()))
+            caps.update(cuda_name=torch.cuda.get_device_name(),
+                        cuda_capability=tuple(torch.cuda.get_device_capability()))
         return cls(**caps)
 
     def describe(self) -> str:
         if self.device == "cuda":
-            return f"{self.cuda_name or 'CUDA device'} (compute capability {'.'.join(map(str, self.cuda_capability or ()))})"
+            cc = ".".join(map(str, self.cuda_capability or ()))
+            return f"{self.cuda_name or 'CUDA device'} (compute capability {cc})"
         native = [n for n, on in (("AMX-BF16", self.amx_bf16), ("AVX512-BF16", self.avx512_bf16),
                                   ("ARM BF16", self.arm_bf16)) if on]
         return (f"{self.cpu_model or self.arch or 'CPU'} (torch CPU capability {self.torch_cpu_capability or '?'}; "
