@@ -100,29 +100,26 @@ def _call(fn) -> bool:
         return False
 
 
-def _cpu_flags() -> set[str]:
-    """x86 ``flags`` / aarch64 ``Features`` of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The first /proc/cpuinfo value under one of ``keys`` (None where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "CPU part"):
+                if key.strip() in keys:
                     return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    """x86 ``flags`` / aarch64 ``Features`` of /proc/cpuinfo."""
+    return set((_cpuinfo(("flags", "Features")) or "").split())
+
+
+def cpu_model_name() -> str:
+    return _cpuinfo(("model name", "Model", "CPU part")) or platform.processor() or platform.machine()
 
 
 def precision_rule(caps: Capabilities) -> tuple[str, str]:
