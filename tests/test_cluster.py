@@ -68,10 +68,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:   # the process ended since it was listed (Ray's short-lived workers)
+        return ""
+
+
 def _encoders_on(node) -> list[int]:
     raylet = node.all_processes["raylet"][0].process.pid
-    return [p for p in _children(raylet)
-            if "EncoderActor" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    return [p for p in _children(raylet) if "EncoderActor" in _cmdline(p)]
 
 
 def _exactly_once_by_identity(out: Path, shards: dict[str, int]) -> None:
