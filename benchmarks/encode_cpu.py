@@ -82,12 +82,12 @@ def main(argv=None) -> int:
     for j, cols in enumerate(roi_set.values()):
         membership[torch.as_tensor(cols), j] = 1.0 / len(cols)
 
-    from screening.hardware import Capabilities, resolve_precision
+    from screening.hardware import Capabilities, cpu_flags, resolve_precision
     from screening.models.encoder import CPU_BATCH_SIZE
 
     batch = args.engine_batch or CPU_BATCH_SIZE
     caps = Capabilities.from_this_machine("cpu")
-    flags = sorted(f for f in _proc_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16"))
+    flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16"))
     isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(f"CPU: {caps.cpu_model} ({caps.arch}); flags: {' '.join(flags) or 'none of avx2/avx512/bf16/amx'}; torch "
           f"CPU capability {caps.torch_cpu_capability}" + (f"; oneDNN capped to {isa_cap}" if isa_cap else ""),
@@ -143,16 +143,6 @@ def main(argv=None) -> int:
                        "auto_vs_fastest": auto_ratio, "rows": rows}, f, indent=1)
     return 0
 
-
-def _proc_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.split(":")[0].strip() in ("flags", "Features"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 if __name__ == "__main__":

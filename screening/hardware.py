@@ -69,7 +69,7 @@ class Capabilities:
         import torch
 
         arch = platform.machine().lower()
-        flags = _cpu_flags()
+        flags = cpu_flags()
         cpu = torch.cpu
         caps = dict(device=device, arch=arch, cpu_model=cpu_model_name(),
                     torch_cpu_capability=str(torch.backends.cpu.get_cpu_capability()),
@@ -113,7 +113,7 @@ def _cpuinfo(keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     """x86 ``flags`` / aarch64 ``Features`` of /proc/cpuinfo."""
     return set((_cpuinfo(("flags", "Features")) or "").split())
 
@@ -199,12 +199,12 @@ def probe_bf16_gain(threads: int | None = None, repeats: int = 3) -> dict:
             "gain": round(times["fp32"] / max(times["bf16"], 1e-9), 3)}
 
 
-def resolve_precision(device: str = "cpu", *, caps: Capabilities | None = None, measure: bool = True,
-                      threads: int | None = None, probe=probe_bf16_gain) -> PrecisionChoice:
+def resolve_precision(device: str = "cpu", *, caps: Capabilities | None = None, threads: int | None = None,
+                      probe=probe_bf16_gain) -> PrecisionChoice:
     """``auto`` on this device: the rule, then on CPUs that claim native bf16 a ~0.2 s probe that must confirm it."""
     caps = caps or Capabilities.from_this_machine(device)
     rule, why = precision_rule(caps)
-    if caps.device != "cpu" or rule != "bf16" or not measure:
+    if caps.device != "cpu" or rule != "bf16":
         return PrecisionChoice(rule, why, caps.describe(), rule)
     result = probe(threads)
     if result["gain"] >= MIN_GAIN:

@@ -90,9 +90,11 @@ def walk_folder(fs, root: str) -> list[tuple[str, dict]]:
     return sorted(rows, key=lambda r: r[0])
 
 
-def _follow_link(path: str, info: dict) -> dict:
-    """A local symlink's listing info: its target's when that is a file; a LINKED_FOLDER entry for a folder; a file
-    of size -1 for a dangling or looping link (reading it then fails and names it)."""
+def _followed(path: str, info: dict) -> dict:
+    """A listing's info, with a local symlink's replaced: its target's when that is a file; a LINKED_FOLDER entry for
+    a folder; a file of size -1 for a dangling or looping link (reading it then fails and names it)."""
+    if not info.get("islink") or info.get("type") == "file":
+        return info
     try:
         st = os.stat(path)   # follows the link
     except OSError:
@@ -100,10 +102,6 @@ def _follow_link(path: str, info: dict) -> dict:
     if stat.S_ISDIR(st.st_mode):
         return {**info, "type": LINKED_FOLDER}
     return {**info, "type": "file", "size": st.st_size, "mtime": st.st_mtime}
-
-
-def _followed(path: str, info: dict) -> dict:
-    return _follow_link(path, info) if info.get("islink") and info.get("type") != "file" else info
 
 
 def link_problem(path: str) -> str:
@@ -209,16 +207,15 @@ class FoundInputs:
     skipped: tuple[tuple[str, int], ...] = ()
 
 
-def skipped_summary(entries, taken) -> tuple[tuple[str, int], ...]:
-    """(extension or kind, count) of the listed entries not in ``taken``, most common first."""
-    kinds = collections.Counter(
+def _kinds(entries) -> collections.Counter:
+    """How many listed entries of each extension (a linked folder counts as :data:`LINKED_FOLDER`)."""
+    return collections.Counter(
         LINKED_FOLDER if i.get("type") == LINKED_FOLDER else (posixpath.splitext(p)[1].lower() or "(no extension)")
-        for p, i in entries if p not in taken)
-    return tuple(kinds.most_common())
+        for p, i in entries)
 
 
-def _found_summary(names) -> str:
-    exts = collections.Counter((posixpath.splitext(n)[1].lower() or "(no extension)") for n in names)
+def _found_summary(entries) -> str:
+    exts = _kinds(entries)
     return ", ".join(f"{n} {e}" for e, n in exts.most_common(6)) + (", ..." if len(exts) > 6 else "")
 
 
@@ -236,9 +233,10 @@ def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> FoundInputs:
         if chosen:   # other files beside shards are their metadata (ingest's _manifest.json, img2dataset's stats)
             return FoundInputs(kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen))
     if imgs:
+        taken = {p for p, _ in imgs}
         return FoundInputs("files", fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs),
-                           skipped_summary(entries, {p for p, _ in imgs}))
-    what = f"found {_found_summary([p for p, _ in entries])}" if entries else "it is empty"
+                           tuple(_kinds((p, i) for p, i in entries if p not in taken).most_common()))
+    what = f"found {_found_summary(entries)}" if entries else "it is empty"
     raise InvalidParameterError(f"images={images!r} holds nothing screening run reads ({what}); accepted: {ACCEPTED}")
 
 

@@ -74,6 +74,11 @@ class ScreeningPlan:
                                    config_key=_config_key(self.key_source, precision))
 
     @property
+    def precision_choice(self) -> Mapping:
+        """How precision="auto" was resolved (precision, why, hardware, rule, probe); empty for an asked precision."""
+        return self.config.get("precision_choice") or {}
+
+    @property
     def out(self) -> str:
         return self.options.out
 
@@ -170,24 +175,20 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
               "engine_version": __version__, "not_screened": dict(skipped)}
     key_source = _key_source(fingerprint, nv, roi_set, config,
                              None if reliability is None else [config.reliability_threshold, config.noise_ceiling])
-    precision = config.precision
-    if precision == AUTO:
-        precision = recorded_precision(markers, key_source)
-        if precision is not None:
-            record.update(precision=precision, precision_choice={
-                "precision": precision, "why": f"out already holds units screened in {precision}: a resumed run keeps "
-                                               f"the recorded precision"})
-        elif markers:   # results of another configuration: refused as any other mismatch
-            check_compatible(markers, _config_key(key_source, "fp32"), config.out)
-    config_key = _config_key(key_source, precision) if precision != AUTO and precision else None
-    if config_key is not None:
-        check_compatible(markers, config_key, config.out)
+    auto = config.precision == AUTO
+    precision = recorded_precision(markers, key_source) if auto else config.precision   # None: resolved in run.py
+    if precision is not None or markers:   # other results than these options give are refused
+        check_compatible(markers, _config_key(key_source, precision or "fp32"), config.out)
     redo = check_inputs(markers, shards, config.out, config.redo_changed)
     pending = tuple(s for s in shards if s.unit not in markers or s.unit in redo)
-    return ScreeningPlan(options=config, shards=shards, pending=pending, spec=spec, store=store, model_id=model_id,
+    plan = ScreeningPlan(options=config, shards=shards, pending=pending, spec=spec, store=store, model_id=model_id,
                          fingerprint=fingerprint, rois=roi_set, n_vertices=nv, config=record,
-                         config_key=config_key, reliability=reliability, redo=redo,
-                         precision=None if precision == AUTO else precision, key_source=key_source)
+                         config_key=None if precision is None else _config_key(key_source, precision),
+                         reliability=reliability, redo=redo, precision=precision, key_source=key_source)
+    if auto and precision is not None:
+        plan = plan.with_precision(precision, {"precision": precision, "why": f"out already holds units screened in "
+                                               f"{precision}: a resumed run keeps the recorded precision"})
+    return plan
 
 
 def recorded_precision(markers: Mapping[str, dict], key_source: Mapping) -> str | None:

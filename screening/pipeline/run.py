@@ -23,6 +23,7 @@ from screening.exceptions import InvalidParameterError, OutputError, RunLockedEr
 from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.config import RunConfig
+from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.ray_session import ensure_ray
 from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import (MANIFEST, OutputLayout, build_manifest, check_compatible, committed_files,
@@ -298,7 +299,7 @@ def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0
             raise OutputError(f"out={plan.out!r}: every unit is committed, but{manifest_note[6:]}") from exc
     files = committed_files(layout)
     result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
-                             precision=plan.precision, precision_why=(plan.config.get("precision_choice") or {}).get("why"),
+                             precision=plan.precision, precision_why=plan.precision_choice.get("why"),
                              not_screened=dict(plan.config.get("not_screened") or {}),
                              errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
                              units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
@@ -357,8 +358,6 @@ def encoder_pool(decode: str, res, encoder_stage: str = "model"):
     this device (``DecodeMode.calls_per_actor``); several run in true threads, the model behind the stage's lock."""
     from ray.data import ActorPoolStrategy
 
-    from screening.pipeline.decode_modes import decode_mode
-
     calls = decode_mode(decode).calls_per_actor(res.device, null_stage=encoder_stage == "null")
     if calls > 1:
         return ActorPoolStrategy(min_size=res.min_size, max_size=res.max_size,
@@ -372,7 +371,6 @@ def build_dataset(plan: ScreeningPlan, pending, res):
 
     from screening.io.image_source import read_shards
     from screening.pipeline import stages
-    from screening.pipeline.decode_modes import decode_mode
     from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
 
@@ -395,7 +393,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
                                "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
-                               "precision_rule": (plan.config.get("precision_choice") or {}).get("rule"),
+                               "precision_rule": plan.precision_choice.get("rule"),
                                "num_threads": res.threads, "forward_chunk": res.forward_chunk,
                                "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
                                "throttle_s": opts.throttle_s, "decode": opts.decode,
@@ -413,12 +411,6 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                         fn_kwargs={"layout": plan.layout, "labels": list(plan.subjects) + [MEAN_SUBJECT],
                                    "roi_names": list(plan.roi_names), "config_key": plan.config_key})
     return ds
-
-
-def _ray_errors() -> tuple:
-    import ray.exceptions
-
-    return (ray.exceptions.RayError,)
 
 
 def stream_failure(exc: BaseException) -> str:
@@ -516,6 +508,7 @@ class _NodeWatch:
 
 
 def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
+    import ray.exceptions
     from ray.data import DataContext
 
     from screening.pipeline.console import is_verbose
@@ -551,7 +544,7 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
                     n = ledger.add(receipts)
                     if bar is not None:
                         bar.update(n)
-            except _ray_errors() as exc:   # the stream gave up: units with every row committed, the rest failed
+            except ray.exceptions.RayError as exc:   # the stream gave up: units with every row committed, the rest failed
                 ledger.stop(stream_failure(exc))
         return ledger.finish()
     finally:

@@ -134,7 +134,7 @@ def _fitting_chunk(nodes, footprint: ActorFootprint) -> ActorFootprint:
     chunk = footprint.chunk
     while chunk > 1 and not footprint.with_chunk(chunk).fits(biggest):
         chunk //= 2
-    return footprint.with_chunk(max(1, chunk))
+    return footprint.with_chunk(chunk)
 
 
 def _bounds(num_encoders) -> tuple[int | None, int | None]:

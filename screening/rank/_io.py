@@ -19,12 +19,14 @@ def open_responses(uri, storage: StorageOptions | None = None) -> tuple[ds.Datas
     fs, path = filesystem_for(uri, storage)
     if not fs.exists(path):
         raise InvalidParameterError(f"responses={uri!r} does not exist")
-    source = committed_responses(fs, path, storage)
-    if source is not None and not source:
-        from screening.pipeline.outputs import RunOutputs  # lazy: the pipeline package pulls in Ray
+    outputs = _run_outputs(fs, path, storage)
+    source = None
+    if outputs is not None:
+        from screening.pipeline.outputs import RESPONSES
 
-        why = RunOutputs(to_uri(fs, posixpath.dirname(path.rstrip("/"))), storage=storage).why_no()
-        raise InvalidParameterError(f"responses={uri!r}: {why}; nothing to rank")
+        source = [filesystem_for(u, storage)[1] for u in outputs.files()[RESPONSES]]
+        if not source:
+            raise InvalidParameterError(f"responses={uri!r}: {outputs.why_no()}; nothing to rank")
     try:
         dataset = ds.dataset(path if source is None else source, format="parquet", filesystem=fs)
     except Exception as exc:
@@ -32,22 +34,17 @@ def open_responses(uri, storage: StorageOptions | None = None) -> tuple[ds.Datas
     return dataset, fs, path
 
 
-def committed_responses(fs, path: str, storage: StorageOptions | None = None) -> list[str] | None:
-    """Paths (inside ``fs``) of the committed response files when ``path`` is a pipeline run's ``responses``
-    folder, i.e. its parent holds ``_committed/`` markers; ``None`` otherwise.
-
-    A file under ``responses/`` whose unit has no marker is a leftover of an interrupted run (docs/pipeline.md),
-    so only :func:`screening.pipeline.outputs.committed_files` of the run are read.
-    """
+def _run_outputs(fs, path: str, storage):
+    """The :class:`~screening.pipeline.outputs.RunOutputs` of the run whose ``responses`` folder ``path`` is, or None
+    for a plain table (a file, or a folder without ``_committed/`` beside it). Only the parts that commit markers
+    list are a run's results; other files under ``responses/`` are leftovers of an interrupted run."""
     path = path.rstrip("/")
     if posixpath.basename(path) != "responses":
         return None
-    from screening.pipeline.outputs import RESPONSES, RunOutputs  # lazy: the pipeline package pulls in Ray
+    from screening.pipeline.outputs import RunOutputs  # lazy: the pipeline package pulls in Ray
 
     outputs = RunOutputs(to_uri(fs, posixpath.dirname(path)), storage=storage)
-    if not outputs.is_run():
-        return None
-    return [filesystem_for(u, storage)[1] for u in outputs.files()[RESPONSES]]
+    return outputs if outputs.is_run() else None
 
 
 def find_manifest(fs, responses_path: str):
