@@ -849,7 +849,7 @@ def cmd_importcheck(argv) -> int:
 
         for m in ("ray", "ray.data", "s3fs", "aiobotocore", "botocore", "fsspec", "jsonschema", "msgpack", "yaml",
                   "click", "requests", "aiohttp", "tqdm", "psutil", "numpy", "pandas", "pyarrow", "PIL", "torch",
-                  "screening.pipeline", "screening.io", "screening.store", "screening.store.synthetic"):
+                  "screening.pipeline", "screening.store", "screening.store.synthetic"):
             try:
                 mod = importlib.import_module(m)
                 f = os.path.realpath(getattr(mod, "__file__", "") or "")

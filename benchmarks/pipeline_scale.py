@@ -350,7 +350,7 @@ def worker_costs(work, images=8192, n_rois=379, repeats=3):
 
 def ledger_cost(work, labels, units=20, rows=50_000, batch=8192):
     """Driver CPU per image of our own commit loop (``UnitLedger.add`` on receipts, the markers written), no Ray."""
-    from screening.io.image_source import Shard
+    from screening.sources import Unit as Shard
     from screening.pipeline.commit import UnitLedger
     from screening.pipeline.outputs import OutputLayout
     from screening.pipeline.parts import RECEIPT_SCHEMA
@@ -406,7 +406,7 @@ def synthetic_driver(work, units=200, unit_rows=10_000, write_batch=8192, chunk_
     is not in this loop: it is measured by the rate fit."""
     import ray
 
-    from screening.io.image_source import Shard
+    from screening.sources import Unit as Shard
     from screening.pipeline.commit import UnitLedger
     from screening.pipeline.outputs import OutputLayout
     from screening.pipeline.run import _RayCompactor

@@ -29,23 +29,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_storage_arguments(p)
 
 
-def _files(paths: list[str]) -> list[Path]:
-    """Image files named or found under the folders named; a missing path or an image-less folder is an error."""
+def _images(paths: list[str]) -> list:
+    """The images named (files, folders, tar archives or lists, found as ``screening ingest`` finds them); a missing
+    path or an image-less folder is an error."""
     from screening.exceptions import InvalidParameterError
-    from screening.io.inputs import IMAGE_EXTENSIONS, has_image_ext
+    from screening.sources import open_images
+    from screening.sources.listing import IMAGE_EXTENSIONS
 
     out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if has_image_ext(f.name) and not f.is_dir())
-            if not found:
-                raise InvalidParameterError(f"folder {str(p)!r} holds no image files (looked for "
-                                            f"{', '.join(IMAGE_EXTENSIONS)}, any case, in subfolders too)")
-            out += found
-        elif p.exists():
-            out.append(p)
-        else:
-            raise InvalidParameterError(f"image path {str(p)!r} does not exist")
+    for p in paths:
+        stream = open_images(p, what="image path")
+        if stream.total == 0:
+            raise InvalidParameterError(f"{stream.kind} {p!r} holds no image files (looked for "
+                                        f"{', '.join(IMAGE_EXTENSIONS)}, any case, in subfolders too)")
+        out += list(stream.items())
     return out
 
 
@@ -73,7 +70,7 @@ def run_from_args(args) -> int:
     # every check on the user's arguments before the (slow) model load
     subject = list(parse_subjects(args.subject, name="--subject"))
     rois = [r.strip() for arg in args.roi for r in arg.split(",") if r.strip()] if args.roi else None
-    paths = _files(args.images)
+    refs = _images(args.images)
     _check_out(args.out)
     options = StorageOptions.from_args(args)
     berg = BERG(args.store, storage_options=options)
@@ -83,12 +80,12 @@ def run_from_args(args) -> int:
     model = berg.get_encoding_model(model_id, subject=subject, selection=selection, device="auto",
                                     precision=args.precision)
     files, images = [], []
-    for f in paths:
+    for ref in refs:
         try:
-            images.append(preprocess_bytes(f.read_bytes()))
-            files.append(str(f))
+            images.append(preprocess_bytes(ref.read()))
+            files.append(ref.source)
         except (ImageDecodeError, OSError) as e:
-            print(f"skipped {f}: {e}", file=sys.stderr)
+            print(f"skipped {ref.source}: {e}", file=sys.stderr)
     if not images:
         print("no decodable images given", file=sys.stderr)
         return 1

@@ -63,8 +63,8 @@ from screening.validation import check_positive_int
 from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
 from screening.fs import StorageOptions, add_storage_arguments, filesystem_for, is_local, to_uri
 
-from screening.io.inputs import (IMAGE_EXTENSIONS, LIST_SUFFIXES, TAR_SUFFIXES, has_image_ext, is_tar,
-                                 iter_tar_images, read_list_entries, resolve_entry, walk_folder)
+from screening.sources import ImageRef, ImageStream, open_images
+from screening.sources.listing import IMAGE_EXTENSIONS, link_problem
 
 __all__ = [
     "ingest",
@@ -142,97 +142,17 @@ class IngestResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# sources
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class _Item:
-    source: str
-    read: Callable[[], bytes]
-
-
-class _Sources:
-    """Resolves ``src`` into an ordered stream of items (rules: :mod:`screening.io.inputs`); counts skipped files."""
-
-    def __init__(self, src: str, storage: StorageOptions):
-        self.src = src
-        self.storage = storage
-        self.skipped = 0
-        self.total: int | None = None
-        self.fs, self.path = filesystem_for(src, storage)
-        lower = src.lower().rstrip("/")
-        if is_tar(lower):
-            self.kind = "tar"
-        elif lower.endswith(LIST_SUFFIXES):
-            self.kind = "list"
-        elif self.fs.isdir(self.path):
-            self.kind = "folder"
-        elif self.fs.isfile(self.path) and has_image_ext(lower):
-            self.kind = "file"
-        elif not self.fs.exists(self.path):
-            raise InvalidParameterError(f"SRC {src!r} does not exist")
-        else:
-            raise InvalidParameterError(
-                f"SRC {src!r} is not a folder, an image, a tar archive ({', '.join(TAR_SUFFIXES)}) "
-                f"or a list file ({', '.join(LIST_SUFFIXES)})")
-
-    @staticmethod
-    def _reader(fs, path: str) -> Callable[[], bytes]:
-        return lambda: fs.cat_file(path)
-
-    def items(self) -> Iterator[_Item]:
-        return getattr(self, f"_{self.kind}")()
-
-    def _file(self) -> Iterator[_Item]:
-        self.total = 1
-        yield _Item(to_uri(self.fs, self.path), self._reader(self.fs, self.path))
-
-    def _folder(self) -> Iterator[_Item]:
-        root = self.path.rstrip("/")
-        rels = []
-        for rel, _info in walk_folder(self.fs, root):
-            if has_image_ext(rel):
-                rels.append(rel)
-            else:
-                self.skipped += 1
-        self.total = len(rels)
-        for rel in rels:
-            p = f"{root}/{rel}"
-            yield _Item(to_uri(self.fs, p), self._reader(self.fs, p))
-
-    def _skip(self, _name: str) -> None:
-        self.skipped += 1
-
-    def _tar(self) -> Iterator[_Item]:
-        archive = to_uri(self.fs, self.path)
-        with self.fs.open(self.path, "rb") as f:  # streamed: archive order, works on gzip and S3 streams
-            for name, data in iter_tar_images(f, on_other=self._skip):
-                yield _Item(f"tar://{name}::{archive}", (lambda d=data: d))
-
-    def _list(self) -> Iterator[_Item]:
-        entries = read_list_entries(self.fs, self.path)
-        self.total = len(entries)
-        for entry in entries:
-            uri = resolve_entry(entry, self.fs, self.path)
-            # fsspec caches filesystem instances, so one per entry costs nothing.
-            fs, path = filesystem_for(uri, self.storage)
-            yield _Item(uri, self._reader(fs, path))
-
-
-# ----------------------------------------------------------------------------------------------
 # reading, checking, sharding
 # ----------------------------------------------------------------------------------------------
 
-def _load(item: _Item) -> tuple[str, bytes | None, str | None, tuple[int, int] | None, str | None]:
+def _load(item: ImageRef) -> tuple[str, bytes | None, str | None, tuple[int, int] | None, str | None]:
     """(source, data, sha256 hex, (w, h), error) — runs on an I/O thread."""
     from screening.preprocess import image_size
 
     try:
         data = item.read()
     except Exception as e:  # noqa: BLE001 — any failure to read is reported per file, by design
-        from screening.io.inputs import link_problem
-
-        note = link_problem(item.source) if "://" not in item.source else ""
+        note = link_problem(item.source)
         return item.source, None, None, None, f"read failed: {type(e).__name__}: {e}{note}"
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -242,7 +162,7 @@ def _load(item: _Item) -> tuple[str, bytes | None, str | None, tuple[int, int] |
     return item.source, data, digest, size, None
 
 
-def _ordered_prefetch(fn, items: Iterable[_Item], workers: int) -> Iterator:
+def _ordered_prefetch(fn, items: Iterable[ImageRef], workers: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, at most ``_READ_WINDOW`` in flight."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-read") as pool:
         window: collections.deque = collections.deque()
@@ -348,7 +268,7 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
     row_group_rows = check_positive_int("row_group_rows", row_group_rows, allow_none=False)
     workers = check_positive_int("workers", workers, allow_none=False)
     storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
-    sources = _Sources(src, storage)
+    sources = open_images(src, storage)
     items = _nonempty_items(sources)
     writer, old = _claim_out(out, storage, overwrite)
     result = IngestResult(out=out, manifest=writer.location(MANIFEST_NAME))
@@ -360,7 +280,7 @@ def ingest(src, out, *, shard_rows: int = 1000, row_group_rows: int = 128,
     return result
 
 
-def _nonempty_items(sources: _Sources) -> Iterator[_Item]:
+def _nonempty_items(sources: ImageStream) -> Iterator[ImageRef]:
     """The items of ``sources``; nothing to read is a mistake in SRC, refused before OUT is touched."""
     items = sources.items()
     first = next(items, None)  # lists and folders know their size once the first item is out

@@ -104,7 +104,7 @@ def folder_run(ray_local, visual_store, photos, tmp_path_factory):
     (root / "README.txt").write_text("not an image")
     out = root.parent / "out"
     mp = pytest.MonkeyPatch()
-    mp.setattr("screening.io.inputs.FILES_PER_UNIT", 4)
+    mp.setattr("screening.sources.files.FILES_PER_UNIT", 4)
     try:
         rc = _run(root, visual_store, out)
     finally:
@@ -133,7 +133,7 @@ def test_folder_rerun_does_nothing_and_a_changed_file_is_refused_or_redone(folde
     from screening.pipeline.plan import build_plan
 
     root, out, _ = folder_run
-    monkeypatch.setattr("screening.io.inputs.FILES_PER_UNIT", 4)
+    monkeypatch.setattr("screening.sources.files.FILES_PER_UNIT", 4)
     before = {n: (out / "_committed" / n).read_bytes() for n in os.listdir(out / "_committed")}
     assert _run(root, visual_store, out) == 0
     assert "0 unit(s), 0 images" in capsys.readouterr().out
@@ -152,7 +152,7 @@ def test_folder_rerun_does_nothing_and_a_changed_file_is_refused_or_redone(folde
 
 def _read_rows(plan):
     """What the read tasks emit for the plan's pending units (called in-process): (unit, row) -> (id, source)."""
-    from screening.io.image_source import read_shards
+    from screening.sources import read_units as read_shards
     import pyarrow as pa
 
     got = {}
@@ -310,7 +310,7 @@ def test_s3_folder_and_uri_list(visual_store, photos, tmp_path, monkeypatch):
             assert plan.shards[0].version.startswith("files-sha256:")
             import pyarrow as pa
 
-            from screening.io.image_source import read_shards
+            from screening.sources import read_units as read_shards
 
             rows = [r for t in read_shards(pa.Table.from_pylist([plan.shards[0].read_item()]), spec=plan.spec,
                                            storage=StorageOptions(endpoint_url=str(endpoint))) for r in t.to_pylist()]

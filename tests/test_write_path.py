@@ -22,7 +22,7 @@ import pytest
 
 from screening.fs import StorageOptions
 from screening.exceptions import InputChangedError, OutputError, RunLockedError, UnitsFailedError
-from screening.io.image_source import Shard
+from screening.sources import Unit as Shard
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import OutputLayout

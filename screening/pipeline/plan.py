@@ -19,10 +19,9 @@ import numpy as np
 
 from screening.hardware import AUTO, CUDA_ONLY_PRECISIONS, PRECISIONS
 from screening.exceptions import InputChangedError, InvalidParameterError
-from screening.fs import StorageOptions, to_uri
-from screening.io.image_source import (ColumnSpec, Shard, column_spec, count_tar_images, read_footers, stat_shards,
-                                       unit_names)
-from screening.io.inputs import IMAGE_EXTENSIONS, FoundInputs, file_units, find_inputs
+from screening.fs import StorageOptions
+from screening import sources
+from screening.sources import ColumnSpec, PlanContext, Unit
 from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.outputs import OutputLayout, check_compatible
@@ -51,8 +50,8 @@ class ScreeningPlan:
     """
 
     options: RunConfig
-    shards: tuple[Shard, ...]
-    pending: tuple[Shard, ...]
+    shards: tuple[Unit, ...]
+    pending: tuple[Unit, ...]
     spec: ColumnSpec
     store: Any
     model_id: str
@@ -169,8 +168,9 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, config)
     layout = OutputLayout(config.out, storage=config.storage)
     markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
-    shards, spec, skipped = plan_inputs(config.images, markers, image_column=config.image_column,
-                                        id_column=config.id_column, storage=config.storage)
+    shards, spec, skipped = sources.plan(config.images, PlanContext(
+        markers, image_column=config.image_column, id_column=config.id_column, storage=config.storage,
+        remote_map=remote_map))
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__, "not_screened": dict(skipped)}
     key_source = _key_source(fingerprint, nv, roi_set, config,
@@ -240,77 +240,17 @@ def _config_key(key_source: Mapping, precision: str) -> str:
                                      default=str).encode()).hexdigest()[:16]
 
 
-# Direct inputs (folders, tars, lists) have no id column: the id is derived from the bytes, as for Parquet without one.
-DIRECT_SPEC = ColumnSpec("image", False, None, None)
-
-
-def plan_inputs(images: str, markers: Mapping[str, dict], *, image_column: str, id_column: str,
-                storage: StorageOptions | None = None):
-    """``(units, how to read their rows, what was not screened)`` from whatever ``images`` is
-    (``screening.io.inputs``); the last is (extension or kind, count) pairs of a folder's or glob's other files."""
-    found = find_inputs(images, storage=storage)
-    if found.kind == "parquet":
-        return (*_parquet_shards(found, image_column, id_column), found.skipped)
-    if found.kind == "tar":
-        return _tar_shards(found, markers, storage), DIRECT_SPEC, found.skipped
-    units = file_units(found, storage=storage)
-    return tuple(Shard(u.uri, u.uri, u.unit, len(u.files), u.size, u.version, kind="files", files=u.files,
-                       sizes=u.sizes) for u in units), DIRECT_SPEC, found.skipped
-
-
-def _parquet_shards(found: FoundInputs, image_column: str, id_column: str):
-    """Footers (row counts) and one column layout for every shard, checked on the driver."""
-    fs, paths = found.fs, list(found.paths)
-    metas = read_footers(fs, paths)
-    spec = column_spec(metas[0].schema.to_arrow_schema(), image_column, id_column)
-    for p, m in zip(paths[1:], metas[1:]):
-        other = column_spec(m.schema.to_arrow_schema(), image_column, id_column)
-        if other != spec:
-            raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
-                                        f"({spec}); all shards of a run must share one layout")
-    stats = stat_shards(fs, paths)
-    return tuple(Shard(p, to_uri(fs, p), u, int(m.num_rows), size, version)
-                 for p, u, m, (size, version) in zip(paths, unit_names(paths), metas, stats)), spec
-
-
-def _tar_shards(found: FoundInputs, markers: Mapping[str, dict], storage) -> tuple[Shard, ...]:
-    """One unit per archive; its rows (image members) are counted by Ray tasks, unless a marker already records
-    them for this very archive (same URI, size, version): a rerun after success starts no Ray."""
-    fs, paths = found.fs, list(found.paths)
-    stats = stat_shards(fs, paths)
-    units = unit_names(paths)
-    shards = [Shard(p, to_uri(fs, p), u, 0, size, version, kind="tar")
-              for p, u, (size, version) in zip(paths, units, stats)]
-    rows = {}
-    for s in shards:
-        rec = (markers.get(s.unit) or {}).get("input") or {}
-        if (rec.get("uri"), rec.get("size"), rec.get("version")) == (s.uri, s.size, s.version):
-            rows[s.unit] = (int(rec.get("rows", 0)), "")
-    todo = [s for s in shards if s.unit not in rows]
-    rows.update(zip((s.unit for s in todo), _count_tar_rows([s.uri for s in todo], storage)))
-    out = []
-    for s in shards:
-        n, broken = rows[s.unit]
-        if n == 0 and not broken:
-            broken = f"the archive holds no image member ({', '.join(IMAGE_EXTENSIONS)})"
-        # an archive that breaks gets one more row: the error row that names it
-        out.append(Shard(s.path, s.uri, s.unit, n + (1 if broken else 0), s.size, s.version, kind="tar",
-                         broken=broken))
-    return tuple(out)
-
-
-def _count_tar_rows(uris: list[str], storage) -> list[tuple[int, str]]:
-    """Image members per archive, counted by one Ray task per archive (archive bytes never reach the driver)."""
-    if not uris:
-        return []
+def remote_map(fn, args: list) -> list:
+    """``[fn(*a) for a in args]``, one Ray task each (a source's planning work that reads input bytes, such as
+    counting a tar's members, runs on the cluster, never on the driver)."""
     from screening.pipeline.ray_session import ensure_ray
 
     ray = ensure_ray()
-    count = ray.remote(num_cpus=1, max_retries=3)(count_tar_images)
-    return [tuple(r) for r in ray.get([count.remote(u, storage) for u in uris])]
+    task = ray.remote(num_cpus=1, max_retries=3)(fn)
+    return ray.get([task.remote(*a) for a in args])
 
 
-def _what_changed(recorded: dict | None, shard: Shard) -> str | None:
+def _what_changed(recorded: dict | None, shard: Unit) -> str | None:
     if not isinstance(recorded, dict):
         return "its marker records no input identity (written by an older engine)"
     now = shard.identity()

@@ -2,7 +2,7 @@
 
 The plan, for the pending shards only::
 
-    from_items(shards) -> map_batches(read_shards, batch_size=1)           # one read task per shard; rows + identity
+    from_items(shards) -> map_batches(read_units, batch_size=1)           # one read task per shard; rows + identity
       -> map_batches(decode_batch, batch_format="pyarrow", num_cpus=task)    # CPU tasks: bytes -> uint8 224x224
       -> map_batches(EncoderActor, compute=ActorPoolStrategy(min, max),      # GPU (or CPU) actors: ROI means
                      num_gpus=..., batch_size=..., fn_constructor_kwargs=...)
@@ -39,7 +39,7 @@ WRITE_TASK_MEMORY = 512 * 2**20
 # allocator gave the write stage a CPU budget of 0 on a busy node (read and decode hold the reservations), so its
 # input piled up in the object store and the run crawled (seen at 1M rows); 0 CPUs lets it always run.
 WRITE_TASK_CPUS = 0
-# A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_shards' chunks
+# A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_units' chunks
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
 READ_CHUNK_ROWS = 256
@@ -369,7 +369,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     """The Ray Data plan for ``pending`` shards (lazy; nothing runs until it is iterated)."""
     import ray
 
-    from screening.io.image_source import read_shards
+    from screening.sources import read_units
     from screening.pipeline import stages
     from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
@@ -380,7 +380,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     # every unit complete only at the very end); rows stream out in chunks of READ_CHUNK_ROWS.
     items = [s.read_item() for s in pending]   # Parquet shards, tar archives or lists of image files
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
+    ds = ds.map_batches(read_units, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
                         fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
     if decode_mode(opts.decode).decode_tasks:   # else the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,

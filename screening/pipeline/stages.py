@@ -1,8 +1,8 @@
-"""The decode and encoder stages of the plan (reading is ``screening.io.image_source``, writing ``parts``).
+"""The decode and encoder stages of the plan (reading is ``screening.sources``, writing ``parts``).
 
 Every row carries its identity (``unit``, ``row``: its index in the shard) through every stage.
 
-``decode_batch``: a stateless CPU task over Arrow batches from ``read_shards``: bytes -> uint8 (3,224,224) via
+``decode_batch``: a stateless CPU task over Arrow batches from ``read_units``: bytes -> uint8 (3,224,224) via
 ``screening.preprocess.preprocess_bytes``. A row that fails (unreadable or null bytes: stage ``read``; anything raised
 while decoding: stage ``decode``) becomes an error row; the batch never fails because of one image.
 
@@ -70,7 +70,7 @@ def _decode_rows(datas, read_error, image_column: str, fast: bool, pool=None):
 
 
 def decode_batch(table, *, image_column: str, fast: bool):
-    """Rows from ``read_shards`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
+    """Rows from ``read_units`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
     stage, error, pixels = _decode_rows(table.column("data").to_pylist(), table.column("read_error").to_pylist(),
                                         image_column, fast)
     ids = {k: table.column(k).to_pylist() for k in ("unit", "image_id", "source")}
@@ -79,7 +79,7 @@ def decode_batch(table, *, image_column: str, fast: bool):
 
 
 def actor_decode_batch(batch: dict, *, image_column: str, fast: bool, pool) -> dict:
-    """``decode="actor"``: numpy rows from ``read_shards`` -> ``decode_batch``'s rows, decoded by the encoder actor's
+    """``decode="actor"``: numpy rows from ``read_units`` -> ``decode_batch``'s rows, decoded by the encoder actor's
     own CPU threads (``pool``); the same pixels, stages and errors as the decode tasks."""
     stage, error, pixels = _decode_rows(list(batch["data"]), list(batch["read_error"]), image_column, fast, pool)
     return {**_identity(batch), "stage": stage, "error": error, "pixels": pixels}
@@ -101,7 +101,7 @@ class ActorDecode:
 
 
 def device_decode_batch(batch: dict, *, image_column: str, device, gpu_decode) -> dict:
-    """Numpy rows from ``read_shards`` -> ``decode_batch``'s rows, ``pixels`` a uint8 torch tensor on ``device``.
+    """Numpy rows from ``read_units`` -> ``decode_batch``'s rows, ``pixels`` a uint8 torch tensor on ``device``.
 
     ``gpu_decode``: ``torchvision.io.decode_jpeg``'s contract (``screening.device_decode``).
     """

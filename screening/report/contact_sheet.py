@@ -18,11 +18,11 @@ PAD = 6
 
 
 def _open_shards(images, filesystem=None, storage_options=None):
-    """A dataset over image shards: a folder/glob (listed as the pipeline lists it), a list of shard
+    """A dataset over image shards: a folder/glob (found as ``screening run`` finds it), a list of shard
     paths/URIs (a manifest's ``shards``), or a dataset."""
     if isinstance(images, ds.Dataset):
         return images
-    from screening.io.image_source import list_shards
+    from screening import sources
     from screening.fs import filesystem_for
 
     def fs_path(p):
@@ -39,9 +39,16 @@ def _open_shards(images, filesystem=None, storage_options=None):
         if missing:
             raise InvalidParameterError(f"image shard(s) {missing[:3]} do not exist ({len(missing)} of {len(paths)})")
         return ds.dataset(paths, format="parquet", filesystem=fs)
-    fs, path = fs_path(images)
-    # only *.parquet: ingest writes CSV reports beside them
-    return ds.dataset(list_shards(fs, path), format="parquet", filesystem=fs)
+    if filesystem is not None:   # the caller's filesystem: its folder's shards, by the Parquet source's rule
+        path = str(images)
+        paths = ([p for p in sorted(filesystem.find(path)) if sources.source("parquet").claims(p)]
+                 if filesystem.isdir(path) else [path])
+        return ds.dataset(paths, format="parquet", filesystem=filesystem)
+    found = sources.find(str(images), storage=storage_options)
+    if found.kind != "parquet":
+        raise InvalidParameterError(f"images={str(images)!r} holds {found.kind} input, not Parquet image shards; "
+                                    f"images are looked up by id in Parquet shards only")
+    return ds.dataset(list(found.paths), format="parquet", filesystem=found.fs)
 
 
 def fetch_image_records(images, image_ids, *, filesystem=None, id_column="image_id", image_column="image",

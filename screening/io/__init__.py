@@ -1,1 +1,0 @@
-"""Pipeline input: finding, checking and reading image shards (``image_source``)."""
