@@ -457,7 +457,8 @@ def executor_cost(shards, rows, write_batch=8192):
     that do no work: (driver CPU s, wall s, tasks and blocks per operator)."""
     import ray
 
-    from screening.pipeline.run import DECODE_TASK_MEMORY, WRITE_TASK_CPUS, WRITE_TASK_MEMORY
+    from screening.pipeline.run import DECODE_TASK_MEMORY
+    from screening.pipeline.sink import WRITE_TASK_CPUS, WRITE_TASK_MEMORY
 
     ds = ray.data.from_items([{"unit": f"u{i}"} for i in range(shards)], override_num_blocks=shards)
     ds = ds.map_batches(_stub_read, batch_format="pyarrow", batch_size=1, num_cpus=1, fn_kwargs={"rows": rows})

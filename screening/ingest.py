@@ -57,10 +57,10 @@ import posixpath
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from screening.validation import check_positive_int
-from screening.exceptions import ImageDecodeError, InvalidParameterError, ScreeningError
+from screening.exceptions import ImageDecodeError, InvalidParameterError
 from screening.fs import StorageOptions, add_storage_arguments, filesystem_for, is_local, to_uri
 
 from screening.sources import ImageRef, ImageStream, open_images

@@ -197,6 +197,29 @@ class RunOutputs:
     def manifest(self) -> dict | None:
         return self.layout.read_manifest()
 
+    def dataset(self, kind: str = RESPONSES):
+        """A ``pyarrow.dataset`` over the committed ``kind`` parts, or None where there are none. A plain folder of
+        tables (no ``_committed/``: written by hand or by another tool) is read whole."""
+        import pyarrow.dataset as ds
+
+        from screening.fs import arrow_filesystem, filesystem_for
+
+        if not self.is_run():
+            path = self.layout.join(kind)
+            return (ds.dataset(path, format="parquet", filesystem=arrow_filesystem(self.layout.fs))
+                    if self.layout.fs.exists(path) else None)
+        uris = self.files()[kind]
+        if not uris:
+            return None
+        fs = filesystem_for(uris[0], self.layout.storage)[0]
+        return ds.dataset([filesystem_for(u, self.layout.storage)[1] for u in uris], format="parquet",
+                          filesystem=arrow_filesystem(fs))
+
+    def table(self, kind: str, empty):
+        """Every committed ``kind`` row as one Arrow table (``empty``: the schema's empty table when there are none)."""
+        dataset = self.dataset(kind)
+        return empty if dataset is None else dataset.to_table()
+
     def why_no(self, kind: str = RESPONSES) -> str:
         """Why the run has no committed ``kind`` rows: no unit committed yet, or every committed image failed."""
         if not self.markers:

@@ -7,126 +7,32 @@ The plan, for the pending shards only::
       -> map_batches(EncoderActor, compute=ActorPoolStrategy(min, max),      # GPU (or CPU) actors: ROI means
                      num_gpus=..., batch_size=..., fn_constructor_kwargs=...)
       -> map_batches(write_parts, batch_size=write_batch_size)             # tasks: part files + receipts
-      -> iter_batches() on the driver -> UnitLedger                        # receipts only; marker per unit, last
+      -> iter_batches() on the driver -> UnitSink's ledger                 # receipts only; marker per unit, last
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
-from screening.exceptions import InvalidParameterError, OutputError, RunLockedError, ScreeningError, UnitsFailedError
-from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
-from screening.pipeline.commit import UnitLedger
+from screening.exceptions import InvalidParameterError, RunLockedError
 from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.ray_session import ensure_ray
-from screening.pipeline.lock import RunLock
-from screening.pipeline.outputs import (MANIFEST, OutputLayout, build_manifest, check_compatible, committed_files,
-                                        utcnow)
+from screening.pipeline.outputs import OutputLayout, check_compatible, utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
-from screening.pipeline.tables import ERROR_SCHEMA, MEAN_SUBJECT, responses_schema
+from screening.pipeline.result import ScreeningResult
+from screening.pipeline.sink import UnitSink, write_task
 
 
-# A write task's working set: its input batch (up to 8192 images x 9 x 379 float32 = 112 MiB), the Arrow table and
-# the Parquet encoder's buffers.
-WRITE_TASK_MEMORY = 512 * 2**20
-# Writing is mostly Arrow/Parquet encoding and I/O (~0.1 ms/image). With any CPU request, Ray Data's resource
-# allocator gave the write stage a CPU budget of 0 on a busy node (read and decode hold the reservations), so its
-# input piled up in the object store and the run crawled (seen at 1M rows); 0 CPUs lets it always run.
-WRITE_TASK_CPUS = 0
 # A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_units' chunks
 # up to target_max_block_size) plus up to one 128 MiB output block of pixels; 256 MiB was exceeded (274 MiB seen).
 DECODE_TASK_MEMORY = 512 * 2**20
 READ_CHUNK_ROWS = 256
 NODE_WATCH_S = 5.0   # how often the driver looks for nodes that left the cluster (one GCS call)
 ENCODER_MAX_RESTARTS = 4   # per encoder actor: enough for preemptions and a lost node, not for an OOM loop
-
-
-@dataclass
-class ScreeningResult:
-    """What a run produced. Readers only see committed units."""
-
-    out: str
-    manifest_path: str
-    responses_files: list[str]
-    errors_files: list[str]
-    counts: dict
-    units_run: int
-    units_skipped: int
-    seconds: float
-    images_this_run: int
-    storage: StorageOptions = field(default_factory=StorageOptions)
-    roi_names: tuple = field(default_factory=tuple)
-    failed: dict = field(default_factory=dict)
-    unreadable: dict = field(default_factory=dict)
-    synthetic: bool = False
-    not_screened: dict = field(default_factory=dict)   # what the input folder held besides images, by extension
-    precision: str | None = None        # the core precision the encoders ran (None: nothing was screened)
-    precision_why: str | None = None    # precision="auto": why this one
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images_this_run / self.seconds if self.seconds > 0 and self.images_this_run else 0.0
-
-    def _read(self, files):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        tables = []
-        for uri in files:
-            fs, path = filesystem_for(uri, self.storage)
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
-        return pa.concat_tables(tables) if tables else None
-
-    def responses(self):
-        """All committed response rows as a pandas DataFrame (long format, see docs/pipeline.md)."""
-        t = self._read(self.responses_files)
-        return (t if t is not None else responses_schema(self.roi_names).empty_table()).to_pandas()
-
-    def errors(self):
-        """All committed error rows (``image_id``, ``source``, ``stage``, ``error``) as a DataFrame."""
-        t = self._read(self.errors_files)
-        return (t if t is not None else ERROR_SCHEMA.empty_table()).to_pandas()
-
-    def responses_dataset(self):
-        """The committed responses as a Ray Dataset (for data too big for one pandas frame)."""
-        import ray
-
-        if not self.responses_files:
-            return ray.data.from_arrow(responses_schema(self.roi_names).empty_table())
-        fs, _ = filesystem_for(self.responses_files[0], self.storage)
-        paths = [filesystem_for(u, self.storage)[1]
-                 for u in self.responses_files]
-        return ray.data.read_parquet(paths, filesystem=arrow_filesystem(fs))
-
-    def _not_screened(self) -> str:
-        if not self.not_screened:
-            return ""
-        n = sum(self.not_screened.values())
-        return (f"  not screened: {n} other file(s) beside the images ("
-                + ", ".join(f"{k} {v}" for k, v in self.not_screened.items()) + ")\n")
-
-    def summary(self) -> str:
-        c = self.counts
-        precision = ""
-        if self.precision:
-            precision = f"  precision: {self.precision}" + (f" (auto: {self.precision_why})" if self.precision_why else "") + "\n"
-        return (("SYNTHETIC WEIGHTS (a synthetic model store: these responses are not brain predictions)\n"
-                 if self.synthetic else "") + f"screened {c['images']} images ({c['errors']} errors, {c['responses_rows']} response rows); "
-                f"this run: {self.units_run} unit(s), {self.images_this_run} images in {self.seconds:.1f} s "
-                f"= {self.images_per_s:.1f} images/s, {self.units_skipped} unit(s) already committed\n"
-                + precision + self._not_screened() +
-                f"  responses: {self.out.rstrip('/')}/responses/  errors: {self.out.rstrip('/')}/errors/  "
-                f"manifest: {self.manifest_path}"
-                + "".join(f"\n  UNREADABLE: {n} row(s) of {uri} could not be read (stage 'read' in errors/)"
-                          for uri, n in self.unreadable.values())
-                + "".join(f"\n  FAILED {why}" for why in self.failed.values()))
 
 
 def screen(images, store, out, **options) -> ScreeningResult:
@@ -229,90 +135,19 @@ def screen_config(config: RunConfig) -> ScreeningResult:
 
 
 def execute(plan: ScreeningPlan) -> ScreeningResult:
-    """Run the pending units of ``plan`` under the output's lock; nothing pending means no Ray or model work at all."""
+    """Run the pending units of ``plan`` into its output (``UnitSink``); nothing pending means no Ray or model work."""
     t0 = time.perf_counter()
-    layout = plan.layout
-    with _output_errors(plan.out, "preparing"):
-        layout.prepare()
-        lock = RunLock(layout).acquire()
-    try:
-        return _execute_locked(plan, layout, lock, t0)
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def _output_errors(out: str, doing: str):
-    """An OSError on the output root (disk full, no permission, storage down) becomes one clear OutputError."""
-    try:
-        yield
-    except ScreeningError:
-        raise
-    except (NotADirectoryError, FileExistsError, PermissionError) as exc:  # the user's path: exit 2 in the CLI
-        raise InvalidParameterError(f"out={out!r} cannot be used: {type(exc).__name__}: {exc}") from exc
-    except OSError as exc:
-        raise OutputError(f"out={out!r}: {doing} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _execute_locked(plan: ScreeningPlan, layout: OutputLayout, lock: RunLock, t0: float) -> ScreeningResult:
-    from screening import __version__
-
-    rois_manifest = {n: {"n_vertices": v} for n, v in plan.n_vertices.items()}
-    manifest_args = dict(engine_version=__version__, config=dict(plan.config), model=dict(plan.fingerprint),
-                         rois=rois_manifest, shards=plan.shards, reliability=plan.reliability)
-    for unit in plan.redo:   # changed inputs, redo_changed=True: uncommit first (marker, then its parts)
-        layout.remove_marker(unit)
-    markers = layout.markers()
-    pending = [s for s in plan.pending if s.unit not in markers]   # another run may have committed some since
-    stats = None
-    if pending:
-        plan, res = _plan_on_cluster(plan, layout)
-        manifest_args["config"] = dict(plan.config)
-        if notice := driver_notice(plan, res):
-            print(notice, file=sys.stderr)
-        with _output_errors(plan.out, "removing leftovers and writing the manifest"):
-            n_left = layout.remove_leftovers([s.unit for s in pending], markers)
-            layout.write_json(layout.join(MANIFEST), build_manifest(markers=markers, run={
-                "state": "running", "run_id": lock.run_id, "leftover_files_removed": n_left}, **manifest_args))
-        with _NodeWatch() as watch:
-            stats = _run_pending(plan, pending, res, layout, lock)
-    markers = layout.markers()
-    seconds = time.perf_counter() - t0
-    images_run = stats.images if stats else 0
-    failed = dict(stats.failed) if stats else {}
-    run_info = {"state": "complete" if all(s.unit in markers for s in plan.shards) else "incomplete",
-                "run_id": lock.run_id, "units_run": len(stats.committed) if stats else 0,
-                "units_failed": failed,
-                "unreadable_shards": {u: {"uri": uri, "rows": n}
-                                      for u, (uri, n) in (stats.unreadable if stats else {}).items()},
-                "units_skipped": len(plan.shards) - len(plan.pending),
-                "nodes_lost": watch.lost if stats else [],
-                "seconds": round(seconds, 3), "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
-    manifest = build_manifest(markers=markers, run=run_info, **manifest_args)
-    manifest_note = ""
-    try:
-        layout.write_json(layout.join(MANIFEST), manifest)
-    except OSError as exc:  # the markers are the truth; the manifest is their summary
-        manifest_note = (f"\n  the manifest could not be written ({type(exc).__name__}: {exc}); "
-                         f"the commit markers are intact")
-        if not failed:
-            raise OutputError(f"out={plan.out!r}: every unit is committed, but{manifest_note[6:]}") from exc
-    files = committed_files(layout)
-    result = ScreeningResult(out=plan.out, manifest_path=layout.uri(MANIFEST), responses_files=files["responses"],
-                             precision=plan.precision, precision_why=plan.precision_choice.get("why"),
-                             not_screened=dict(plan.config.get("not_screened") or {}),
-                             errors_files=files["errors"], counts=manifest["counts"], units_run=run_info["units_run"],
-                             units_skipped=run_info["units_skipped"], seconds=seconds, images_this_run=images_run,
-                             storage=plan.options.storage, roi_names=plan.roi_names,
-                             failed=failed, unreadable=dict(stats.unreadable) if stats else {},
-                             synthetic=bool(plan.fingerprint.get("synthetic")))
-    if failed:
-        raise UnitsFailedError(
-            f"{len(failed)} unit(s) could not be committed; the other {len(markers)} are, and a rerun redoes only "
-            f"the failed ones:\n  " + "\n  ".join(list(failed.values())[:10])
-            + (f"\n  ... ({len(failed) - 10} more in {result.manifest_path})" if len(failed) > 10 else "")
-            + manifest_note)
-    return result
+    with UnitSink(plan) as sink:
+        stats, lost = None, []
+        if sink.pending:
+            plan, res = _plan_on_cluster(plan, sink.layout)
+            if notice := driver_notice(plan, res):
+                print(notice, file=sys.stderr)
+            sink.on_write_start(plan)
+            with _NodeWatch() as watch:
+                stats = _run_pending(plan, sink.pending, res, sink)
+            lost = watch.lost
+        return sink.on_write_complete(stats, time.perf_counter() - t0, lost)
 
 
 PRECISION_PROBE_TIMEOUT_S = 300.0
@@ -371,7 +206,6 @@ def build_dataset(plan: ScreeningPlan, pending, res):
 
     from screening.sources import read_units
     from screening.pipeline import stages
-    from screening.pipeline.parts import write_parts
     from screening.pipeline.stages import decode_batch
 
     opts = plan.options
@@ -406,10 +240,9 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     )
     # Workers write; the driver gets receipts. Tasks are placed where their input blocks are (Ray's locality-aware
     # scheduling), i.e. mostly on the node that encoded them.
-    ds = ds.map_batches(write_parts, batch_format="numpy", batch_size=res.write_batch_size, num_cpus=WRITE_TASK_CPUS,
-                        memory=WRITE_TASK_MEMORY,
-                        fn_kwargs={"layout": plan.layout, "labels": list(plan.subjects) + [MEAN_SUBJECT],
-                                   "roi_names": list(plan.roi_names), "config_key": plan.config_key})
+    write, write_kwargs, write_resources = write_task(plan)
+    ds = ds.map_batches(write, batch_format="numpy", batch_size=res.write_batch_size, fn_kwargs=write_kwargs,
+                        **write_resources)
     return ds
 
 
@@ -423,40 +256,6 @@ def stream_failure(exc: BaseException) -> str:
                 f"Ray's memory monitor. Give each encoder more memory (--num-encoders fewer per node, fewer ROIs or "
                 f"subjects, or nodes with more memory), then rerun: committed units are kept")
     return f"the run's stream failed ({type(exc).__name__}: {first}); rerun to redo the open units"
-
-
-class _RayCompactor:
-    """Runs ``parts.compact_unit`` as Ray tasks for the ledger (which stays free of Ray)."""
-
-    def __init__(self, layout: OutputLayout, row_group_rows: int):
-        import ray
-
-        from screening.pipeline.parts import compact_unit
-
-        self.ray = ray
-        self.layout = layout
-        self.row_group_rows = row_group_rows
-        self.task = ray.remote(num_cpus=0, memory=WRITE_TASK_MEMORY)(compact_unit)
-        self.refs: set = set()
-
-    def submit(self, unit: str, parts: list[str]):
-        ref = self.task.remote(self.layout, unit, parts, row_group_rows=self.row_group_rows)
-        self.refs.add(ref)
-        return ref
-
-    def ready(self, block: bool) -> list:
-        if not self.refs:
-            return []
-        done, _ = self.ray.wait(list(self.refs), num_returns=1 if block else len(self.refs),
-                                timeout=None if block else 0)
-        out = []
-        for ref in done:
-            self.refs.discard(ref)
-            try:
-                out.append((ref, self.ray.get(ref)))
-            except Exception as exc:  # noqa: BLE001 - e.g. its node died: commit the parts as written
-                out.append((ref, {"failure": f"{type(exc).__name__}: {exc}"}))
-        return out
 
 
 class _NodeWatch:
@@ -507,7 +306,7 @@ class _NodeWatch:
         self._thread.join(timeout=self.every_s + 5)
 
 
-def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: RunLock):
+def _run_pending(plan: ScreeningPlan, pending, res, sink: UnitSink):
     import ray.exceptions
     from ray.data import DataContext
 
@@ -526,10 +325,7 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
 
         bar = tqdm(total=sum(s.rows for s in pending), unit="img", desc="screening", file=sys.stderr,
                    dynamic_ncols=True)
-    labels = len(plan.subjects) + 1
-    # Compacted files have row groups of at least 8192 images (73,728 rows with 8 subjects + mean)
-    compactor = _RayCompactor(layout, max(8192, res.write_batch_size) * labels)
-    ledger = UnitLedger(layout, pending, plan.config_key, labels=labels, run_id=lock.run_id, compactor=compactor)
+    ledger = sink.ledger(res.write_batch_size)
     try:
         ledger.commit_empty_units()
         if ledger.units:
@@ -538,7 +334,7 @@ def _run_pending(plan: ScreeningPlan, pending, res, layout: OutputLayout, lock: 
             # every unit committed one write batch late; no driver CPU difference measured)
             try:
                 for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-                    if lock.lost.is_set():
+                    if sink.lock.lost.is_set():
                         raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this "
                                              f"run's heartbeat was late); stopping without committing more units")
                     n = ledger.add(receipts)

@@ -1,0 +1,159 @@
+"""The report's figures: response histograms with the list thresholds, contact sheets, and flatmaps of the top
+image's ROI responses, all drawn from the run's outputs (the report never runs a model)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from screening.exceptions import InvalidParameterError
+from screening.report.contact_sheet import make_contact_sheet
+from screening.report.data import Images, Inputs
+from screening.report.flatmap import draw_flatmap, roi_grayordinate_mask
+
+
+def histogram_thresholds(values, k_top: int, k_bottom: int) -> tuple[float | None, float | None]:
+    """Where the top-k and bottom-k lists start: the k-th largest and the k-th smallest finite value.
+
+    ``None`` for a list that is off (k = 0) or longer than the values.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])
+    top = float(v[-k_top]) if 0 < k_top <= v.size else None
+    bottom = float(v[k_bottom - 1]) if 0 < k_bottom <= v.size else None
+    return top, bottom
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def _histogram(values, *, k_top, k_bottom, title, out_png, xlabel="ROI response (model output units)"):
+    """Response histogram with the top-k and bottom-k thresholds; returns the two threshold values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top, bottom = histogram_thresholds(values, k_top, k_bottom)
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100)
+    if values.size:
+        ax.hist(values, bins=min(80, max(10, int(np.sqrt(values.size)))), color="#5b7fa6")
+    if top is not None:
+        ax.axvline(top, color="#c0392b", lw=1.6,
+                   label=f"top-{k_top} from here up ({_ordinal(k_top)} largest = {top:.3g})")
+    if bottom is not None:
+        ax.axvline(bottom, color="#444444", lw=1.4, ls="--",
+                   label=f"bottom-{k_bottom} from here down ({_ordinal(k_bottom)} smallest = {bottom:.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.35)  # room for the legend above the bars
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return top, bottom
+
+
+# -- pictures ---------------------------------------------------------------------------------------------------
+def draw_sheet(inputs: Inputs, images: Images, p: dict) -> str:
+    top, bottom, name = p["top"], p["bottom"], f"sheet_{p['slug']}.png"
+    labels = {i: images.name_of(i) for i in images.thumb_ids if images.name_of(i)}
+    make_contact_sheet(top.assign(score=top.response), bottom.assign(score=bottom.response),
+                       {i: rec["bytes"] for i, rec in images.records.items() if rec.get("bytes") is not None},
+                       title=f"{p['roi']} - subject {inputs.subject}: top-{len(top)} / bottom-{len(bottom)} "
+                             "(score = ROI response)", out_png=inputs.out / name, labels=labels)
+    return name
+
+
+def draw_histogram(inputs: Inputs, p: dict) -> dict:
+    """``{hist, hist_top, hist_bottom}`` of the page's ROI section (empty strings without values)."""
+    if p["values"] is None:
+        return {"hist": None, "hist_top": "", "hist_bottom": ""}
+    name = f"hist_{p['slug']}.png"
+    thr = _histogram(p["values"], k_top=len(p["top"]), k_bottom=len(p["bottom"]), out_png=inputs.out / name,
+                     title=f"{p['roi']}, subject {inputs.subject}: {p['values'].size} images")
+    top, bottom = (repr(t) if t is not None else "" for t in thr)
+    return {"hist": name, "hist_top": top, "hist_bottom": bottom}
+
+
+class Flatmapper:
+    """Flatmaps of each ROI's top image, painted from the run's committed responses: every response column the
+    atlas can place (an area, a bilateral area, a group, a composite) shows the image's response over its vertices,
+    coarse columns first so that the finest one wins where they overlap. After a failure every later map says the
+    same reason."""
+
+    def __init__(self, inputs: Inputs, images: Images):
+        self.inputs, self.images = inputs, images
+        self.error = None
+        self._masks = None
+
+    def masks(self) -> list:
+        """``[(column, grayordinate mask)]`` of the placeable response columns, largest first."""
+        if self._masks is None:
+            placed = []
+            for c in self.inputs.responses.schema.names:
+                if c in ("image_id", "subject"):
+                    continue
+                try:
+                    placed.append((c, roi_grayordinate_mask(c)))
+                except InvalidParameterError:   # a custom ROI: no atlas outline to paint
+                    continue
+            self._masks = sorted(placed, key=lambda cm: -int(cm[1].sum()))
+        return self._masks
+
+    def values(self, image_id: str, subject: str) -> np.ndarray:
+        """(91282,) responses of one image: each placed column's value on its vertices, NaN elsewhere."""
+        import pyarrow.compute as pc
+
+        if self.inputs.responses is None:
+            raise InvalidParameterError("the run has no committed responses to paint")
+        masks = self.masks()
+        if not masks:
+            raise InvalidParameterError("none of the run's response columns is an atlas area, group or composite")
+        row = self.inputs.responses.to_table(
+            columns=[c for c, _ in masks],
+            filter=(pc.field("image_id") == image_id) & (pc.field("subject") == subject)).slice(0, 1).to_pylist()
+        if not row:
+            raise InvalidParameterError(f"image {image_id!r} has no committed {subject} response row")
+        out = np.full(atlas_size(), np.nan)
+        for c, m in masks:
+            out[m] = np.nan if row[0][c] is None else row[0][c]
+        return out
+
+    def __call__(self, p: dict) -> dict:
+        """``{flatmap, flatmap_error}`` of the page's ROI section."""
+        if not len(p["top"]):
+            return {"flatmap": None, "flatmap_error": None}
+        roi, subject = p["roi"], self.inputs.subject
+        best = str(p["top"].image_id.iloc[0])
+        name = f"flatmap_{p['slug']}.png"
+        try:
+            if self.error is not None:
+                raise RuntimeError(self.error)
+            values = self.values(best, subject)
+            label = self.images.name_of(best) or best
+            draw_flatmap(values, outline_rois=_outline(roi), out_png=self.inputs.out / name,
+                         colorbar_label="ROI response (model output units)",
+                         title=f"responses to {label} (top-1 for {roi}, subject {subject}), per screened ROI"
+                               + (" — SYNTHETIC WEIGHTS" if self.inputs.synthetic else ""))
+            return {"flatmap": name, "flatmap_error": None}
+        except Exception as exc:  # noqa: BLE001 - optional figure; the reason goes on the page
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+            return {"flatmap": None, "flatmap_error": self.error}
+
+
+def atlas_size() -> int:
+    from screening import atlas
+
+    return atlas.N_GRAYORDINATES
+
+
+def _outline(roi: str) -> list:
+    """``[roi]`` if the atlas can outline it (an area, bilateral area or group), else nothing."""
+    try:
+        roi_grayordinate_mask(roi)
+        return [roi]
+    except InvalidParameterError:
+        return []
