@@ -89,3 +89,45 @@ def test_one_config_resolves_once_into_the_plan(visual_store, tmp_path):
     cli = _cli([str(shard.parent), "--store", str(visual_store), "--out", str(tmp_path / "out"), "--subjects",
                 "1,2", "--rois", "V1", "--precision", "fp32"])
     assert build_plan(cli).config_key == plan.config_key
+
+
+def test_each_option_is_defined_once_and_everything_follows_from_its_field():
+    """The CLI arguments, from_args, the manifest record, the configuration key and screen()'s documented parameters
+    all come from RunConfig's fields: every field is documented, every flagged field parses back to itself."""
+    from screening.pipeline import screen
+
+    fields = dataclasses.fields(RunConfig)
+    for f in fields:
+        assert f.metadata["doc"].strip(), f.name
+        assert f"    {f.name} : " in screen.__doc__, f.name
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    flags = {a.dest: a.option_strings for a in parser._actions}
+    for f in fields:
+        flag = f.metadata["flag"]
+        if flag and flag not in ("storage", f.name):
+            assert flags[f.name] == [flag], f.name
+    assert "encoder_stage" not in flags   # benchmarks only: no flag
+    # a non-default value of every flagged option survives CLI -> from_args, and lands in the record or the key
+    cli = _cli(["imgs/", "--store", "s/", "--out", "o/", "--model-id", "m", "--subjects", "3", "--rois", "V1",
+                "--composites", '{"c": ["V1"]}', "--custom-rois", '{"u": [1, 2]}', "--precision", "bf16",
+                "--batch-size", "7", "--write-batch-size", "9", "--num-encoders", "2", "--num-gpus-per-encoder",
+                "0.5", "--num-cpus-per-encoder", "3", "--exact-decode", "--decode", "actor", "--image-column", "img",
+                "--id-column", "uid", "--no-progress", "--reliability-threshold", "0.1", "--noise-ceiling",
+                "train_n-1", "--redo-changed", "--test-throttle-s", "0.5"])
+    api = RunConfig.of("imgs/", "s/", "o/", model_id="m", subjects=["sub-03"], rois=["V1"], composites={"c": ["V1"]},
+                       custom_rois={"u": [1, 2]}, precision="bf16", batch_size=7, write_batch_size=9, num_encoders=2,
+                       num_gpus_per_encoder=0.5, num_cpus_per_encoder=3, fast_decode=False, decode="actor",
+                       image_column="img", id_column="uid", progress=False, reliability_threshold=0.1,
+                       noise_ceiling="train_n-1", redo_changed=True, throttle_s=0.5)
+    assert cli == api
+    record = cli.record()
+    assert record["custom_rois"] == ["u"] and record["composites"] == {"c": ["V1"]} and record["subjects"] == ["sub-03"]
+    assert record["store"] == "s/" and record["batch_size"] == 7 and "progress" not in record
+    assert cli.key_fields() == {"subjects": ("sub-03",), "fast_decode": False, "image_column": "img",
+                                "id_column": "uid", "reliability": [0.1, "train_n-1"]}   # actor pixels = cpu pixels
+    assert RunConfig.of("i", "s", "o", decode="gpu").key_fields()["decode"] == "gpu"
+
+
+def test_the_old_fast_decode_flag_still_means_fast_decode():
+    assert _cli(["i", "--store", "s", "--out", "o", "--fast-decode"]).fast_decode is True

@@ -19,46 +19,165 @@ from screening.validation import (check_bool, check_choice, check_finite_number,
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 from screening.hardware import PRECISION_CHOICES
-from screening.pipeline.decode_modes import decode_mode
+from screening.pipeline.decode_modes import DECODES, decode_mode
 
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 ENCODER_STAGES = ("model", "null")
 
 
+def option(default=dataclasses.MISSING, *, doc: str, help: str | None = None, flag: str | None = None,
+           cli: Mapping | None = None, from_cli=None, record=True, key=None, default_factory=dataclasses.MISSING):
+    """A ``RunConfig`` field with everything said about it in one place.
+
+    ``doc``: its entry in the documented parameter list (first line the type, then the description);
+    ``help``/``flag``/``cli``: its ``screening run`` argument (no flag: not on the command line), ``from_cli`` turning
+    the parsed value into the option's; ``record``: kept in the manifest (``True``, or a function of the value giving
+    the recorded fields); ``key``: part of the configuration key (``True``, or a function of the config giving
+    ``(name, value)`` or None)."""
+    meta = {"doc": doc, "help": help, "flag": flag, "cli": dict(cli or {}), "from_cli": from_cli, "record": record,
+            "key": key}
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def _decode_key(c) -> tuple | None:
+    return ("decode", c.decode) if decode_mode(c.decode).in_config_key else None   # GPU decode changes pixels slightly
+
+
+def _not(v):
+    return not v
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Every option of a screening run (see :func:`screening.pipeline.screen` for what each one means).
+    """Every option of a screening run, each defined once (its doc, CLI flag, record and key: :func:`option`).
 
     Built values are normalised: ``subjects`` is a tuple of ``sub-NN``, ``rois`` a tuple of names or ``None``,
     ``fast_decode`` is False with ``decode="gpu"`` (GPU decode is a full-size decode), ``storage`` a
     :class:`~screening.fs.StorageOptions`.
     """
 
-    images: str
-    store: Any                       # a location (path / s3://) or an opened ModelStore
-    out: str
-    model_id: str | None = None
-    subjects: Any = "all"
-    rois: Any = None
-    composites: Mapping | None = None
-    custom_rois: Mapping | None = None
-    precision: str = "auto"         # resolved where the encoders run (screening.hardware)
-    batch_size: int | None = None
-    write_batch_size: int | None = None
-    num_encoders: int | tuple[int, int] | None = None
-    num_gpus_per_encoder: float | None = None
-    num_cpus_per_encoder: float | None = None   # None: sized from the cluster (plan.check_resources)
-    fast_decode: bool = True
-    decode: str = "cpu"
-    image_column: str = "image"
-    id_column: str = "image_id"
-    storage: StorageOptions = field(default_factory=StorageOptions)
-    progress: bool = True
-    reliability_threshold: float | None = None
-    noise_ceiling: str = "test_n-avg"
-    redo_changed: bool = False
-    throttle_s: float = 0.0          # tests only: sleep per encoder batch, so a run stays in flight
-    encoder_stage: str = "model"     # "null": benchmarks only (stages.NullEncoderActor)
+    images: str = option(flag="images", doc="""str
+        Parquet shards (a file, a folder of them, a glob), a folder of images, ``.tar`` / WebDataset shards, or a
+        ``.csv`` / ``.txt`` list of paths or ``s3://`` URIs; local or ``s3://``.""",
+        help="Parquet shards, a folder of images, .tar / WebDataset shards (shard-{000..009}.tar), a .csv/.txt list "
+             "of paths or s3:// URIs, or a glob; local or s3://")
+    store: Any = option(flag="--store", cli={"required": True}, help="model store location (path or s3://)",
+                        record=lambda v: {"store": str(getattr(v, "location", v))}, doc="""str or ModelStore
+        The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.""")
+    out: str = option(flag="--out", cli={"required": True}, help="output root (path or s3://)", doc="""str
+        Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.""")
+    model_id: str | None = option(None, flag="--model-id", help="default: the store's only model, else the published "
+                                  "'all'", doc="""str, optional
+        Default: the store's only model, else ``DEFAULT_MODEL_ID``.""")
+    subjects: Any = option("all", flag="--subjects", help="'all' or comma-separated sub-01..sub-08",
+                           record=lambda v: {"subjects": list(v)}, key=True, doc=""""all" or list of str, default="all"
+        ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.""")
+    rois: Any = option(None, flag="--rois", help="comma-separated ROI names (default: all areas + groups)",
+                       record=False, doc="""list of str or str, optional
+        ROI names as :func:`screening.rois.build_roi_set` takes them; default: all areas of the variant + its Glasser
+        groups. The manifest records the resolved list (``config.rois``).""")
+    composites: Mapping | None = option(None, flag="--composites", from_cli=lambda v: _json_arg(v, "--composites"),
+                                        help='JSON {"name": ["FFC", ...]} or a JSON file',
+                                        record=lambda v: {"composites": {k: list(x) for k, x in (v or {}).items()}},
+                                        doc="""mapping of str to list of str, optional
+        Named unions of ROIs (:func:`screening.rois.build_roi_set`), screened as extra columns.""")
+    custom_rois: Mapping | None = option(None, flag="--custom-rois", from_cli=lambda v: _json_arg(v, "--custom-rois"),
+                                         help='JSON {"name": [grayordinate, ...]} or a JSON file',
+                                         record=lambda v: {"custom_rois": sorted(v or {})},
+                                         doc="""mapping of str to grayordinate indices, optional
+        ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`).""")
+    precision: str = option("auto", flag="--precision", cli={"choices": PRECISION_CHOICES},
+                            help="core precision (default auto: bf16 where the encoders' hardware computes it "
+                                 "natively and a probe confirms it is faster, fp16 on pre-Ampere GPUs, else fp32; "
+                                 "fp16 needs GPU encoders)", doc="""{"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``auto``: the fastest precision where the encoders run (``screening.hardware``, docs/precision.md), resolved
+        once per run on a node of the encoders' kind and used by every encoder; an output keeps the precision it
+        was first screened in (a resumed ``auto`` run uses the recorded one). ``fp32`` is the published maths;
+        ``fp16`` needs GPU encoders. The run summary and the manifest (``config.precision_choice``) say which, and
+        why.""")
+    batch_size: int | None = option(None, flag="--batch-size", cli={"type": int},
+                                    help="encoder batch (default 256 on GPU, 64 on CPU)", doc="""int, optional
+        Encoder batch; default 256 on GPU, 64 on CPU.""")
+    write_batch_size: int | None = option(None, flag="--write-batch-size", cli={"type": int},
+                                          help="images per part file (default 8192 on GPU encoders, 1024 on CPU)",
+                                          doc="""int, optional
+        Images per part file (one row group): default 8192 on GPU encoders (73,728 response rows with 8
+        subjects), 1024 on CPU ones, where a part takes much longer to fill (see docs/pipeline.md).""")
+    num_encoders: int | tuple[int, int] | None = option(None, flag="--num-encoders", cli={"type": int},
+                                                        help="actor pool size (default: autoscaled)",
+                                                        doc="""int or (min, max), optional
+        Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder), or on CPU nodes as many actors as
+        their cores and memory hold (docs/pipeline.md, "Sizing on CPU").""")
+    num_gpus_per_encoder: float | None = option(None, flag="--num-gpus-per-encoder", cli={"type": float},
+                                                help="default: 1 when the cluster has GPUs, else 0",
+                                                doc="""float, optional
+        Default: 1 if the cluster has GPUs, else 0. Asking for GPUs on a cluster without them raises.""")
+    num_cpus_per_encoder: float | None = option(None, flag="--num-cpus-per-encoder", cli={"type": float},
+                                                help="default: 1 with GPUs; on CPU-only clusters sized from the "
+                                                     "nodes (docs/pipeline.md)", doc="""float, optional
+        Default: 1 for GPU encoders; for CPU encoders nearly all of a node's cores (up to 16 per actor, as many
+        torch threads), less a read / decode share sized from their measured costs.""")
+    fast_decode: bool = option(True, flag="--exact-decode", cli={"action": "store_true"}, from_cli=_not, key=True,
+                               help="decode JPEGs at full size before resizing (default: DCT-domain downscale of "
+                                    "JPEGs >= 896 px, min per-ROI r 0.99992 vs exact; smaller images are "
+                                    "bit-identical)", doc="""bool, default=True
+        JPEG DCT-domain downscaling (``preprocess_bytes(fast=True)``) for JPEGs whose short side is >= 896 px:
+        min per-ROI r 0.99992 against the exact path, measured on ~4000 px photos; smaller JPEGs and other
+        formats are bit-identical. False (``--exact-decode``): the exact path (the in-memory API always uses it).""")
+    decode: str = option("cpu", flag="--decode", cli={"choices": DECODES}, key=_decode_key,
+                         help="where images are decoded: cpu tasks (default); gpu: nvJPEG inside the GPU encoders "
+                              "(needs torchvision; other formats fall back to the exact CPU path); actor: the "
+                              "encoder actors' own CPU threads (--num-cpus-per-encoder, default 4 per GPU encoder; "
+                              "the same pixels as cpu, with less driver work per image)",
+                         doc="""{"cpu", "gpu", "actor"}, default="cpu"
+        ``"actor"``: no decode tasks; each encoder actor decodes its batch's raw bytes in ``num_cpus_per_encoder``
+        threads (default 4 per GPU encoder; on CPU encoders their torch threads) with the decode tasks' code, so
+        the pixels and results are those of ``"cpu"`` (and a run resumes across the two). Decoding then uses the
+        encoder nodes' CPUs only; the driver's cost per image is the ``"gpu"`` plan's (docs/pipeline.md).
+        ``"gpu"``: no decode tasks; GPU encoder actors decode JPEGs with nvJPEG (``torchvision.io.decode_jpeg``)
+        and crop/resize them on the GPU as the exact path does; other formats and any image nvJPEG refuses take the
+        exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
+        before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
+        output screened with one is not resumed with the other.""")
+    image_column: str = option("image", flag="--image-column", key=True, help="the image column of Parquet inputs",
+                               doc="""str, default="image"
+        ``image`` may be binary or the Hugging Face struct ``{bytes, path}``.""")
+    id_column: str = option("image_id", flag="--id-column", key=True, help="the id column of Parquet inputs",
+                            doc="""str, default="image_id"
+        A missing id column derives the id as the first 16 hex digits of sha256(image bytes).""")
+    storage: StorageOptions = option(default_factory=StorageOptions, flag="storage",
+                                     record=lambda v: {"endpoint_url": v.endpoint_url, "anonymous": v.anonymous},
+                                     doc="""screening.fs.StorageOptions or dict, optional
+        S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
+        store; ``RunConfig.of`` / ``screen`` take them as ``storage_options=`` or ``endpoint_url=`` /
+        ``anonymous=``.""")
+    progress: bool = option(True, flag="--no-progress", cli={"action": "store_true"}, from_cli=_not, record=False,
+                            help="no progress bar", doc="""bool, default=True
+        A progress bar of committed-ready images on stderr.""")
+    reliability_threshold: float | None = option(
+        None, flag="--reliability-threshold", cli={"type": float},
+        key=lambda c: None if c.reliability_threshold is None else ("reliability", [c.reliability_threshold,
+                                                                                   c.noise_ceiling]),
+        help="keep, per subject, ROI vertices whose noise ceiling is >= this (store metadata units)",
+        doc="""float, optional
+        Keep, per subject, only the ROI vertices whose noise ceiling (store metadata, 91k space) is
+        ``>= reliability_threshold``; the ROI mean is then over those vertices (still exact: same readout collapse).
+        An ROI left with no vertex for a subject raises. The ``mean`` row averages subject means over different
+        vertex sets. On a synthetic store the noise ceilings are synthetic and the filter is meaningless (warned,
+        and noted in the manifest).""")
+    noise_ceiling: str = option("test_n-avg", flag="--noise-ceiling",
+                                help="which noise ceiling: {test,train,artificial}_{n-avg,n-1} (default test_n-avg)",
+                                doc="""str, default="test_n-avg"
+        Which noise ceiling: ``{test,train,artificial}_{n-avg,n-1}``.""")
+    redo_changed: bool = option(False, flag="--redo-changed", cli={"action": "store_true"}, record=False,
+                                help="OUT holds results for shards that changed since: screen them again "
+                                     "(default: refuse)", doc="""bool, default=False
+        ``out`` already holds committed results for a shard that has changed since (URI, size, version or row
+        count): by default the run is refused, naming the shard and the change; True uncommits and redoes it.""")
+    throttle_s: float = option(0.0, flag="--test-throttle-s", cli={"type": float}, record=False, doc="""float
+        Tests only: sleep this long per encoder batch, so a run stays in flight long enough to be killed.""")
+    encoder_stage: str = option("model", record=False, doc="""{"model", "null"}
+        Benchmarks only: ``"null"`` computes nothing (``stages.NullEncoderActor``).""")
 
     def __post_init__(self):
         for name, value in _checked(self).items():
@@ -77,31 +196,70 @@ class RunConfig:
         return cls(images=images, store=store, out=out, storage=storage, **options)
 
     @classmethod
+    def configure_parser(cls, parser) -> None:
+        """``screening run``'s arguments, one per option that has a flag."""
+        import argparse
+
+        from screening.fs import add_storage_arguments
+
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            if m["flag"] == "storage":
+                add_storage_arguments(parser)
+            elif m["flag"] == f.name:   # positional
+                parser.add_argument(f.name, help=m["help"])
+            elif m["flag"]:
+                kw = dict(m["cli"])
+                if "action" not in kw and not kw.get("required"):
+                    kw["default"] = f.default
+                parser.add_argument(m["flag"], dest=f.name, help=m["help"] or argparse.SUPPRESS, **kw)
+
+    @classmethod
     def from_args(cls, args) -> "RunConfig":
-        """From ``screening run``'s parsed arguments (``pipeline.cli.configure_parser``)."""
-        return cls(images=args.images, store=args.store, out=args.out, model_id=args.model_id, subjects=args.subjects,
-                   rois=args.rois, composites=_json_arg(args.composites, "--composites"),
-                   custom_rois=_json_arg(args.custom_rois, "--custom-rois"), precision=args.precision,
-                   batch_size=args.batch_size, write_batch_size=args.write_batch_size,
-                   num_encoders=args.num_encoders, num_gpus_per_encoder=args.num_gpus_per_encoder,
-                   num_cpus_per_encoder=args.num_cpus_per_encoder, fast_decode=not args.exact_decode,
-                   decode=args.decode, image_column=args.image_column, id_column=args.id_column,
-                   storage=StorageOptions.from_args(args), progress=not args.no_progress,
-                   reliability_threshold=args.reliability_threshold, noise_ceiling=args.noise_ceiling,
-                   redo_changed=args.redo_changed, throttle_s=args.test_throttle_s)
+        """From parsed arguments (:meth:`configure_parser`)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            if m["flag"] == "storage":
+                values[f.name] = StorageOptions.from_args(args)
+            elif m["flag"]:
+                v = getattr(args, f.name)
+                values[f.name] = m["from_cli"](v) if m["from_cli"] else v
+        return cls(**values)
 
     def record(self) -> dict:
-        """The options as the manifest records them (JSON; the store as its location)."""
-        return {"images": self.images, "out": self.out, "model_id": self.model_id, "subjects": list(self.subjects),
-                "store": str(getattr(self.store, "location", self.store)),
-                "endpoint_url": self.storage.endpoint_url, "anonymous": self.storage.anonymous,
-                "composites": {k: list(v) for k, v in (self.composites or {}).items()},
-                "custom_rois": sorted(self.custom_rois or {}), "precision": self.precision,
-                "fast_decode": self.fast_decode, "decode": self.decode, "image_column": self.image_column,
-                "id_column": self.id_column, "batch_size": self.batch_size, "write_batch_size": self.write_batch_size,
-                "num_encoders": self.num_encoders, "num_gpus_per_encoder": self.num_gpus_per_encoder,
-                "num_cpus_per_encoder": self.num_cpus_per_encoder,
-                "reliability_threshold": self.reliability_threshold, "noise_ceiling": self.noise_ceiling}
+        """The options as the manifest records them (JSON)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            rec = f.metadata["record"]
+            if rec is True:
+                out[f.name] = getattr(self, f.name)
+            elif rec:
+                out.update(rec(getattr(self, f.name)))
+        return out
+
+    def key_fields(self) -> dict:
+        """The options the results depend on (besides the model, ROIs and precision), as the configuration key
+        holds them."""
+        out = {}
+        for f in dataclasses.fields(self):
+            key = f.metadata["key"]
+            if key is True:
+                out[f.name] = getattr(self, f.name)
+            elif key and (pair := key(self)) is not None:
+                out[pair[0]] = pair[1]
+        return out
+
+    @classmethod
+    def parameters_doc(cls, indent: str = "    ") -> str:
+        """The numpydoc parameter entries of every option (what :func:`screening.pipeline.screen` documents)."""
+        lines = []
+        for f in dataclasses.fields(cls):
+            first, _, rest = f.metadata["doc"].partition("\n")
+            lines.append(f"{indent}{f.name} : {first.strip()}")
+            lines += [f"{indent}{ln.strip() and ln[4:] if ln.startswith('        ') else ln}" for ln in
+                      rest.splitlines()]
+        return "\n".join(lines)
 
 
 def _checked(c: RunConfig) -> dict:

@@ -173,8 +173,7 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
         remote_map=remote_map))
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__, "not_screened": dict(skipped)}
-    key_source = _key_source(fingerprint, nv, roi_set, config,
-                             None if reliability is None else [config.reliability_threshold, config.noise_ceiling])
+    key_source = _key_source(fingerprint, nv, roi_set, config)
     auto = config.precision == AUTO
     precision = recorded_precision(markers, key_source) if auto else config.precision   # None: resolved in run.py
     if precision is not None or markers:   # other results than these options give are refused
@@ -219,19 +218,15 @@ def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
     return roi_set, reliability, n_vertices(roi_set, config.subjects)
 
 
-def _key_source(fingerprint, nv, roi_set, config: RunConfig, reliability) -> dict:
-    """What the results depend on, but the precision (``_config_key`` adds it once resolved)."""
+def _key_source(fingerprint, nv, roi_set, config: RunConfig) -> dict:
+    """What the results depend on, but the precision (``_config_key`` adds it once resolved): the model, the ROI
+    vertex sets, and the options marked as part of the key (``RunConfig.key_fields``)."""
     subjects = config.subjects
-    key_src = {"fingerprint": fingerprint, "subjects": subjects, "n_vertices": nv,
-               "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
-                                                       np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
-                            for n, v in roi_set.items()},
-               "fast_decode": config.fast_decode, "image_column": config.image_column, "id_column": config.id_column}
-    if decode_mode(config.decode).in_config_key:  # GPU decode changes pixels slightly: no resume across
-        key_src["decode"] = config.decode
-    if reliability is not None:  # absent otherwise, so unfiltered outputs of earlier versions still resume
-        key_src["reliability"] = reliability
-    return key_src
+    return {"fingerprint": fingerprint, "n_vertices": nv,
+            "roi_hash": {n: hashlib.sha1(np.asarray(v if not isinstance(v, Mapping) else
+                                                    np.concatenate([v[s] for s in subjects])).tobytes()).hexdigest()
+                         for n, v in roi_set.items()},
+            **config.key_fields()}
 
 
 def _config_key(key_source: Mapping, precision: str) -> str:

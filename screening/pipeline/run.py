@@ -40,69 +40,7 @@ def screen(images, store, out, **options) -> ScreeningResult:
 
     Parameters
     ----------
-    images : str
-        Parquet shards (a file, a folder of them, a glob), a folder of images, ``.tar`` / WebDataset shards, or a
-        ``.csv`` / ``.txt`` list of paths or ``s3://`` URIs; local or ``s3://``.
-    store : str or ModelStore
-        The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.
-    out : str
-        Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.
-    model_id : str, optional
-        Default: the store's only model, else ``DEFAULT_MODEL_ID``.
-    subjects : "all" or list of str, default="all"
-        ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.
-    rois, composites, custom_rois :
-        As :func:`screening.rois.build_roi_set`; default: all areas of the variant + its Glasser groups.
-    batch_size : int, optional
-        Encoder batch; default 256 on GPU, 64 on CPU.
-    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        ``auto``: the fastest precision where the encoders run (``screening.hardware``, docs/precision.md), resolved
-        once per run on a node of the encoders' kind and used by every encoder; an output keeps the precision it
-        was first screened in (a resumed ``auto`` run uses the recorded one). ``fp32`` is the published maths;
-        ``fp16`` needs GPU encoders. The run summary and the manifest (``config.precision_choice``) say which, and why.
-    num_encoders : int or (min, max), optional
-        Actor pool size; default autoscaling 1..(GPUs / num_gpus_per_encoder), or on CPU nodes as many actors as
-        their cores and memory hold (docs/pipeline.md, "Sizing on CPU").
-    num_gpus_per_encoder : float, optional
-        Default: 1 if the cluster has GPUs, else 0. Asking for GPUs on a cluster without them raises.
-    num_cpus_per_encoder : float, optional
-        Default: 1 for GPU encoders; for CPU encoders nearly all of a node's cores (up to 16 per actor, as many
-        torch threads), less a read / decode share sized from their measured costs.
-    fast_decode : bool, default=True
-        JPEG DCT-domain downscaling (``preprocess_bytes(fast=True)``) for JPEGs whose short side is >= 896 px:
-        min per-ROI r 0.99992 against the exact path, measured on ~4000 px photos; smaller JPEGs and other
-        formats are bit-identical. False: the exact path (the in-memory API always uses it).
-    decode : {"cpu", "gpu", "actor"}, default="cpu"
-        ``"actor"``: no decode tasks; each encoder actor decodes its batch's raw bytes in ``num_cpus_per_encoder``
-        threads (default 4 per GPU encoder; on CPU encoders their torch threads) with the decode tasks' code, so
-        the pixels and results are those of ``"cpu"`` (and a run resumes across the two). Decoding then uses the
-        encoder nodes' CPUs only; the driver's cost per image is the ``"gpu"`` plan's (docs/pipeline.md).
-        ``"gpu"``: no decode tasks; GPU encoder actors decode JPEGs with nvJPEG (``torchvision.io.decode_jpeg``)
-        and crop/resize them on the GPU as the exact path does; other formats and any image nvJPEG refuses take the
-        exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
-        before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
-        output screened with one is not resumed with the other.
-    image_column, id_column : str
-        ``image`` may be binary or the Hugging Face struct ``{bytes, path}``; a missing id column derives the id
-        as the first 16 hex digits of sha256(image bytes).
-    storage_options : screening.fs.StorageOptions or dict, optional
-        S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
-        store; ``endpoint_url=`` / ``anonymous=`` may be given instead.
-    progress : bool, default=True
-    reliability_threshold : float, optional
-        Keep, per subject, only the ROI vertices whose noise ceiling (store metadata, 91k space) is
-        ``>= reliability_threshold``; the ROI mean is then over those vertices (still exact: same readout collapse).
-        An ROI left with no vertex for a subject raises. The ``mean`` row averages subject means over different
-        vertex sets. On a synthetic store the noise ceilings are synthetic and the filter is meaningless (warned,
-        and noted in the manifest).
-    noise_ceiling : str, default="test_n-avg"
-        Which noise ceiling: ``{test,train,artificial}_{n-avg,n-1}``.
-    redo_changed : bool, default=False
-        ``out`` already holds committed results for a shard that has changed since (URI, size, version or row
-        count): by default the run is refused, naming the shard and the change; True uncommits and redoes it.
-    write_batch_size : int, optional
-        Images per part file (one row group): default 8192 on GPU encoders (73,728 response rows with 8
-        subjects), 1024 on CPU ones, where a part takes much longer to fill (see docs/pipeline.md).
+{options}
 
     Every option is a field of :class:`~screening.pipeline.config.RunConfig`, checked once when it is built;
     ``screen_config(RunConfig(...))`` runs a config built beforehand.
@@ -122,6 +60,9 @@ def screen(images, store, out, **options) -> ScreeningResult:
         unit is committed and a rerun redoes only the failed ones.
     """
     return screen_config(RunConfig.of(images, store, out, **options))
+
+
+screen.__doc__ = screen.__doc__.replace("{options}", RunConfig.parameters_doc())   # each option documented once
 
 
 _ensure_ray = ensure_ray   # the one name execute() calls (tests replace it to prove a rerun starts no Ray)
