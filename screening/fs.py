@@ -245,3 +245,17 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get("SCREENING_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "screening"
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: one process of a node at a
+    time (cache fills)."""
+    import fcntl
+
+    with open(path, "a") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lk, fcntl.LOCK_UN)

@@ -181,3 +181,15 @@ def check_stimulus(stimulus, *, min_size: int = 224, stacklevel: int = 3) -> np.
         warnings.warn(f"stimulus images are {h}x{w}, smaller than the model's {min_size}x{min_size} input; "
                       "they will be upsampled", SmallImageWarning, stacklevel=stacklevel)
     return stimulus
+
+
+class CheckedOnce:
+    """Base of the frozen option dataclasses (``RunConfig``, ``RankConfig``): checked once, when built, and every
+    value replaced by its normalised form (``_normalised()``, which raises naming the first bad value)."""
+
+    def __post_init__(self):
+        for name, value in self._normalised().items():
+            object.__setattr__(self, name, value)
+
+    def _normalised(self) -> dict:
+        raise NotImplementedError

@@ -11,7 +11,7 @@ from PIL import Image
 
 from screening import sources
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (DIRECT_SPEC, PlanContext, RowChunks, Source, Unit, file_version, stat_files,
+from screening.sources.base import (DIRECT_SPEC, PlanContext, Source, Unit, chunked, file_version, stat_files,
                                     unit_names)
 
 
@@ -41,14 +41,11 @@ class NpyStackSource(Source):
         return tuple(units), DIRECT_SPEC
 
     def read(self, item, *, spec=None, storage=None, chunk_rows=256):
-        chunks = RowChunks(item["unit"], chunk_rows)
         with open(item["uri"], "rb") as f:
             arrays = np.load(f)
-            for row, name in enumerate(sorted(arrays.files)):
-                if (t := chunks.add(row, f"{item['uri']}#{name}", arrays[name].tobytes())) is not None:
-                    yield t
-        if (t := chunks.take()) is not None:
-            yield t
+            rows = [(row, f"{item['uri']}#{name}", arrays[name].tobytes(), "") for row, name in
+                    enumerate(sorted(arrays.files))]
+        return chunked(item["unit"], chunk_rows, rows)
 
 
 def test_a_planted_kind_is_found_planned_and_read_through_the_registry(tmp_path, monkeypatch):

@@ -186,3 +186,16 @@ def expand_to_91k(responses: np.ndarray, vertex_mapping: np.ndarray) -> np.ndarr
     out = np.full((responses.shape[0], N_GRAYORDINATES), np.nan, dtype=np.float32)
     out[:, vertex_mapping] = responses
     return out
+
+
+def metadata_arrays(variant: str) -> dict:
+    """The atlas part of a BERG metadata dict for a model variant: ``encoding_models`` (its vertices' grayordinates
+    and Glasser groups) and ``roi`` (every area's grayordinates), as fresh int64 arrays."""
+    mask = variant_vertex_mask(variant)
+    return {
+        "encoding_models": {
+            "vertex_mapping_all": np.asarray(vertex_mapping_all()[mask], dtype=np.int64).copy(),
+            "glasser_group_id": np.asarray(glasser_group_id()[mask], dtype=np.int64).copy(),
+        },
+        "roi": {k: np.asarray(v, dtype=np.int64).copy() for k, v in roi_grayordinates().items()},
+    }

@@ -91,14 +91,10 @@ def read_entry(d: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor,
 
 @contextlib.contextmanager
 def _key_lock(d: Path, key: str):
-    import fcntl
+    from screening.fs import file_lock
 
-    with open(d / f"{key}.lock", "a") as lk:
-        fcntl.flock(lk, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lk, fcntl.LOCK_UN)
+    with file_lock(d / f"{key}.lock"):
+        yield
 
 
 def _write_entry(d: Path, key: str, shape: tuple[int, int],

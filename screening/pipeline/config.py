@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from screening.validation import (check_bool, check_choice, check_finite_number, check_nonneg_number,
+from screening.validation import (CheckedOnce, check_bool, check_choice, check_finite_number, check_nonneg_number,
                                    check_positive_int, parse_subjects)
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
@@ -31,16 +31,15 @@ def option(default=dataclasses.MISSING, *, doc: str, help: str | None = None, fl
 
     ``doc``: its entry in the documented parameter list (first line the type, then the description);
     ``help``/``flag``/``cli``: its ``screening run`` argument (no flag: not on the command line), ``from_cli`` turning
-    the parsed value into the option's; ``record``: kept in the manifest (``True``, or a function of the value giving
-    the recorded fields); ``key``: part of the configuration key (``True``, or a function of the config giving
-    ``(name, value)`` or None)."""
+    the parsed value into the option's; ``record`` / ``key``: kept in the manifest / part of the configuration key
+    (``True``, or a function of the config giving the fields to hold, or None)."""
     meta = {"doc": doc, "help": help, "flag": flag, "cli": dict(cli or {}), "from_cli": from_cli, "record": record,
             "key": key}
     return field(default=default, default_factory=default_factory, metadata=meta)
 
 
-def _decode_key(c) -> tuple | None:
-    return ("decode", c.decode) if decode_mode(c.decode).in_config_key else None   # GPU decode changes pixels slightly
+def _decode_key(c) -> dict | None:
+    return {"decode": c.decode} if decode_mode(c.decode).in_config_key else None   # GPU decode changes pixels slightly
 
 
 def _not(v):
@@ -48,7 +47,7 @@ def _not(v):
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(CheckedOnce):
     """Every option of a screening run, each defined once (its doc, CLI flag, record and key: :func:`option`).
 
     Built values are normalised: ``subjects`` is a tuple of ``sub-NN``, ``rois`` a tuple of names or ``None``,
@@ -62,7 +61,7 @@ class RunConfig:
         help="Parquet shards, a folder of images, .tar / WebDataset shards (shard-{000..009}.tar), a .csv/.txt list "
              "of paths or s3:// URIs, or a glob; local or s3://")
     store: Any = option(flag="--store", cli={"required": True}, help="model store location (path or s3://)",
-                        record=lambda v: {"store": str(getattr(v, "location", v))}, doc="""str or ModelStore
+                        record=lambda c: {"store": str(getattr(c.store, "location", c.store))}, doc="""str or ModelStore
         The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.""")
     out: str = option(flag="--out", cli={"required": True}, help="output root (path or s3://)", doc="""str
         Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.""")
@@ -70,7 +69,7 @@ class RunConfig:
                                   "'all'", doc="""str, optional
         Default: the store's only model, else ``DEFAULT_MODEL_ID``.""")
     subjects: Any = option("all", flag="--subjects", help="'all' or comma-separated sub-01..sub-08",
-                           record=lambda v: {"subjects": list(v)}, key=True, doc=""""all" or list of str, default="all"
+                           record=lambda c: {"subjects": list(c.subjects)}, key=True, doc=""""all" or list of str, default="all"
         ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.""")
     rois: Any = option(None, flag="--rois", help="comma-separated ROI names (default: all areas + groups)",
                        record=False, doc="""list of str or str, optional
@@ -78,12 +77,12 @@ class RunConfig:
         groups. The manifest records the resolved list (``config.rois``).""")
     composites: Mapping | None = option(None, flag="--composites", from_cli=lambda v: _json_arg(v, "--composites"),
                                         help='JSON {"name": ["FFC", ...]} or a JSON file',
-                                        record=lambda v: {"composites": {k: list(x) for k, x in (v or {}).items()}},
+                                        record=lambda c: {"composites": {k: list(x) for k, x in (c.composites or {}).items()}},
                                         doc="""mapping of str to list of str, optional
         Named unions of ROIs (:func:`screening.rois.build_roi_set`), screened as extra columns.""")
     custom_rois: Mapping | None = option(None, flag="--custom-rois", from_cli=lambda v: _json_arg(v, "--custom-rois"),
                                          help='JSON {"name": [grayordinate, ...]} or a JSON file',
-                                         record=lambda v: {"custom_rois": sorted(v or {})},
+                                         record=lambda c: {"custom_rois": sorted(c.custom_rois or {})},
                                          doc="""mapping of str to grayordinate indices, optional
         ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`).""")
     precision: str = option("auto", flag="--precision", cli={"choices": PRECISION_CHOICES},
@@ -146,7 +145,7 @@ class RunConfig:
                             doc="""str, default="image_id"
         A missing id column derives the id as the first 16 hex digits of sha256(image bytes).""")
     storage: StorageOptions = option(default_factory=StorageOptions, flag="storage",
-                                     record=lambda v: {"endpoint_url": v.endpoint_url, "anonymous": v.anonymous},
+                                     record=lambda c: {"endpoint_url": c.storage.endpoint_url, "anonymous": c.storage.anonymous},
                                      doc="""screening.fs.StorageOptions or dict, optional
         S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
         store; ``RunConfig.of`` / ``screen`` take them as ``storage_options=`` or ``endpoint_url=`` /
@@ -156,8 +155,8 @@ class RunConfig:
         A progress bar of committed-ready images on stderr.""")
     reliability_threshold: float | None = option(
         None, flag="--reliability-threshold", cli={"type": float},
-        key=lambda c: None if c.reliability_threshold is None else ("reliability", [c.reliability_threshold,
-                                                                                   c.noise_ceiling]),
+        key=lambda c: None if c.reliability_threshold is None else {"reliability": [c.reliability_threshold,
+                                                                                   c.noise_ceiling]},
         help="keep, per subject, ROI vertices whose noise ceiling is >= this (store metadata units)",
         doc="""float, optional
         Keep, per subject, only the ROI vertices whose noise ceiling (store metadata, 91k space) is
@@ -179,9 +178,8 @@ class RunConfig:
     encoder_stage: str = option("model", record=False, doc="""{"model", "null"}
         Benchmarks only: ``"null"`` computes nothing (``stages.NullEncoderActor``).""")
 
-    def __post_init__(self):
-        for name, value in _checked(self).items():
-            object.__setattr__(self, name, value)
+    def _normalised(self) -> dict:
+        return _checked(self)
 
     @classmethod
     def of(cls, images, store, out, *, storage_options=None, endpoint_url=None, anonymous=None,
@@ -229,25 +227,21 @@ class RunConfig:
 
     def record(self) -> dict:
         """The options as the manifest records them (JSON)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            rec = f.metadata["record"]
-            if rec is True:
-                out[f.name] = getattr(self, f.name)
-            elif rec:
-                out.update(rec(getattr(self, f.name)))
-        return out
+        return self._collect("record")
 
     def key_fields(self) -> dict:
         """The options the results depend on (besides the model, ROIs and precision), as the configuration key
         holds them."""
+        return self._collect("key")
+
+    def _collect(self, what: str) -> dict:
         out = {}
         for f in dataclasses.fields(self):
-            key = f.metadata["key"]
-            if key is True:
+            spec = f.metadata[what]
+            if spec is True:
                 out[f.name] = getattr(self, f.name)
-            elif key and (pair := key(self)) is not None:
-                out[pair[0]] = pair[1]
+            elif spec:
+                out.update(spec(self) or {})
         return out
 
     @classmethod

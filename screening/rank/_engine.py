@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from screening.validation import check_bool
+from screening.validation import CheckedOnce, check_bool
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
 from screening.rank._stream import RunningStats, TopK
@@ -64,7 +64,7 @@ SETS_SCHEMA = pa.schema([
 
 
 @dataclass(frozen=True)
-class RankConfig:
+class RankConfig(CheckedOnce):
     """Every option of one ranking, checked once, when it is built; each bad value names itself and the valid ones."""
 
     rois: list | None = None
@@ -82,9 +82,8 @@ class RankConfig:
     batch_size: int = 65_536
     memory_budget_mb: float = 512.0
 
-    def __post_init__(self):
-        for name, value in _checked(self).items():
-            object.__setattr__(self, name, value)
+    def _normalised(self) -> dict:
+        return _checked(self)
 
     @classmethod
     def of(cls, *, rois=None, top_k=25, bottom_k=None, contrasts=(), comparison=None, **options) -> "RankConfig":

@@ -225,24 +225,20 @@ def unreadable(item: dict, rows, reason: str) -> pa.Table:
                       [None] * len(rows), [reason] * len(rows))
 
 
-class RowChunks:
-    """Collects rows of one unit (ids derived from the bytes) and hands them out as tables of ``chunk_rows``."""
+def chunked(unit: str, chunk_rows: int, rows) -> Iterator[pa.Table]:
+    """``READ_COLUMNS`` tables of ``chunk_rows`` from ``(row, source, bytes or None, error)`` tuples of one unit;
+    the id of a row is derived from its bytes."""
+    batch: list = []
+    for r in rows:
+        batch.append(r)
+        if len(batch) >= chunk_rows:
+            yield _table(unit, batch)
+            batch = []
+    if batch:
+        yield _table(unit, batch)
 
-    def __init__(self, unit: str, chunk_rows: int):
-        self.unit, self.chunk_rows = unit, chunk_rows
-        self.rows, self.ids, self.sources, self.datas, self.errors = [], [], [], [], []
 
-    def add(self, row: int, source: str, data: bytes | None, error: str = "") -> pa.Table | None:
-        self.rows.append(row)
-        self.ids.append(derived_id(data) if data is not None else None)
-        self.sources.append(source)
-        self.datas.append(data)
-        self.errors.append(error)
-        return self.take() if len(self.rows) >= self.chunk_rows else None
-
-    def take(self) -> pa.Table | None:
-        if not self.rows:
-            return None
-        t = rows_table(self.unit, self.rows, self.ids, self.sources, self.datas, self.errors)
-        self.rows, self.ids, self.sources, self.datas, self.errors = [], [], [], [], []
-        return t
+def _table(unit: str, batch: list) -> pa.Table:
+    rows, sources, datas, errors = zip(*batch)
+    return rows_table(unit, list(rows), [derived_id(d) if d is not None else None for d in datas], list(sources),
+                      list(datas), list(errors))

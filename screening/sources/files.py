@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, RowChunks, Source, Unit, file_version,
-                                    stem)
+from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, Source, Unit, chunked,
+                                    file_version, stem)
 from screening.sources.listing import IMAGE_EXTENSIONS, link_problem, read_list_entries, resolve_entry
 
 #: Files of a folder or list per unit of work (a commit / restart point; about one CPU write batch).
@@ -54,10 +54,13 @@ class ImageFilesSource(Source):
         return _units(stem(found.root), found.root, files, sizes, versions), DIRECT_SPEC
 
     def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
+        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
+
+    @staticmethod
+    def _rows(item: dict, storage):
         """A file that cannot be read, or whose size changed since the listing, is an error row naming it."""
         from screening.fs import filesystem_for
 
-        chunks = RowChunks(item["unit"], chunk_rows)
         for row, (uri, size) in enumerate(zip(item["files"], item["sizes"])):
             data, error = None, ""
             try:
@@ -67,10 +70,7 @@ class ImageFilesSource(Source):
                     data, error = None, f"the file changed after the run was planned (size {size} -> {len(data)})"
             except Exception as exc:  # noqa: BLE001 - one file's problem is that file's error row
                 error = f"read failed: {type(exc).__name__}: {exc}" + link_problem(uri)
-            if (t := chunks.add(row, uri, data, error)) is not None:
-                yield t
-        if (t := chunks.take()) is not None:
-            yield t
+            yield row, uri, data, error
 
     def images(self, found: Found, *, storage=None, on_other=None) -> Iterator[ImageRef]:
         from screening.fs import to_uri

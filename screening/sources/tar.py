@@ -11,8 +11,8 @@ from __future__ import annotations
 import tarfile
 from typing import Callable, Iterator
 
-from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, RowChunks, Source, Unit,
-                                    changed_since_plan, stat_files, unit_names)
+from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, Source, Unit, changed_since_plan,
+                                    chunked, stat_files, unit_names)
 from screening.sources.listing import IMAGE_EXTENSIONS, has_image_ext, is_hidden
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -81,12 +81,16 @@ class TarSource(Source):
         return tuple(out), DIRECT_SPEC
 
     def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
+        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
+
+    @staticmethod
+    def _rows(item: dict, storage):
         """The archive is streamed once; members past a point where it breaks, and rows it no longer has, become
         error rows (stage ``read``) naming the archive, like an unreadable row group of a Parquet shard."""
         from screening.fs import filesystem_for
 
         fs, path = filesystem_for(item["uri"], storage)
-        n, chunks, row = int(item["rows"]), RowChunks(item["unit"], chunk_rows), 0
+        n, row = int(item["rows"]), 0
         reason = changed_since_plan(item, fs, path)
         if reason is None:
             try:
@@ -94,17 +98,13 @@ class TarSource(Source):
                     for name, data in iter_tar_images(f):
                         if row >= n:
                             break
-                        if (t := chunks.add(row, f"tar://{name}::{item['uri']}", data)) is not None:
-                            yield t
+                        yield row, f"tar://{name}::{item['uri']}", data, ""
                         row += 1
             except Exception as exc:  # noqa: BLE001 - the archive's own problem: its remaining rows become error rows
                 reason = f"the archive is unreadable after {row} image(s): {type(exc).__name__}: {exc}"
         reason = reason or item.get("broken") or f"the archive ended after {row} of its {n} planned image(s)"
         for r in range(row, n):
-            if (t := chunks.add(r, f"{item['uri']}#image={r}", None, reason)) is not None:
-                yield t
-        if (t := chunks.take()) is not None:
-            yield t
+            yield r, f"{item['uri']}#image={r}", None, reason
 
     def images(self, found: Found, *, storage=None, on_other=None) -> Iterator[ImageRef]:
         from screening.fs import to_uri

@@ -300,17 +300,10 @@ def _access_hint(store: ModelStore) -> str:
 
 def _atlas_metadata(w: EncoderWeights, subject: str) -> dict:
     """Metadata for a bare checkpoint URL: the atlas part only (no noise ceilings, no stimuli)."""
-    import numpy as np
-
     from screening import atlas
 
-    mask = atlas.variant_vertex_mask(w.variant)
     return {
-        "encoding_models": {
-            "vertex_mapping_all": np.asarray(atlas.vertex_mapping_all()[mask], dtype=np.int64).copy(),
-            "glasser_group_id": np.asarray(atlas.glasser_group_id()[mask], dtype=np.int64).copy(),
-        },
-        "roi": {k: np.asarray(v, dtype=np.int64).copy() for k, v in atlas.roi_grayordinates().items()},
+        **atlas.metadata_arrays(w.variant),
         "subject_info": {"participant_id": subject},
         "note": "synthesised by screening from its atlas: the checkpoint was opened from a URL without a BERG "
                 "metadata file, so there are no noise ceilings and no stimulus lists",

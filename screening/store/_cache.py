@@ -215,15 +215,11 @@ def fs_source(url: str, fs, path: str) -> _Source:
 # ----------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _entry_lock(d: Path):
-    import fcntl
+    from screening.fs import file_lock
 
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "a") as lk:
-        fcntl.flock(lk, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lk, fcntl.LOCK_UN)
+    with file_lock(d / ".lock"):
+        yield
 
 
 def fetch(url: str, *, cache_dir: str | os.PathLike | None = None, expected_sha256: str | None = None,

@@ -199,18 +199,13 @@ def synthetic_metadata(variant: str, subject: str, *, seed: int = 0, width: int 
     from screening.store import normalize_subject
 
     subject = normalize_subject(subject)
-    mask = atlas.variant_vertex_mask(variant)
     names = np.array([f"synthetic_stimulus_{i:05d}.png" for i in range(n_stimuli)], dtype=object)
     n_test = max(1, n_stimuli // 50)
     train_idx = np.arange(n_stimuli - n_test, dtype=np.int64)
     test_idx = np.arange(n_stimuli - n_test, n_stimuli, dtype=np.int64)
     rng = np.random.default_rng([int(seed), 31337, SUBJECTS.index(subject)])
     return {
-        "encoding_models": {
-            "vertex_mapping_all": np.asarray(atlas.vertex_mapping_all()[mask], dtype=np.int64).copy(),
-            "glasser_group_id": np.asarray(atlas.glasser_group_id()[mask], dtype=np.int64).copy(),
-        },
-        "roi": {k: np.asarray(v, dtype=np.int64).copy() for k, v in atlas.roi_grayordinates().items()},
+        **atlas.metadata_arrays(variant),
         "subject_info": {"participant_id": subject, "age": -1, "sex": "n/a (synthetic placeholder)"},
         "stimuli": {
             "filenames": names,
