@@ -14,6 +14,7 @@ import posixpath
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
@@ -29,12 +30,17 @@ from screening.rank._engine import (
     RankConfig,
     Ranker,
 )
-from screening.rank._io import find_manifest, open_responses, write_table
+from screening.rank._enrichment import ENRICHMENT_FILE, LABEL_MEANS_FILE, best_labels, enrichment, label_means
+from screening.rank._io import find_manifest, open_responses, run_sources, write_table
 from screening.rank._rois import DEFAULT_COMPOSITES, load_roi_config, parse_contrast, validate_composites
 
 __all__ = [
     "rank",
     "rank_with_sets",
+    "rank_with_labels",
+    "RankResult",
+    "ENRICHMENT_FILE",
+    "LABEL_MEANS_FILE",
     "read_rankings",
     "read_rankings_metadata",
     "roi_values",
@@ -71,17 +77,42 @@ def _as_dataset(responses, storage: StorageOptions):
         f"got {type(responses).__name__}")
 
 
-def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, contrasts=(), contrast_by="z",
-                   selectivity=True, comparison=None, consensus=True, n_null=10_000, null_draws=10_000,
-                   null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
-                   batch_size=65_536, memory_budget_mb=512.0, storage_options=None, endpoint_url=None,
-                   anonymous=None, progress=None):
+@dataclass
+class RankResult:
+    """What :func:`rank_with_labels` computed: the rankings and set table, and with labels the enrichment of every
+    top-k / bottom-k list, each ranked ROI's response per label, and the resolved labels (with their unlabelled
+    count)."""
+
+    rankings: pd.DataFrame
+    sets: pd.DataFrame
+    enrichment: pd.DataFrame | None = None
+    label_means: pd.DataFrame | None = None
+    labels: object = None
+
+
+def rank_with_sets(responses, out=None, **options):
     """Like :func:`rank`, but return ``(rankings, sets)``; ``sets`` is the per-(roi, subject, kind) summary.
 
     See :func:`rank` for the parameters. The ``sets`` table has one row per ranked list with the
     ROI's ``mean``/``std`` over the screened set, ``set_score`` (mean score of the listed images),
     and the set-level null: ``null_mean``, ``null_q`` (its 95th percentile; 5th for ``bottomk``),
     ``set_margin`` and ``set_p_null``.
+    """
+    result = rank_with_labels(responses, out, **options)
+    return result.rankings, result.sets
+
+
+def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, bottom_k=None, contrasts=(),
+                     contrast_by="z", selectivity=True, comparison=None, consensus=True, n_null=10_000,
+                     null_draws=10_000, null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
+                     batch_size=65_536, memory_budget_mb=512.0, storage_options=None, endpoint_url=None,
+                     anonymous=None, progress=None) -> RankResult:
+    """:func:`rank`, and with ``labels`` what the ranked images are (a :class:`RankResult`).
+
+    ``labels`` is a label spec (``folder``, ``name:REGEX``, ``column:NAME`` or a CSV / Parquet table; see
+    :mod:`screening.labels`) resolved against the run's recorded sources, or a :class:`screening.labels.Labels`.
+    With ``out``, ``enrichment.parquet`` and ``label_means.parquet`` are written beside the rankings
+    (docs/rank-report.md).
     """
     storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
     dataset, fs, path = _as_dataset(responses, storage)
@@ -103,6 +134,11 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
                         memory_budget_mb=memory_budget_mb)
     ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
     rows, sets = ranker.run()
+    result = RankResult(rows, sets)
+    if labels is not None:
+        result.labels = _labels_of(labels, ranker, fs, path, storage, manifest)
+        result.enrichment = enrichment(rows, result.labels)
+        result.label_means = label_means(ranker, result.labels, memory_budget_mb=memory_budget_mb)
     if out is not None:
         ofs, opath = filesystem_for(out, storage)
         meta = {"screening.rank": json.dumps({
@@ -114,12 +150,42 @@ def rank_with_sets(responses, out=None, *, rois=None, top_k=25, bottom_k=None, c
             # the table columns each ranked ROI averages (vertex-weighted), so a reader can see what "faces" was
             "members": {t.name: list(t.members) for t in ranker.targets
                         if t.name in set(ranker.ranked_names) | {n for c in ranker.contrast_pairs for n in c[1:]}},
+            **({} if result.labels is None else {"labels": result.labels.spec,
+                                                  "n_labels": len(result.labels.names),
+                                                  "n_unlabelled": result.labels.n_unlabelled}),
         })}
         t = pa.Table.from_pandas(rows, schema=RANKINGS_SCHEMA, preserve_index=False)
         write_table(t.replace_schema_metadata(meta), ofs, posixpath.join(opath, RANKINGS_FILE))
         write_table(pa.Table.from_pandas(sets, schema=SETS_SCHEMA, preserve_index=False), ofs,
                     posixpath.join(opath, SETS_FILE))
-    return rows, sets
+        if result.labels is not None:
+            for name, frame in ((ENRICHMENT_FILE, result.enrichment), (LABEL_MEANS_FILE, result.label_means)):
+                write_table(pa.Table.from_pandas(frame, preserve_index=False), ofs, posixpath.join(opath, name))
+    return result
+
+
+def _labels_of(labels, ranker, fs, path, storage, manifest):
+    """The labels of the ranked images: a ``Labels`` as given, or a spec resolved against the run's sources."""
+    import numpy as np
+
+    from screening.labels import Labels, image_labels
+
+    ids = np.asarray(ranker.image_ids.to_pylist(), dtype=object).astype(str)
+    if not isinstance(labels, Labels):
+        cfg = (manifest or {}).get("config") or {}
+        sources = run_sources(fs, path, storage) if fs is not None else None
+        if sources is None:
+            if not str(labels).lower().endswith((".csv", ".parquet")):
+                raise InvalidParameterError(
+                    f"labels={labels!r} needs the run's record of each image's source (RUN/sources/), and these "
+                    f"responses have none: give a pipeline run's RUN/responses, or a label table keyed by image_id")
+            sources = pd.DataFrame({"image_id": ids, "source": ""})
+        shards = [s.get("path") for s in (manifest or {}).get("shards") or []
+                  if isinstance(s, dict) and str(s.get("path", "")).endswith(".parquet")]
+        labels = image_labels(str(labels), sources, shards=shards, id_column=cfg.get("id_column") or "image_id",
+                              image_column=cfg.get("image_column") or "image", storage=storage)
+    pairs = labels.pairs[labels.pairs.image_id.isin(ids)]
+    return Labels(labels.spec, pairs.reset_index(drop=True), np.unique(ids))
 
 
 def rank(responses, out=None, **options) -> pd.DataFrame:
@@ -209,6 +275,8 @@ def read_rankings(path, *, storage_options=None, endpoint_url=None, anonymous=No
     fs, p = filesystem_for(path, StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous))
     if not fs.exists(p):
         raise InvalidParameterError(f"rankings={path!r} does not exist")
+    if fs.isdir(p) and fs.exists(posixpath.join(p, RANKINGS_FILE)):   # beside it: enrichment and tuning tables
+        p = posixpath.join(p, RANKINGS_FILE)
     return ds.dataset(p, format="parquet", filesystem=fs).to_table().to_pandas()
 
 
@@ -278,6 +346,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-consensus", action="store_true", help="skip the cross-subject consensus lists")
     parser.add_argument("--roi-config", metavar="FILE", help="YAML/TOML/JSON file of composites, e.g. faces: [FFC, PIT]")
     parser.add_argument("--manifest", help="manifest.json (default: beside RESPONSES)")
+    parser.add_argument("--labels", metavar="SPEC",
+                        help="what the images are, for enrichment and tuning tables: folder (parent folder name), "
+                             "name:REGEX (first group over the file name), column:NAME (input shard column), or a "
+                             ".csv/.parquet table with label and image_id|source|file")
     parser.add_argument("--n-null", type=int, default=10_000, help="images in the single-image null (default 10000)")
     parser.add_argument("--null-draws", type=int, default=10_000, help="random k-sets in the set null (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
@@ -297,7 +369,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"out={args.out!r} is a file; give a folder for {RANKINGS_FILE}")
     with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
         warnings.simplefilter("always", RankingNote)
-        rows = rank(args.responses, args.out, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
+        result = rank_with_labels(args.responses, args.out, labels=args.labels, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
                     contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
                     comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
                     null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
@@ -308,7 +380,25 @@ def run_from_args(args: argparse.Namespace) -> int:
             print(f"screening rank: note: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    rows = result.rankings
     counts = rows.groupby("kind").size().to_dict()
     print(f"wrote {len(rows)} ranking rows {counts} to {posixpath.join(str(args.out), RANKINGS_FILE)} "
           f"in {time.perf_counter() - t0:.1f}s")
+    if result.labels is not None:
+        print(_enrichment_summary(result))
     return 0
+
+
+def _enrichment_summary(result: RankResult, most: int = 20) -> str:
+    """The labels, and per ranked ROI its most enriched label in the top list (mean subject where ranked)."""
+    e = result.enrichment
+    subject = "mean" if (e.subject == "mean").any() else (e.subject.iloc[0] if len(e) else "mean")
+    best = best_labels(e, subject=subject)
+    lines = [f"{result.labels.summary()}; enrichment: {ENRICHMENT_FILE}, tuning: {LABEL_MEANS_FILE}",
+             f"most enriched label in each top-k ({subject}):"]
+    for r in best.head(most).itertuples(index=False):
+        lines.append(f"  {r.roi}: {r.label}  {r.hits}/{r.k} vs base {r.base_rate:.1%}  fold {r.fold:.2f}  "
+                     f"q {r.q:.2g}")
+    if len(best) > most:
+        lines.append(f"  ... {len(best) - most} more ROI(s) in {ENRICHMENT_FILE}")
+    return "\n".join(lines)

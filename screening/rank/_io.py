@@ -47,6 +47,16 @@ def _run_outputs(fs, path: str, storage):
     return outputs if outputs.is_run() else None
 
 
+def run_sources(fs, responses_path: str, storage):
+    """``image_id`` and ``source`` of every image of the run whose ``responses`` folder this is, or None (a plain
+    table, or a run from before sources were recorded)."""
+    outputs = _run_outputs(fs, responses_path, storage)
+    dataset = outputs.dataset("sources") if outputs is not None else None
+    if dataset is None:
+        return None
+    return dataset.to_table(columns=["image_id", "source"]).to_pandas()
+
+
 def find_manifest(fs, responses_path: str):
     """The run's ``manifest.json``: beside the responses directory (``RUN/responses`` -> ``RUN/manifest.json``)."""
     parent = posixpath.dirname(responses_path.rstrip("/"))

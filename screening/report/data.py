@@ -74,6 +74,8 @@ class Inputs:
     rois: list
     responses: ds.Dataset | None
     notes: list = field(default_factory=list)
+    enrichment: pd.DataFrame | None = None    # rank --labels: label enrichment of the ranked lists
+    label_means: pd.DataFrame | None = None   # and each ROI's response per label
 
     @property
     def cfg(self) -> dict:
@@ -102,7 +104,8 @@ class Inputs:
 
 
 def read_inputs(run: Path, *, rois, subject, say) -> Inputs:
-    from screening.rank import SETS_FILE, read_rankings, read_rankings_metadata
+    from screening.rank import (ENRICHMENT_FILE, LABEL_MEANS_FILE, SETS_FILE, read_rankings,
+                                read_rankings_metadata)
 
     outputs = run_outputs(run)
     manifest = outputs.manifest() or {}
@@ -117,12 +120,18 @@ def read_inputs(run: Path, *, rois, subject, say) -> Inputs:
         meta = {}
     notes += [f"ranking: {n}" for n in meta.get("notes") or []]
     sets_path = run / "rankings" / SETS_FILE
+    enrichment, label_means = (_optional_table(run / "rankings" / name) for name in (ENRICHMENT_FILE,
+                                                                                    LABEL_MEANS_FILE))
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     return Inputs(run=run, out=out, manifest=manifest, rankings=rankings, meta=meta,
                    sets=pd.read_parquet(sets_path) if sets_path.exists() else None,
                    subject=_choose_subject(rankings, subject), rois=_choose_rois(rankings, rois),
-                   responses=responses, notes=notes)
+                   responses=responses, notes=notes, enrichment=enrichment, label_means=label_means)
+
+
+def _optional_table(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def _rank_now(run: Path, manifest: dict, say) -> None:

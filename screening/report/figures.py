@@ -157,3 +157,81 @@ def _outline(roi: str) -> list:
         return [roi]
     except InvalidParameterError:
         return []
+
+
+#: Labels shown per ROI in the label figures (the most enriched ones, then the most common).
+SHOWN_LABELS = 12
+SIGNIFICANT_Q = 0.05
+
+
+def draw_labels(inputs: Inputs, p: dict) -> dict:
+    """``{labels_fig, tuning_fig}`` of the page's ROI section: the label shares of its top-k beside their base
+    rates (labels with q < 0.05 starred), and its mean response per label with s.e.m. bars (empty without
+    ``rank --labels``)."""
+    out = {"labels_fig": None, "tuning_fig": None}
+    roi, subject = p["roi"], inputs.subject
+    e = inputs.enrichment
+    if e is not None:
+        rows = e[(e.roi == roi) & (e.subject == subject) & (e.kind == "topk")]
+        if len(rows):
+            out["labels_fig"] = _label_shares(rows, inputs, p)
+    t = inputs.label_means
+    if t is not None:
+        rows = t[(t.roi == roi) & (t.subject == subject) & (t.n > 0)]
+        if len(rows):
+            out["tuning_fig"] = _tuning(rows, inputs, p)
+    return out
+
+
+def _label_shares(rows, inputs: Inputs, p: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows.sort_values(["p", "fold"], ascending=[True, False]).head(SHOWN_LABELS)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.8, 0.5 * len(rows) + 2), 3.4), dpi=100)
+    k = int(rows.k.iloc[0])
+    ax.bar(x - 0.2, rows.share, width=0.4, color="#c0392b", label=f"share of the top-{k}")
+    ax.bar(x + 0.2, rows.base_rate, width=0.4, color="#9aa5b1", label="share of all screened images")
+    for xi, (share, q) in enumerate(zip(rows.share, rows.q)):
+        if q < SIGNIFICANT_Q:
+            ax.text(xi - 0.2, share, "*", ha="center", va="bottom", fontsize=12)
+    ax.set_xticks(x, [str(v) for v in rows.label], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("share of images")
+    ax.set_title(f"{p['roi']}, subject {inputs.subject}: labels of the top-{k} (* q < {SIGNIFICANT_Q}, "
+                 f"one-sided Fisher, BH)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    ax.set_ylim(top=max(float(rows.share.max()), float(rows.base_rate.max())) * 1.35 or 1.0)
+    fig.tight_layout()
+    name = f"labels_{p['slug']}.png"
+    fig.savefig(inputs.out / name)
+    plt.close(fig)
+    return name
+
+
+def _tuning(rows, inputs: Inputs, p: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows.sort_values("mean", ascending=False)
+    if len(rows) > 2 * SHOWN_LABELS:   # the highest and the lowest
+        rows = rows.iloc[list(range(SHOWN_LABELS)) + list(range(len(rows) - SHOWN_LABELS, len(rows)))]
+    sem = rows.sd / np.sqrt(rows.n.clip(lower=1))
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.8, 0.42 * len(rows) + 2), 3.4), dpi=100)
+    ax.bar(x, rows["mean"], yerr=np.nan_to_num(sem), color="#5b7fa6", capsize=2, label="mean ± s.e.m.")
+    ax.axhline(0, color="#444444", lw=0.8)
+    ax.set_xticks(x, [f"{lab} (n={n})" for lab, n in zip(rows.label, rows.n)], rotation=40, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("ROI response (model output units)")
+    ax.set_title(f"{p['roi']}, subject {inputs.subject}: response per label", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    name = f"tuning_{p['slug']}.png"
+    fig.savefig(inputs.out / name)
+    plt.close(fig)
+    return name

@@ -6,7 +6,7 @@ from screening.report import html as H
 from screening.report.data import (Images, Inputs, check_run_dir, contrast_rows, fetch_shown_images,
                                    n_finite, read_errors, read_inputs, roi_column_values, slug, vertex_counts)
 from screening.report.describe import describe_roi, legend
-from screening.report.figures import Flatmapper, draw_histogram, draw_sheet
+from screening.report.figures import Flatmapper, draw_histogram, draw_labels, draw_sheet
 
 
 #: Below this many null images the page says p_null is coarse (its floor 1/(n+1) is then above 0.001).
@@ -105,6 +105,7 @@ def _roi_section(inputs: Inputs, images: Images, p: dict, flatmapper) -> dict:
          "what": describe_roi(roi, members, inputs.cfg, vertex_counts(inputs.manifest, members, inputs.subject)),
          "top": images.cells(top), "bottom": images.cells(bottom), "sheet": draw_sheet(inputs, images, p)}
     r.update(draw_histogram(inputs, p))
+    r.update(draw_labels(inputs, p))
     r.update(flatmapper(p) if flatmapper is not None else {"flatmap": None, "flatmap_error": None})
     lists = [{"title": f"top-{len(top)}", "note": None, "table": images.table(top, _LIST_COLUMNS)}]
     if len(bottom):

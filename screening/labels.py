@@ -1,0 +1,200 @@
+"""What the screened images are: category labels per ``image_id``, from a label spec.
+
+A spec is one of:
+
+- ``folder``: the name of the image's parent folder (THINGS keeps one folder per concept; many labs one per
+  category); for a tar member, the member's folder;
+- ``name:REGEX``: the first group of ``REGEX`` searched in the file name (``name:^([a-z]+)-`` gives fLoc's
+  ``adult-12.jpg`` the label ``adult``); the whole match when the pattern has no group;
+- ``column:NAME``: a column of the input Parquet shards (Hugging Face ImageNet's ``label``); integer class ids are
+  mapped to class names where the shard's metadata has them (``datasets``' ``ClassLabel``);
+- a ``.csv`` or ``.parquet`` table with a ``label`` column and a key column, ``image_id``, ``source`` or ``file``
+  (the file name); several rows per image give several labels (multi-label, like COCO categories).
+
+The run records every screened image's source (its ``sources`` table), so each spec resolves without the images.
+An image without a label is counted as unlabelled, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from screening.exceptions import InvalidParameterError
+
+LABEL_SPECS = ("folder", "name:REGEX", "column:NAME", "a .csv or .parquet table (label + image_id|source|file)")
+TABLE_KEYS = ("image_id", "source", "file")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """``pairs``: one row per (image_id, label); ``images``: every screened image id (labelled or not)."""
+
+    spec: str
+    pairs: pd.DataFrame
+    images: np.ndarray
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.size)
+
+    @property
+    def n_unlabelled(self) -> int:
+        return int(self.images.size - np.isin(self.images, self.pairs.image_id.to_numpy()).sum())
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.pairs.label.unique())
+
+    def summary(self) -> str:
+        return (f"labels ({self.spec}): {len(self.names)} label(s) on {self.n_images - self.n_unlabelled} of "
+                f"{self.n_images} image(s); {self.n_unlabelled} unlabelled")
+
+
+def file_name(source: str) -> str:
+    """The file name in a source: a path, an ``s3://`` URI, a ``tar://member::archive`` URL or ``shard#row=3``."""
+    return posixpath.basename(_path_in(source))
+
+
+def parent_folder(source: str) -> str:
+    """The name of the folder holding the file a source names ("" when there is none)."""
+    return posixpath.basename(posixpath.dirname(_path_in(source)))
+
+
+def _path_in(source: str) -> str:
+    s = str(source)
+    if s.startswith("tar://"):
+        s = s[len("tar://"):].split("::", 1)[0]
+    s = s.split("#", 1)[0]
+    if "://" in s:
+        s = s.split("://", 1)[1]
+    return s.rstrip("/")
+
+
+def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: str = "image_id",
+                 image_column: str = "image", storage=None) -> Labels:
+    """Resolve ``spec`` against the screened images.
+
+    Parameters
+    ----------
+    spec : str
+        See the module docstring.
+    sources : pandas.DataFrame
+        ``image_id`` and ``source`` of every screened image (a run's ``sources`` table).
+    shards : list of str, optional
+        The run's input Parquet shards (``column:NAME`` reads them).
+    id_column, image_column : str
+        The shards' id and image columns (the run's ``config``); without an id column the ids are derived from the
+        image bytes, as the run derived them.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise InvalidParameterError(f"labels={spec!r} is not a label spec; valid: {', '.join(LABEL_SPECS)}")
+    sources = sources[["image_id", "source"]].drop_duplicates()
+    images = np.unique(sources.image_id.to_numpy().astype(str))
+    if spec == "folder":
+        pairs = sources.assign(label=[parent_folder(s) for s in sources.source])
+    elif spec.startswith("name:"):
+        pairs = sources.assign(label=[_match(spec, file_name(s)) for s in sources.source])
+    elif spec.startswith("column:"):
+        pairs = _column_labels(spec[len("column:"):], shards, id_column, image_column, storage)
+    elif spec.lower().endswith((".csv", ".parquet")):
+        pairs = _table_labels(spec, sources, storage)
+    else:
+        raise InvalidParameterError(f"labels={spec!r} is not a label spec; valid: {', '.join(LABEL_SPECS)}")
+    pairs = pairs[["image_id", "label"]].dropna()
+    pairs = pairs[(pairs.label.astype(str) != "") & pairs.image_id.isin(images)]
+    pairs = pairs.assign(image_id=pairs.image_id.astype(str), label=pairs.label.astype(str))
+    return Labels(spec, pairs.drop_duplicates().reset_index(drop=True), images)
+
+
+def _match(spec: str, name: str):
+    try:
+        rx = _regex(spec[len("name:"):])
+    except re.error as exc:
+        raise InvalidParameterError(f"labels={spec!r}: the regex does not compile: {exc}") from None
+    m = rx.search(name)
+    if m is None:
+        return None
+    return m.group(1) if rx.groups else m.group(0)
+
+
+_REGEX_CACHE: dict = {}
+
+
+def _regex(pattern: str):
+    if pattern not in _REGEX_CACHE:
+        _REGEX_CACHE[pattern] = re.compile(pattern)
+    return _REGEX_CACHE[pattern]
+
+
+def _table_labels(path: str, sources: pd.DataFrame, storage) -> pd.DataFrame:
+    from screening.fs import filesystem_for
+
+    fs, p = filesystem_for(path, storage)
+    if not fs.exists(p):
+        raise InvalidParameterError(f"labels={path!r} does not exist")
+    with fs.open(p, "rb") as f:
+        table = pd.read_parquet(f) if p.lower().endswith(".parquet") else pd.read_csv(f, dtype=str)
+    key = next((k for k in TABLE_KEYS if k in table.columns), None)
+    if "label" not in table.columns or key is None:
+        raise InvalidParameterError(f"labels={path!r} needs a 'label' column and one of {', '.join(TABLE_KEYS)}; "
+                                    f"its columns: {', '.join(map(str, table.columns))}")
+    table = table[[key, "label"]].dropna().astype(str)
+    if key == "image_id":
+        return table
+    keyed = sources.assign(key=sources.source if key == "source" else [file_name(s) for s in sources.source])
+    return keyed.merge(table.rename(columns={key: "key"}), on="key")[["image_id", "label"]]
+
+
+def _column_labels(name: str, shards, id_column: str, image_column: str, storage) -> pd.DataFrame:
+    from screening.fs import arrow_filesystem, filesystem_for
+    from screening.sources.base import derived_id
+
+    if not name:
+        raise InvalidParameterError("labels='column:' names no column; e.g. column:label")
+    if not shards:
+        raise InvalidParameterError(f"labels='column:{name}' reads the input Parquet shards, and the run lists "
+                                    f"none (its input was not Parquet: use folder, name:REGEX or a table)")
+    frames = []
+    for uri in shards:
+        fs, p = filesystem_for(uri, storage)
+        dataset = ds.dataset(p, format="parquet", filesystem=arrow_filesystem(fs))
+        names = dataset.schema.names
+        if name not in names:
+            raise InvalidParameterError(f"labels='column:{name}': {uri!r} has no column {name!r}; its columns: "
+                                        f"{', '.join(names)}")
+        classes = _class_names(dataset.schema, name)
+        by_id = id_column in names
+        for batch in dataset.to_batches(columns=[id_column if by_id else image_column, name]):
+            if by_id:
+                ids = [None if v is None else str(v) for v in batch.column(0).to_pylist()]
+            else:
+                col = batch.column(0)
+                if pa.types.is_struct(col.type):
+                    col = col.field("bytes")
+                ids = [None if d is None else derived_id(d) for d in col.to_pylist()]
+            values = batch.column(1).to_pylist()
+            if classes is not None:
+                values = [classes[v] if isinstance(v, int) and 0 <= v < len(classes) else v for v in values]
+            frames.append(pd.DataFrame({"image_id": ids, "label": values}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "label"])
+
+
+def _class_names(schema: pa.Schema, column: str) -> list | None:
+    """Hugging Face ``datasets`` class names of an integer column (``ClassLabel`` in the schema metadata)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        features = json.loads(raw.decode())["info"]["features"]
+        names = features[column].get("names")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None

@@ -1,0 +1,142 @@
+"""What the ranked images are: label enrichment of each top-k / bottom-k list, and each ROI's response per label.
+
+Enrichment (``enrichment.parquet``), per (ROI, subject, side, label): of the ``k`` listed images, ``hits`` carry the
+label; of the ``n_images`` screened images, ``n_label`` do. ``fold`` = (hits / k) / (n_label / n_images);
+``odds_ratio`` is the sample odds ratio of the 2x2 table (``scipy.stats.fisher_exact``'s statistic); ``p`` the
+one-sided Fisher exact p-value of at least ``hits`` (the hypergeometric tail, ``hypergeom.sf(hits - 1, N, K, k)``);
+``q`` the Benjamini-Hochberg adjustment over every (list, label) test of the run. Only labels present in a list get
+a row: a label absent from it has p = 1 and is counted in the number of tests, not written.
+
+Tuning (``label_means.parquet``), per (ROI, subject, label): ``n``, ``mean`` and ``sd`` of the ROI's response over
+the images carrying the label (an image with several labels counts for each), streamed over the responses table in
+one scan with per-label running sums, centred on the first batch's means so that the variance does not cancel.
+Memory is labels x ROIs x subjects x 3 float64, split into ROI chunks under ``memory_budget_mb``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ENRICHMENT_FILE = "enrichment.parquet"
+LABEL_MEANS_FILE = "label_means.parquet"
+SIDES = ("topk", "bottomk")
+
+
+def bh_q(p: np.ndarray, m: int | None = None) -> np.ndarray:
+    """Benjamini-Hochberg q-values of ``p`` among ``m`` tests (``m`` > len(p): the others have p = 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.size if m is None else int(m)
+    if p.size == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * m / np.arange(1, p.size + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(q)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def enrichment(rankings: pd.DataFrame, labels) -> pd.DataFrame:
+    """See the module docstring; ``labels``: a :class:`screening.labels.Labels`."""
+    from scipy.stats import hypergeom
+
+    n_images = labels.n_images
+    pairs = labels.pairs
+    n_label = pairs.groupby("label").image_id.nunique()
+    lists = rankings[rankings.kind.isin(SIDES)][["roi", "subject", "kind", "image_id"]]
+    hits = lists.merge(pairs, on="image_id").groupby(["roi", "subject", "kind", "label"]).image_id.nunique()
+    k = lists.groupby(["roi", "subject", "kind"]).image_id.nunique()
+    out = hits.rename("hits").reset_index()
+    out = out.merge(k.rename("k").reset_index(), on=["roi", "subject", "kind"])
+    out["n_label"] = out.label.map(n_label).astype(np.int64)
+    out["n_images"] = np.int64(n_images)
+    a = out.hits.to_numpy(np.float64)
+    kk, big_k = out.k.to_numpy(np.float64), out.n_label.to_numpy(np.float64)
+    b, c = kk - a, big_k - a
+    d = n_images - big_k - b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["share"] = a / kk
+        out["base_rate"] = big_k / n_images
+        out["fold"] = out.share / out.base_rate
+        out["odds_ratio"] = np.where(b * c > 0, a * d / (b * c), np.inf)
+    out["p"] = hypergeom.sf(a - 1, n_images, big_k, kk)
+    n_tests = int(k.size) * int(n_label.size)
+    out["q"] = bh_q(out.p.to_numpy(), max(n_tests, len(out)))
+    cols = ["roi", "subject", "kind", "label", "k", "hits", "share", "n_label", "n_images", "base_rate", "fold",
+            "odds_ratio", "p", "q"]
+    return out[cols].sort_values(["roi", "subject", "kind", "p", "label"]).reset_index(drop=True)
+
+
+def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") -> pd.DataFrame:
+    """Per ROI, its most enriched label (lowest p, then highest fold) in the ``subject``'s ``kind`` list."""
+    t = table[(table.subject == subject) & (table.kind == kind)]
+    if not len(t):
+        return t
+    return t.sort_values(["p", "fold"], ascending=[True, False]).groupby("roi", sort=False).head(1)
+
+
+def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame:
+    """Each ranked ROI's ``n``, ``mean`` and ``sd`` per label and subject (``mean`` included), in one streamed scan
+    per ROI chunk; ``ranker``: a :class:`screening.rank._engine.Ranker` that has resolved its targets."""
+    from scipy import sparse
+
+    from screening.rank._engine import _Evaluator, _ids_subjects, _subject_blocks
+
+    names = labels.names
+    index = {n: i for i, n in enumerate(names)}
+    by_image: dict[str, list[int]] = {}
+    for i, lab in zip(labels.pairs.image_id, labels.pairs.label):
+        by_image.setdefault(i, []).append(index[lab])
+    subjects = list(ranker.subjects)
+    ranked = [ranker.targets[t] for t in ranker.ranked]
+    per_target = max(1, len(names)) * len(subjects) * 3 * 8
+    size = int(max(1, min(len(ranked), memory_budget_mb * 2**20 // per_target)))
+    frames = []
+    for start in range(0, len(ranked), size):
+        targets = ranked[start:start + size]
+        columns = [c for c in ranker.columns if any(c in t.members for t in targets)]
+        ev = _Evaluator(targets, columns)
+        shape = (len(subjects), len(names), len(targets))
+        s1, s2, n = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        shift = np.full((len(subjects), len(targets)), np.nan)
+        for batch in ranker._scan(columns):
+            ids, subj = _ids_subjects(batch)
+            for s, rows, x in _subject_blocks(batch, columns, subj):
+                si = subjects.index(s)
+                member = _indicator(ids[rows], by_image, len(names), sparse)
+                if member is None:
+                    continue
+                v = ev(x, s)
+                if np.isnan(shift[si]).all():
+                    shift[si] = np.where(np.isfinite(np.nanmean(v, axis=0)), np.nanmean(v, axis=0), 0.0)
+                ok = np.isfinite(v)
+                dv = np.where(ok, v - shift[si], 0.0)
+                s1[si] += member.T @ dv
+                s2[si] += member.T @ (dv * dv)
+                n[si] += member.T @ ok.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_d = s1 / n
+            var = (s2 - n * mean_d ** 2) / (n - 1)
+        mean = mean_d + np.nan_to_num(shift)[:, None, :]
+        for si, s in enumerate(subjects):
+            for li, lab in enumerate(names):
+                frames.append(pd.DataFrame({"roi": [t.name for t in targets], "subject": s, "label": lab,
+                                            "n": n[si, li].astype(np.int64), "mean": np.where(n[si, li] > 0,
+                                                                                              mean[si, li], np.nan),
+                                            "sd": np.sqrt(np.clip(var[si, li], 0, None))}))
+    if not frames:
+        return pd.DataFrame(columns=["roi", "subject", "label", "n", "mean", "sd"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _indicator(ids, by_image: dict, n_labels: int, sparse):
+    """Sparse (rows, labels) 0/1 matrix of a block's images; None when none of them is labelled."""
+    rows, cols = [], []
+    for r, i in enumerate(ids):
+        for li in by_image.get(i, ()):
+            rows.append(r)
+            cols.append(li)
+    if not rows:
+        return None
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), n_labels))
