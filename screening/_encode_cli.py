@@ -23,6 +23,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="1..8 (or 01, sub-01, sub01, subj01, s1), a comma list of those, or 'all' (default)")
     p.add_argument("--roi", action="append", default=None,
                    help="ROI name (repeatable or comma list; `screening rois` lists them); default all areas + groups")
+    p.add_argument("--parcellation", metavar="FILE", default=None,
+                   help="a parcellation of your own (.dlabel.nii, or .npy + .tsv; {subject} for one file per "
+                        "subject): each label is an ROI column")
+    p.add_argument("--parcellation-prefix", default=None, help="its column prefix (default: the file stem)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="core precision (default auto: the fastest one on this machine, docs/precision.md)")
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet); default print a summary")
@@ -76,7 +80,15 @@ def run_from_args(args) -> int:
     berg = BERG(args.store, storage_options=options)
     present = berg.store.model_ids()
     model_id = args.model_id or (present[0] if len(present) == 1 else DEFAULT_MODEL_ID)
-    selection = {"roi": rois} if rois else None
+    selection = {"roi": rois} if rois else {}
+    if args.parcellation:
+        selection["parcellation"] = {"file": args.parcellation, "prefix": args.parcellation_prefix}
+    if args.parcellation and not rois:
+        from screening import rois as roi_lib
+        from screening.models.registry import get_weights
+
+        selection["roi"] = roi_lib.default_roi_names(get_weights(model_id).variant)   # and the atlas's, as default
+    selection = selection or None
     model = berg.get_encoding_model(model_id, subject=subject, selection=selection, device="auto",
                                     precision=args.precision)
     files, images = [], []

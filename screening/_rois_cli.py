@@ -19,6 +19,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=KINDS, action="append", default=None,
                    help="list only this kind (repeatable); default all kinds")
     p.add_argument("--tsv", action="store_true", help="tab-separated kind, name, vertices, detail (for scripts)")
+    p.add_argument("--parcellation", metavar="FILE",
+                   help="list the ROI columns of a parcellation of your own (.dlabel.nii, or .npy + .tsv; {subject} "
+                        "for one file per subject) with their model vertex counts per subject")
+    p.add_argument("--parcellation-prefix", default=None, help="its column prefix (default: the file stem)")
+    p.add_argument("--subjects", default="all", help="subjects of --parcellation (default all)")
+
+
+def parcellation_rows(args) -> int:
+    """``screening rois --parcellation FILE``: its columns and their model vertices per subject."""
+    from screening.models.registry import weights_for_variant
+    from screening.parcellation import load_parcellation
+    from screening.validation import parse_subjects
+
+    subjects = list(parse_subjects(args.subjects, name="--subjects"))
+    p = load_parcellation(args.parcellation, subjects, prefix=args.parcellation_prefix)
+    counts = p.vertex_counts(args.variant)
+    w = weights_for_variant(args.variant)
+    if args.tsv:
+        print("name\t" + "\t".join(subjects))
+        for name, per in counts.items():
+            print(name + "\t" + "\t".join(str(per[s]) for s in subjects))
+        return 0
+    print(f"parcellation {args.parcellation} (prefix {p.prefix!r}): {len(counts)} ROI column(s); model vertices of "
+          f"variant {args.variant!r} ({w.model_id}) per subject")
+    width = max(len(n) for n in counts)
+    print(f"  {'name':<{width}}  " + "  ".join(f"{s:>7}" for s in subjects))
+    for name, per in counts.items():
+        print(f"  {name:<{width}}  " + "  ".join(f"{per[s]:>7,}" for s in subjects)
+              + ("   (refused: no model vertex)" if min(per.values()) == 0 else ""))
+    return 0
 
 
 def roi_rows(variant: str) -> tuple[list[tuple[str, str, int, str]], list[tuple[str, str]]]:
@@ -58,6 +88,8 @@ def roi_rows(variant: str) -> tuple[list[tuple[str, str, int, str]], list[tuple[
 
 
 def run_from_args(args) -> int:
+    if args.parcellation:
+        return parcellation_rows(args)
     rows, refused = roi_rows(args.variant)
     kinds = args.kind or list(KINDS)
     rows = [r for r in rows if r[0] in kinds]

@@ -14,6 +14,7 @@ computed, nothing is cast silently, and ``show_progress`` shows progress (README
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from screening.models.registry import PUBLISHED, CheckpointInfo, EncoderWeights,
 from screening.models.encoder import Normalize, RoiEncoder, collapse_heads, core_features, default_batch_size
 from screening.models.fast import fold_batchnorm
 
-SELECTION_KEYS = ("roi", "glasser_group", "voxel_index")
+SELECTION_KEYS = ("roi", "glasser_group", "voxel_index", "parcellation")   # parcellation: an extension of BERG
 REDUCTIONS = (None, "roi_mean")
 _VERTEX_CHUNK = 4096
 
@@ -84,7 +85,11 @@ class EncodingModel:
     def roi_encoder(self) -> RoiEncoder:
         if self._roi_encoder is None:
             pos = {c: i for i, c in enumerate(self.columns.tolist())}
-            sets = {name: np.array([pos[c] for c in cols.tolist()]) for name, cols in self.roi_sets.items()}
+            def at(cols):
+                return np.array([pos[c] for c in cols.tolist()])
+
+            sets = {name: ({s: at(c) for s, c in cols.items()} if isinstance(cols, Mapping) else at(cols))
+                    for name, cols in self.roi_sets.items()}
             w, b = collapse_heads(self.heads, self.subjects, sets, device=self.device)
             self._roi_encoder = RoiEncoder(self.core, w, b, self.subjects, self.roi_names, self.precision,
                                            self.weights).to(self.device).eval()
@@ -189,7 +194,9 @@ class BERG:
         subject : int, list of int, or "all"
         selection : dict, optional
             ``roi`` (names), ``glasser_group`` (1..22), ``voxel_index`` (0/1 vector over the model's vertices);
-            unioned, columns ascending in grayordinate order.
+            unioned, columns ascending in grayordinate order. An extension of BERG's keys: ``parcellation``, the
+            path of a parcellation of your own (or ``{"file": path, "prefix": str}``; :mod:`screening.parcellation`):
+            each label is an ROI of ``reduce="roi_mean"``, per subject where the path has ``{subject}``.
         device : {"cpu", "cuda", "auto"}
         precision : {"fp32", "bf16", "fp16", "auto"}, default="fp32"
             fp32 reproduces the published maths; bf16 and fp16 run the core under autocast (see README for
@@ -211,7 +218,7 @@ class BERG:
             precision = choice["precision"]
         batch_size = check_positive_int("batch_size", batch_size) or default_batch_size(dev, precision)
         # the selection is checked before the load: a typo should not wait for a 2 GB download
-        columns, roi_sets = resolve_selection(selection, weights.variant, weights.n_vertices)
+        columns, roi_sets = resolve_selection(selection, weights.variant, weights.n_vertices, subjects)
         model, info = self.store.load_model(model_id)
         heads = {s: model.head(s).select(columns).to(dev) for s in subjects}  # only the selected vertices
         core = fold_batchnorm(model.core) if fold_bn else model.core
@@ -381,8 +388,10 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", file=sys.stderr)
 
 
-def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int) -> tuple[np.ndarray, dict]:
-    """BERG selection → (selected columns ascending, ROI name → columns for ``reduce="roi_mean"``)."""
+def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int,
+                      subjects=("sub-01",)) -> tuple[np.ndarray, dict]:
+    """BERG selection → (selected columns ascending, ROI name → columns for ``reduce="roi_mean"``; a parcellation's
+    labels: name → subject → columns)."""
     if selection is None:
         return np.arange(n_vertices), roi_lib.build_roi_set(variant)
     if not isinstance(selection, Mapping):
@@ -412,10 +421,34 @@ def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int) 
     vi = selection.get("voxel_index")
     if vi is not None:
         parts["voxel_index"] = _check_voxel_index(vi, n_vertices)
+    if selection.get("parcellation") is not None:
+        parts.update(_parcellation(selection["parcellation"], variant, subjects, parts))
     if not parts:
-        raise InvalidParameterError("selection selects nothing: give at least one of roi, glasser_group, voxel_index")
-    columns = np.unique(np.concatenate(list(parts.values())))
+        raise InvalidParameterError("selection selects nothing: give at least one of roi, glasser_group, voxel_index, "
+                                    "parcellation")
+    columns = np.unique(np.concatenate([c for v in parts.values() for c in (v.values() if isinstance(v, Mapping)
+                                                                             else [v])]))
     return columns, parts
+
+
+def _parcellation(spec, variant: str, subjects, parts: Mapping) -> dict:
+    """``selection["parcellation"]``: a path (or ``{"file": path, "prefix": str}``) of a parcellation of the user's
+    own (:mod:`screening.parcellation`); each label is a per-subject ROI."""
+    from screening.parcellation import load_parcellation
+
+    if isinstance(spec, Mapping) and set(spec) <= {"file", "prefix"} and "file" in spec:
+        path, prefix = spec["file"], spec.get("prefix")
+    elif isinstance(spec, (str, os.PathLike)):
+        path, prefix = spec, None
+    else:
+        raise InvalidParameterError(f"selection['parcellation'] must be a path or {{'file': path, 'prefix': str}}; "
+                                    f"got {spec!r}")
+    labels = load_parcellation(path, subjects, prefix=prefix).roi_columns(variant, subjects)
+    clash = sorted(set(labels) & set(parts))
+    if clash:
+        raise InvalidParameterError(f"selection['parcellation'] columns {clash} clash with other selected names; "
+                                    f"give a prefix ({{'file': ..., 'prefix': ...}})")
+    return labels
 
 
 def _check_voxel_index(vi, n_vertices: int) -> np.ndarray:

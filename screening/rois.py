@@ -286,15 +286,16 @@ def grayordinates_to_columns(grayordinates, variant: str, name: str = "custom") 
 
 def build_roi_set(variant: str, names: Iterable[str] | None = None, *,
                   composites: Mapping[str, Iterable[str]] | None = None,
-                  custom: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Ordered name → columns. ``names=None`` means the default set (all areas + groups)."""
+                  custom: Mapping[str, np.ndarray] | None = None, allow_empty: bool = False) -> dict[str, np.ndarray]:
+    """Ordered name → columns. ``names=None`` means the default set (all areas + groups); ``allow_empty``: the
+    caller adds ROIs of its own (a parcellation)."""
     names = default_roi_names(variant) if names is None else list(names)
     out = {n: resolve_roi(n, variant, composites) for n in names}
     for n, g in (custom or {}).items():
         if n in out:
             raise InvalidParameterError(f"custom ROI name {n!r} clashes with a named ROI; choose another name")
         out[n] = grayordinates_to_columns(g, variant, n)
-    if not out:
+    if not out and not allow_empty:
         raise InvalidParameterError("no ROIs selected; give at least one ROI name or custom vertex set")
     return out
 
@@ -314,6 +315,7 @@ def reliability_filter(rois: Mapping[str, np.ndarray], noise_ceilings: Mapping[s
                                         f"got {nc.shape}")
         keep = np.nan_to_num(nc[mapping], nan=-np.inf) >= threshold
         for n, cols in rois.items():
+            cols = cols[subject] if isinstance(cols, Mapping) else cols   # a per-subject parcellation label
             kept = cols[keep[cols]]
             if kept.size == 0:
                 raise InvalidParameterError(

@@ -85,6 +85,17 @@ class RunConfig(CheckedOnce):
                                          record=lambda c: {"custom_rois": sorted(c.custom_rois or {})},
                                          doc="""mapping of str to grayordinate indices, optional
         ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`).""")
+    parcellation: str | None = option(None, flag="--parcellation", help="a parcellation of your own: .dlabel.nii or "
+                                      ".npy + .tsv in the 91k grayordinate space, {subject} for one file per subject; "
+                                      "each label becomes an ROI column (docs/guide.md)", doc="""str, optional
+        A parcellation of your own (:mod:`screening.parcellation`): a CIFTI ``.dlabel.nii``, or a ``.npy`` of 91,282
+        integers beside a ``.tsv`` of ``index<TAB>name``, in the 91,282-grayordinate space; ``{subject}`` in the path
+        (``rois/sub-{subject}_floc-faces.dlabel.nii``) reads one file per subject. Each label becomes an ROI column
+        ``PREFIX_LABEL``, an exact mean over the label's model vertices like every other column.""")
+    parcellation_prefix: str | None = option(None, flag="--parcellation-prefix",
+                                             help="column prefix of the parcellation's labels (default: the file "
+                                                  "stem)", doc="""str, optional
+        The parcellation's column prefix; default the file's stem without its subject part (``floc-faces``).""")
     precision: str = option("auto", flag="--precision", cli={"choices": PRECISION_CHOICES},
                             help="core precision (default auto: bf16 where the encoders' hardware computes it "
                                  "natively and a probe confirms it is faster, fp16 on pre-Ampere GPUs, else fp32; "
@@ -282,6 +293,7 @@ def _checked(c: RunConfig) -> dict:
     return {"images": os.fspath(c.images), "out": os.fspath(c.out),
             "subjects": parse_subjects("all" if c.subjects is None else c.subjects, name="subjects"),
             "rois": _rois(c.rois),
+            "parcellation": None if c.parcellation is None else os.fspath(c.parcellation),
             "composites": None if c.composites is None else _mapping("composites", c.composites),
             "custom_rois": None if c.custom_rois is None else _mapping("custom_rois", c.custom_rois),
             "batch_size": check_positive_int("batch_size", c.batch_size),

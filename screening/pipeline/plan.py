@@ -205,10 +205,26 @@ def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
 
     variant = fingerprint["variant"]
     names = None if config.rois is None else list(config.rois)
+    parcels = {}
+    if config.parcellation is not None:   # the user's own labels: per-subject exact ROI columns
+        from screening.parcellation import load_parcellation
+
+        parcellation = load_parcellation(config.parcellation, config.subjects, prefix=config.parcellation_prefix)
+        parcels = parcellation.roi_columns(variant, config.subjects)
+        if names is not None:   # named ones only, unless none is named
+            listed = [n for n in names if n in parcels]
+            parcels = {n: parcels[n] for n in listed} if listed else parcels
+            names = [n for n in names if n not in parcels]
     if config.composites:  # composites are screened too: appended after the named ROIs unless listed there
         names = default_roi_names(variant) if names is None else names
         names += [c for c in config.composites if c not in names]
-    roi_set = build_roi_set(variant, names, composites=config.composites, custom=config.custom_rois)
+    roi_set = build_roi_set(variant, names, composites=config.composites, custom=config.custom_rois,
+                            allow_empty=bool(parcels))
+    clash = sorted(set(roi_set) & set(parcels))
+    if clash:
+        raise InvalidParameterError(f"parcellation columns {clash} clash with other ROI names; give "
+                                    f"--parcellation-prefix")
+    roi_set.update(parcels)
     reliability = None
     if config.reliability_threshold is not None:
         # Per subject, keep the ROI vertices whose noise ceiling passes; the collapse stays exact (one matmul).

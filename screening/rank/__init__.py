@@ -334,6 +334,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi", action="append", dest="rois", metavar="NAME",
                         help="ROI to rank (repeatable): L_FFC, FFC (bilateral), group_04, faces, L_faces ...; "
                              "default all")
+    parser.add_argument("--parcellation", metavar="FILE",
+                        help="rank the ROI columns of this parcellation of your own (the file the run was screened "
+                             "with; with --roi, those too)")
+    parser.add_argument("--parcellation-prefix", default=None, help="its column prefix (default: the file stem)")
     parser.add_argument("--top-k", type=int, default=25, help="images per list (default 25)")
     parser.add_argument("--bottom-k", type=int, default=None, help="lowest images per ROI (default = top-k; 0 = off)")
     parser.add_argument("--contrast", action="append", default=[], metavar="A:B",
@@ -367,6 +371,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     if "://" not in str(args.out) and os.path.isfile(args.out):  # found only after the scans otherwise
         raise InvalidParameterError(f"out={args.out!r} is a file; give a folder for {RANKINGS_FILE}")
+    if args.parcellation:
+        from screening.parcellation import column_names
+
+        args.rois = list(args.rois or []) + column_names(args.parcellation, prefix=args.parcellation_prefix)
     with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
         warnings.simplefilter("always", RankingNote)
         result = rank_with_labels(args.responses, args.out, labels=args.labels, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
