@@ -240,7 +240,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     )
 
 
+#: Raw RGB pixels (HDF5 stimulus arrays such as NSD's ``imgBrick``) travel through the read and decode stages as this
+#: container: the magic, height and width (uint32 little-endian), then ``height * width * 3`` uint8 in row order.
+RAW_MAGIC = b"\x93SCREENING-RGB8"
+
+
+def raw_pixels(pixels: np.ndarray) -> bytes:
+    """The container of one ``(H, W, 3)`` uint8 image: decoded by :func:`preprocess_bytes` like a PNG of the same
+    pixels, through the same centre crop and resize."""
+    a = np.ascontiguousarray(pixels)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise InvalidParameterError(f"pixels must be (H, W, 3) uint8; got {a.dtype} {a.shape}")
+    return RAW_MAGIC + np.array(a.shape[:2], "<u4").tobytes() + a.tobytes()
+
+
+def _raw_image(data: bytes, max_pixels: int) -> Image.Image:
+    h, w = (int(v) for v in np.frombuffer(data, "<u4", 2, len(RAW_MAGIC)))
+    start = len(RAW_MAGIC) + 8
+    if h * w > max_pixels:
+        raise ImageDecodeError(f"raw pixels of {w}x{h} = {w * h} pixels exceed max_pixels={max_pixels}")
+    if len(data) - start != h * w * 3:
+        raise ImageDecodeError(f"raw pixels of {w}x{h} need {h * w * 3} bytes; got {len(data) - start}")
+    return Image.fromarray(np.frombuffer(data, np.uint8, h * w * 3, start).reshape(h, w, 3), "RGB")
+
+
 def _decode(data: bytes, max_pixels: int, draft_min_side: int | None) -> Image.Image:
+    if data.startswith(RAW_MAGIC):
+        return _raw_image(data, max_pixels)
     img = _open_checked(data, max_pixels)
     if draft_min_side is not None and img.format in ("JPEG", "MPO"):
         w, h = img.size

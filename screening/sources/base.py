@@ -7,6 +7,7 @@ Whatever cannot be read becomes error rows that name the input, never a crash an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import posixpath
 import re
@@ -96,6 +97,7 @@ class PlanContext:
     id_column: str = "image_id"
     storage: object = None
     remote_map: Callable[[Callable, list], list] | None = None
+    source_options: Mapping = dataclasses.field(default_factory=dict)   # a kind's own options (hdf5_dataset)
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def unreadable(item: dict, rows, reason: str) -> pa.Table:
 
 def chunked(unit: str, chunk_rows: int, rows) -> Iterator[pa.Table]:
     """``READ_COLUMNS`` tables of ``chunk_rows`` from ``(row, source, bytes or None, error)`` tuples of one unit;
-    the id of a row is derived from its bytes."""
+    the id of a row is derived from its bytes, unless the tuple gives it as a fifth item."""
     batch: list = []
     for r in rows:
         batch.append(r)
@@ -239,6 +241,6 @@ def chunked(unit: str, chunk_rows: int, rows) -> Iterator[pa.Table]:
 
 
 def _table(unit: str, batch: list) -> pa.Table:
-    rows, sources, datas, errors = zip(*batch)
-    return rows_table(unit, list(rows), [derived_id(d) if d is not None else None for d in datas], list(sources),
-                      list(datas), list(errors))
+    rows, sources, datas, errors = (list(c) for c in zip(*(r[:4] for r in batch)))
+    ids = [r[4] if len(r) > 4 else (derived_id(r[2]) if r[2] is not None else None) for r in batch]
+    return rows_table(unit, rows, ids, sources, datas, errors)
