@@ -149,6 +149,10 @@ class RunConfig(CheckedOnce):
         exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
         before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
         output screened with one is not resumed with the other.""")
+    hdf5_dataset: str = option("imgBrick", flag="--hdf5-dataset", help="the N x H x W x 3 uint8 dataset of HDF5 "
+                               "inputs (default imgBrick, NSD's nsd_stimuli.hdf5)", doc="""str, default="imgBrick"
+        The ``N x H x W x 3`` uint8 dataset of an HDF5 input (:mod:`screening.sources.hdf5`); a unit is a range of
+        its rows, an image's source ``FILE#index``.""")
     image_column: str = option("image", flag="--image-column", key=True, help="the image column of Parquet inputs",
                                doc="""str, default="image"
         ``image`` may be binary or the Hugging Face struct ``{bytes, path}``.""")
@@ -281,7 +285,7 @@ def _checked(c: RunConfig) -> dict:
         value = getattr(c, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise InvalidParameterError(f"{name} must be a path or an s3:// URI; got {value!r}")
-    for name in ("image_column", "id_column"):
+    for name in ("image_column", "id_column", "hdf5_dataset"):
         value = getattr(c, name)
         if not isinstance(value, str) or not value:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {value!r}")

@@ -19,6 +19,7 @@ from screening.exceptions import InvalidParameterError
 from screening.sources.base import (DIRECT_SPEC, READ_COLUMNS, ColumnSpec, Found, ImageRef, PlanContext, Source,
                                     Unit)
 from screening.sources.files import ImageFilesSource, ListSource
+from screening.sources.hdf5 import Hdf5Source
 from screening.sources.listing import LINKED_FOLDER, expand_braces, followed, walk_folder
 from screening.sources.parquet import ParquetSource
 from screening.sources.tar import TarSource
@@ -27,7 +28,7 @@ __all__ = ["SOURCES", "source", "find", "plan", "read_units", "open_images", "ac
            "ColumnSpec", "DIRECT_SPEC", "READ_COLUMNS", "PlanContext", "ImageRef", "Source", "LINKED_FOLDER"]
 
 #: Every input kind.
-SOURCES: tuple[Source, ...] = (ParquetSource(), TarSource(), ImageFilesSource(), ListSource())
+SOURCES: tuple[Source, ...] = (ParquetSource(), TarSource(), ImageFilesSource(), ListSource(), Hdf5Source())
 _IMAGES = SOURCES[2]
 
 

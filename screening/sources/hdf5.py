@@ -1,0 +1,100 @@
+"""HDF5 stimulus arrays (``.hdf5``, ``.h5``): an ``N x H x W x 3`` uint8 dataset, NSD's ``nsd_stimuli.hdf5``
+(``imgBrick``, 73,000 x 425 x 425 x 3) and MindEye-style files.
+
+Units are row ranges of :data:`ROWS_PER_UNIT` images; workers read their slice (locally, or on S3 through fsspec's
+random access). A row's id is the digest of its pixel bytes, its source ``FILE#index`` (NSD's 0-based image index).
+Pixels travel as the raw-pixel container of :func:`screening.preprocess.raw_pixels`, so they take the same centre
+crop and resize as a decoded image. A dataset of another shape or dtype is refused with what was found.
+"""
+
+from __future__ import annotations
+
+from screening.exceptions import InvalidParameterError
+from screening.sources.base import (DIRECT_SPEC, Found, PlanContext, Source, Unit, changed_since_plan, chunked,
+                                    derived_id, stat_files, stem)
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+DEFAULT_DATASET = "imgBrick"
+#: Images per unit of work (a commit / restart point).
+ROWS_PER_UNIT = 1024
+#: Images per slice read from the file.
+READ_ROWS = 64
+
+
+def _open(fs, path: str):
+    import h5py
+
+    return h5py.File(fs.open(path, "rb"), "r")
+
+
+def check_dataset(f, name: str, where: str):
+    """The ``N x H x W x 3`` uint8 dataset ``name`` of an open file, or a refusal naming what is there."""
+    import h5py
+
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        found = ", ".join(f"{k} {f[k].shape} {f[k].dtype}" for k in f if isinstance(f[k], h5py.Dataset))
+        raise InvalidParameterError(f"{where} has no dataset {name!r} (datasets: {found or 'none'}); give "
+                                    f"--hdf5-dataset NAME")
+    d = f[name]
+    if d.ndim != 4 or d.shape[3] != 3 or d.dtype != "uint8":
+        raise InvalidParameterError(f"{where}: dataset {name!r} is {d.dtype} of shape {d.shape}; expected uint8 "
+                                    f"N x H x W x 3 (RGB images)")
+    return d
+
+
+class Hdf5Source(Source):
+    kind = "hdf5"
+    suffixes = HDF5_SUFFIXES
+    describe = f"HDF5 stimulus arrays ({', '.join(HDF5_SUFFIXES)}: N x H x W x 3 uint8, e.g. NSD's imgBrick)"
+    precedence = 1
+
+    def plan(self, found: Found, ctx: PlanContext):
+        from screening.fs import to_uri
+
+        name = dict(ctx.source_options).get("hdf5_dataset") or DEFAULT_DATASET
+        units = []
+        for path, (size, version) in zip(found.paths, stat_files(found.fs, list(found.paths))):
+            uri = to_uri(found.fs, path)
+            try:
+                with _open(found.fs, path) as f:
+                    n = int(check_dataset(f, name, repr(uri)).shape[0])
+            except InvalidParameterError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - not HDF5, truncated: say which file and why
+                raise InvalidParameterError(f"{uri!r} is not a readable HDF5 file: {type(exc).__name__}: {exc}") \
+                    from None
+            base = stem(path, HDF5_SUFFIXES) + (f"-{len(units):03d}" if len(found.paths) > 1 else "")
+            for k, start in enumerate(range(0, n, ROWS_PER_UNIT)):
+                stop = min(n, start + ROWS_PER_UNIT)
+                units.append(Unit(path, f"{uri}#{name}[{start}:{stop}]", f"{base}-{k:05d}", stop - start, size,
+                                  version, kind=self.kind, detail=(("file", uri), ("dataset", name),
+                                                                   ("start", start))))
+        return tuple(units), DIRECT_SPEC
+
+    def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
+        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
+
+    @staticmethod
+    def _rows(item: dict, storage):
+        from screening.fs import filesystem_for
+        from screening.preprocess import raw_pixels
+
+        fs, path = filesystem_for(item["file"], storage)
+        start, n, row = int(item["start"]), int(item["rows"]), 0
+        reason = changed_since_plan(item, fs, path, "the HDF5 file")
+        if reason is None:
+            try:
+                with _open(fs, path) as f:
+                    d = check_dataset(f, item["dataset"], repr(item["file"]))
+                    while row < n:
+                        block = d[start + row: start + min(n, row + READ_ROWS)]
+                        if len(block) == 0:
+                            raise ValueError(f"the dataset ends at {start + row} images")
+                        for pixels in block:
+                            yield row, f"{item['file']}#{start + row}", raw_pixels(pixels), "", \
+                                derived_id(pixels.tobytes())
+                            row += 1
+            except Exception as exc:  # noqa: BLE001 - the file's own problem: its remaining rows become error rows
+                reason = f"the HDF5 file is unreadable at image {start + row}: {type(exc).__name__}: {exc}"
+        for r in range(row, n):
+            yield r, f"{item['file']}#{start + r}", None, reason
