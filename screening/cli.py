@@ -22,6 +22,7 @@ COMMANDS = {
     "ingest": ("screening.ingest", "turn images (folder, .tar, list of paths/URIs) into Parquet shards"),
     "run": ("screening.pipeline.cli", "screen Parquet image shards on Ray into ROI response tables"),
     "rank": ("screening.rank", "rank stimuli per ROI from a responses table"),
+    "search": ("screening.search", "find the screened images whose brain profile is most like an image or a target"),
     "report": ("screening.report", "write an HTML report (contact sheets, flatmaps) for a run"),
     "demo": ("screening.demo", "end-to-end demo on bundled photos with a synthetic-weights model"),
     "rois": ("screening._rois_cli", "list every accepted ROI name (areas, bilateral, groups, composites) with vertex counts"),

@@ -165,7 +165,7 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     store = resolve_store(config.store, storage=config.storage)
     model_id = resolve_model_id(store, config.model_id)
     fingerprint = dict(store.fingerprint(model_id))
-    roi_set, reliability, nv = _resolve_rois(store, model_id, fingerprint, config)
+    roi_set, reliability, nv = resolve_rois(store, model_id, fingerprint, config)
     layout = OutputLayout(config.out, storage=config.storage)
     markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
     shards, spec, skipped = sources.plan(config.images, PlanContext(
@@ -199,7 +199,7 @@ def recorded_precision(markers: Mapping[str, dict], key_source: Mapping) -> str 
     return None
 
 
-def _resolve_rois(store, model_id, fingerprint, config: RunConfig):
+def resolve_rois(store, model_id, fingerprint, config: RunConfig):
     """``(roi_set, reliability or None, vertices per ROI)``: named ROIs, composites and custom sets, per subject."""
     from screening.rois import build_roi_set, default_roi_names, n_vertices
 

@@ -1,0 +1,399 @@
+"""``screening search``: which screened images evoke a given brain profile.
+
+A query is a profile over ROI columns: an image of the run (``--like IMAGE_ID``), a new image file encoded on the
+fly with the run's model and options (``--like photo.jpg``), or a target pattern (``--target FFC=+2,PHA1=-1,V1=0``
+or a CSV of ``roi,value``; a measured pattern works too).
+
+Similarity is the Pearson correlation, across the chosen columns, of the query with each image's profile, both
+z-scored per column over the run: a column's z says how far the image is from the screened set's mean in that ROI,
+in units of that ROI's spread. Without it every image correlates with the shared mean pattern of the ROIs (early
+visual areas respond more than others to nearly everything), and the ROIs with the largest spread decide alone.
+``metric="cosine"`` uses the cosine of the z-profiles instead (no centring across columns, so a profile that is
+high everywhere matches one that is high everywhere). Target values are compared with z-profiles: give them in
+z units; Pearson ignores a target's overall offset and scale.
+
+The search is exact and streams the committed responses twice (per-column mean and s.d., then the scores), a
+record batch at a time: memory is one batch plus k rows per query, whatever the number of images. Several queries
+are scored in the same pass as one matrix product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from screening.exceptions import InvalidParameterError
+from screening.fs import StorageOptions
+
+METRICS = ("pearson", "cosine")
+KEY_COLUMNS = ("image_id", "subject")
+BATCH_ROWS = 131_072
+
+
+@dataclass(frozen=True)
+class Query:
+    """One profile to search for: ``values`` over ``columns`` (z units unless ``raw``: then z-scored with the
+    run's statistics, as an image's row is)."""
+
+    name: str
+    columns: tuple
+    values: np.ndarray
+    raw: bool
+
+
+def parse_target(spec: str, storage=None) -> dict:
+    """``FFC=+2,PHA1=-1`` or a CSV file of ``roi,value`` rows -> {roi: value}."""
+    if str(spec).lower().endswith(".csv"):
+        from screening.fs import filesystem_for
+
+        fs, p = filesystem_for(str(spec), storage)
+        if not fs.exists(p):
+            raise InvalidParameterError(f"target file {spec!r} does not exist")
+        with fs.open(p, "rb") as f:
+            t = pd.read_csv(f)
+        if not {"roi", "value"} <= set(t.columns):
+            raise InvalidParameterError(f"target file {spec!r} needs columns roi,value; it has {list(t.columns)}")
+        pairs = list(zip(t.roi.astype(str), t.value))
+    else:
+        pairs = []
+        for part in str(spec).split(","):
+            m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*", part)
+            if not m:
+                raise InvalidParameterError(f"target {spec!r}: {part.strip()!r} is not ROI=VALUE (e.g. FFC=+2,"
+                                            f"PHA1=-1,V1=0) and the target is not a .csv of roi,value")
+            pairs.append((m.group(1), m.group(2)))
+    out = {}
+    for roi, v in pairs:
+        try:
+            out[roi] = float(v)
+        except ValueError:
+            raise InvalidParameterError(f"target {spec!r}: value {v!r} of {roi} is not a number") from None
+    if len(out) < 2:
+        raise InvalidParameterError(f"target {spec!r} names {len(out)} ROI; a profile needs at least 2")
+    return out
+
+
+class _Run:
+    """The committed responses of a run (or a plain responses table) and, where there is one, its manifest."""
+
+    def __init__(self, run, storage: StorageOptions):
+        from screening.pipeline.outputs import RunOutputs
+
+        self.outputs = RunOutputs(str(run), storage=storage)
+        self.dataset = self.outputs.dataset("responses")
+        if self.dataset is None:
+            raise InvalidParameterError(f"run={str(run)!r}: " + (self.outputs.why_no() if self.outputs.is_run()
+                                                                  else "has no responses/ to search"))
+        self.manifest = self.outputs.manifest() or {}
+        names = self.dataset.schema.names
+        self.columns = [c for c in names if c not in KEY_COLUMNS]
+
+    def check_columns(self, columns, what: str) -> list:
+        unknown = [c for c in columns if c not in self.columns]
+        if unknown:
+            from screening.rois import did_you_mean
+
+            hint = did_you_mean(unknown[0], self.columns)
+            raise InvalidParameterError(f"{what}: {unknown} are not response columns of the run{hint}; columns: "
+                                        f"{', '.join(self.columns[:12])}{' ...' if len(self.columns) > 12 else ''}")
+        return list(columns)
+
+    def batches(self, columns, subject):
+        return self.dataset.to_batches(columns=["image_id"] + list(columns), filter=ds.field("subject") == subject,
+                                       batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1)
+
+    def row(self, image_id: str, columns, subject) -> np.ndarray:
+        t = self.dataset.to_table(columns=list(columns), filter=(ds.field("image_id") == image_id)
+                                  & (ds.field("subject") == subject))
+        if t.num_rows == 0:
+            raise InvalidParameterError(f"--like {image_id!r} is neither an image_id of the run (subject "
+                                        f"{subject}) nor an image file")
+        return np.array([t.column(c)[0].as_py() for c in columns], dtype=np.float64)
+
+
+def _matrix(batch, columns) -> np.ndarray:
+    return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float64)
+
+
+def column_stats(run: _Run, columns, subject) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-column mean and s.d. (ddof 0) over the run's finite values of ``subject``, and the row count."""
+    shift = s1 = s2 = n = None
+    rows = 0
+    for b in run.batches(columns, subject):
+        x = _matrix(b, columns)
+        rows += x.shape[0]
+        if shift is None:
+            shift = np.nan_to_num(np.nanmean(x, axis=0)) if x.size else np.zeros(len(columns))
+            s1, s2, n = np.zeros(len(columns)), np.zeros(len(columns)), np.zeros(len(columns))
+        ok = np.isfinite(x)
+        d = np.where(ok, x - shift, 0.0)
+        s1 += d.sum(0)
+        s2 += (d * d).sum(0)
+        n += ok.sum(0)
+    if not rows:
+        raise InvalidParameterError(f"the run has no response rows of subject {subject!r}")
+    mean_d = s1 / np.maximum(n, 1)
+    sd = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean_d ** 2, 0.0))
+    return shift + mean_d, sd, rows
+
+
+def _normalise(z: np.ndarray, metric: str) -> np.ndarray:
+    """Rows of ``z`` as unit vectors (centred across columns first for Pearson); NaN rows where undefined."""
+    if metric == "pearson":
+        z = z - z.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return z / np.where(norm > 1e-12, norm, np.nan)
+
+
+class _TopK:
+    """The k best (similarity, image_id) of each query; ties broken by image_id ascending."""
+
+    def __init__(self, n_queries: int, k: int):
+        self.k = k
+        self.sims = [np.empty(0) for _ in range(n_queries)]
+        self.ids = [np.empty(0, dtype=object) for _ in range(n_queries)]
+
+    def add(self, sims: np.ndarray, ids: np.ndarray) -> None:
+        for q in range(sims.shape[1]):
+            s = np.concatenate([self.sims[q], sims[:, q]])
+            i = np.concatenate([self.ids[q], ids])
+            ok = np.isfinite(s)
+            s, i = s[ok], i[ok]
+            if s.size > self.k:
+                kth = np.partition(s, s.size - self.k)[s.size - self.k]
+                keep = s >= kth   # every tie at the threshold stays a candidate
+                s, i = s[keep], i[keep]
+            order = sorted(range(s.size), key=lambda j: (-s[j], i[j]))[: self.k]
+            self.sims[q], self.ids[q] = s[order], i[order]
+
+
+def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int = 20, metric: str = "pearson",
+           storage_options=None, endpoint_url=None, anonymous=None) -> pd.DataFrame:
+    """The ``k`` screened images most similar to each query; see the module docstring.
+
+    Parameters
+    ----------
+    run : str or os.PathLike
+        A run's output root (its committed responses are read), local or ``s3://``.
+    like : str or list of str
+        ``image_id`` of the run, or the path of a new image (encoded with the run's model and options).
+    target : str, dict or list of those
+        ``"FFC=+2,PHA1=-1"``, a CSV of ``roi,value``, or ``{roi: value}`` (z units).
+    rois : list of str, optional
+        Columns to compare over; default a target's own ROIs, and for ``like`` every response column.
+    subject : str, default="mean"
+    k : int, default=20
+    metric : {"pearson", "cosine"}, default="pearson"
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``query, rank, image_id, similarity, source`` (rank 1 = most similar; ``source`` where the run recorded
+        it).
+    """
+    from screening.validation import check_choice, check_positive_int, parse_subjects
+
+    storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
+    check_choice("metric", metric, METRICS)
+    k = check_positive_int("k", k, allow_none=False)
+    if subject != "mean":
+        subject = parse_subjects(subject, name="subject")[0]
+    likes = [like] if isinstance(like, (str, os.PathLike)) else list(like or ())
+    targets = [target] if isinstance(target, (str, dict)) else list(target or ())
+    if not likes and not targets:
+        raise InvalidParameterError("give at least one query: like=IMAGE_ID or an image path, or target=ROI=VALUE,...")
+    r = _Run(run, storage)
+    queries = []
+    for t in targets:
+        values = t if isinstance(t, dict) else parse_target(t, storage)
+        columns = r.check_columns(rois or list(values), "target")
+        missing = [c for c in columns if c not in values]
+        if missing:
+            raise InvalidParameterError(f"target {t!r} gives no value for {missing}; give every ROI of --rois")
+        queries.append(Query(f"target:{t if isinstance(t, str) else ','.join(f'{a}={b:g}' for a, b in values.items())}",
+                             tuple(columns), np.array([values[c] for c in columns], float), raw=False))
+    for like_one in likes:
+        columns = tuple(r.check_columns(rois or r.columns, "rois"))
+        like_one = os.fspath(like_one)
+        if os.path.isfile(like_one) or "://" in like_one:
+            values = encode_profile(r.manifest, like_one, columns, subject, storage)
+        else:
+            values = r.row(like_one, columns, subject)
+        queries.append(Query(f"like:{like_one}", columns, values, raw=True))
+    return _score(r, queries, subject, k, metric)
+
+
+def _score(r: _Run, queries: list, subject: str, k: int, metric: str) -> pd.DataFrame:
+    """One streamed pass for every query: queries over different columns are scored on their union, each against
+    its own columns (zero weight elsewhere)."""
+    union = list(dict.fromkeys(c for q in queries for c in q.columns))
+    pos = {c: i for i, c in enumerate(union)}
+    mean, sd, _ = column_stats(r, union, subject)
+    scale = np.where(sd > 0, sd, np.nan)
+    top = _TopK(len(queries), k)
+    masks = np.zeros((len(queries), len(union)), bool)
+    qmat = np.zeros((len(queries), len(union)))
+    for qi, q in enumerate(queries):
+        idx = [pos[c] for c in q.columns]
+        masks[qi, idx] = True
+        v = (q.values - mean[idx]) / scale[idx] if q.raw else q.values
+        qmat[qi, idx] = _normalise(np.nan_to_num(v)[None], metric)[0]
+    same = (masks == masks[0]).all()
+    for b in r.batches(union, subject):
+        z = (_matrix(b, union) - mean) / scale
+        z = np.where(np.isfinite(scale), z, 0.0)   # a column without spread carries no information
+        ids = np.asarray(b.column("image_id").to_pylist(), dtype=object)
+        if same:
+            sims = _normalise(z[:, masks[0]], metric) @ qmat[:, masks[0]].T
+        else:
+            sims = np.column_stack([_normalise(z[:, masks[qi]], metric) @ qmat[qi, masks[qi]]
+                                    for qi in range(len(queries))])
+        top.add(sims, ids)
+    rows = []
+    for qi, q in enumerate(queries):
+        for rank, (s, i) in enumerate(zip(top.sims[qi], top.ids[qi]), 1):
+            rows.append((q.name, rank, str(i), float(s)))
+    out = pd.DataFrame(rows, columns=["query", "rank", "image_id", "similarity"])
+    return out.merge(_sources(r, set(out.image_id)), on="image_id", how="left")
+
+
+def _sources(r: _Run, ids) -> pd.DataFrame:
+    sources = r.outputs.dataset("sources") if r.outputs.is_run() else None
+    if sources is None or not ids:
+        return pd.DataFrame({"image_id": pd.Series(dtype=str), "source": pd.Series(dtype=str)})
+    t = sources.to_table(filter=ds.field("image_id").isin(sorted(ids))).to_pandas()
+    return t.drop_duplicates("image_id")[["image_id", "source"]]
+
+
+def encode_profile(manifest: dict, path: str, columns, subject: str, storage=None) -> np.ndarray:
+    """A new image's responses over ``columns``, computed as the run computed its rows: the run's model, ROI sets,
+    subjects and precision; ``subject="mean"`` the mean of the subjects' ROI means."""
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.plan import resolve_model_id, resolve_rois, resolve_store
+
+    cfg = manifest.get("config") or {}
+    if not cfg.get("store"):
+        raise InvalidParameterError("encoding a new image needs the run's manifest (config.store); this output has "
+                                    "none: give an image_id of the run instead")
+    if cfg.get("custom_rois"):
+        raise InvalidParameterError("the run has custom ROIs (recorded by name only), so a new image cannot be "
+                                    "encoded as the run was: give an image_id of the run instead")
+    options = {k: cfg[k] for k in ("model_id", "subjects", "composites", "reliability_threshold", "noise_ceiling",
+                                   "parcellation", "parcellation_prefix") if cfg.get(k)}
+    config = RunConfig.of(cfg.get("images") or path, cfg["store"], cfg.get("out") or ".", rois=cfg.get("rois"),
+                          storage_options=storage, **options)
+    store = resolve_store(config.store, storage=config.storage)
+    model_id = resolve_model_id(store, config.model_id)
+    roi_set = resolve_rois(store, model_id, dict(store.fingerprint(model_id)), config)[0]
+    missing = [c for c in columns if c not in roi_set]
+    if missing:
+        raise InvalidParameterError(f"the run's ROI sets do not hold {missing}")
+    from screening.api import BERG
+    from screening.fs import filesystem_for
+    from screening.preprocess import preprocess_bytes
+
+    fs, p = filesystem_for(path, storage)
+    image = preprocess_bytes(fs.cat_file(p))[None]
+    sets = {n: roi_set[n] for n in columns}
+    union = np.unique(np.concatenate([c for v in sets.values() for c in (v.values() if isinstance(v, dict) else [v])]))
+    precision = cfg.get("precision") if cfg.get("precision") in ("fp32", "bf16", "fp16") else "fp32"
+    berg = BERG(str(config.store), storage_options=config.storage)
+    model = berg.get_encoding_model(model_id, subject=list(config.subjects), device="cpu", precision=precision,
+                                    selection={"voxel_index": _mask(union, model_id)})
+    model.roi_sets = sets   # the run's exact ROI sets over the selected vertices
+    per = berg.encode(model, image, reduce="roi_mean")[model.weights.dataset]
+    if subject == "mean":   # as the pipeline's mean row: float64 mean of the subjects' float32 ROI means
+        return np.mean(np.stack([per[s][0] for s in config.subjects]).astype(np.float32), axis=0,
+                       dtype=np.float64).astype(np.float32).astype(np.float64)
+    if subject not in per:
+        raise InvalidParameterError(f"subject {subject!r} was not screened; the run has {sorted(per)}")
+    return per[subject][0].astype(np.float64)
+
+
+def _mask(columns: np.ndarray, model_id: str) -> np.ndarray:
+    from screening.models.registry import get_weights
+
+    m = np.zeros(get_weights(model_id).n_vertices, np.int8)
+    m[columns] = 1
+    return m
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------------
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    from screening.fs import add_storage_arguments
+
+    p.add_argument("run", help="a run's output root (local or s3://)")
+    p.add_argument("--like", action="append", default=[], metavar="IMAGE",
+                   help="an image_id of the run, or the path of a new image (encoded with the run's model); "
+                        "repeatable")
+    p.add_argument("--target", action="append", default=[], metavar="SPEC",
+                   help="ROI=VALUE,... in z units (FFC=+2,PHA1=-1,V1=0) or a CSV of roi,value; repeatable")
+    p.add_argument("--rois", default=None, help="comma-separated columns to compare over (default: a target's own "
+                                                "ROIs; every column for --like)")
+    p.add_argument("--subject", default="mean", help="mean (default) or sub-NN")
+    p.add_argument("-k", type=int, default=20, help="images per query (default 20)")
+    p.add_argument("--metric", choices=METRICS, default="pearson")
+    p.add_argument("--out", default=None, help="write the table (.csv or .parquet)")
+    p.add_argument("--sheet", default=None, metavar="PNG", help="also draw a contact sheet of each query's results")
+    add_storage_arguments(p)
+
+
+def run_from_args(args) -> int:
+    rois = [r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None
+    storage = StorageOptions.from_args(args)
+    table = search(args.run, like=args.like, target=args.target, rois=rois, subject=args.subject, k=args.k,
+                   metric=args.metric, storage_options=storage)
+    if args.out:
+        (table.to_parquet if args.out.endswith(".parquet") else table.to_csv)(args.out, index=False)
+        print(f"wrote {len(table)} rows to {args.out}")
+    if args.sheet:
+        _sheet(args.run, table, args.sheet, storage)
+        print(f"wrote {args.sheet}")
+    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+        for name, g in table.groupby("query", sort=False):
+            print(f"\n{name}")
+            print(g.drop(columns=["query"]).to_string(index=False))
+    return 0
+
+
+def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
+    """One contact sheet per query, stacked: the results' images read from the run's recorded sources."""
+    import fsspec
+    from PIL import Image
+
+    from screening.report.contact_sheet import make_contact_sheet
+
+    images = {}
+    for i, src in zip(table.image_id, table.source):
+        if isinstance(src, str) and i not in images:
+            try:
+                kw = storage.to_fsspec() if src.startswith("s3://") else {}
+                with fsspec.open(src.split("#", 1)[0] if not src.startswith("tar://") else src, "rb", **kw) as f:
+                    images[i] = f.read()
+            except Exception:  # noqa: BLE001 - a moved file keeps its place as a placeholder
+                pass
+    parts = []
+    for n, (name, g) in enumerate(table.groupby("query", sort=False)):
+        png = f"{out_png}.{n}.png"
+        make_contact_sheet(g.assign(score=g.similarity), None, images, title=f"{name} (score = similarity)",
+                           out_png=png, labels={i: os.path.basename(str(s)) for i, s in zip(g.image_id, g.source)})
+        parts.append(Image.open(png).convert("RGB"))
+    w = max(p.width for p in parts)
+    sheet = Image.new("RGB", (w, sum(p.height for p in parts)), "white")
+    y = 0
+    for p in parts:
+        sheet.paste(p, (0, y))
+        y += p.height
+    sheet.save(out_png)
+    for n in range(len(parts)):
+        os.remove(f"{out_png}.{n}.png")
+    if sys.stderr.isatty():
+        print(f"contact sheet: {out_png}", file=sys.stderr)
