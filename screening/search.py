@@ -20,6 +20,7 @@ are scored in the same pass as one matrix product.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -34,7 +35,7 @@ from screening.fs import StorageOptions
 
 METRICS = ("pearson", "cosine")
 KEY_COLUMNS = ("image_id", "subject")
-BATCH_ROWS = 131_072
+BATCH_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class Query:
 
     name: str
     columns: tuple
-    values: np.ndarray
+    values: np.ndarray | None
     raw: bool
+    image_id: str | None = None   # an image of the run whose row is the query
 
 
 def parse_target(spec: str, storage=None) -> dict:
@@ -106,42 +108,70 @@ class _Run:
         return list(columns)
 
     def batches(self, columns, subject):
-        return self.dataset.to_batches(columns=["image_id"] + list(columns), filter=ds.field("subject") == subject,
-                                       batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1)
+        """``subject``'s rows, one Parquet row group in memory at a time (``rank``'s scan)."""
+        import pyarrow.compute as pc
 
-    def row(self, image_id: str, columns, subject) -> np.ndarray:
-        t = self.dataset.to_table(columns=list(columns), filter=(ds.field("image_id") == image_id)
-                                  & (ds.field("subject") == subject))
-        if t.num_rows == 0:
-            raise InvalidParameterError(f"--like {image_id!r} is neither an image_id of the run (subject "
-                                        f"{subject}) nor an image file")
-        return np.array([t.column(c)[0].as_py() for c in columns], dtype=np.float64)
+        from screening.rank._engine import scan_row_groups
+
+        cols = ["image_id", "subject"] + list(columns)
+        if isinstance(self.dataset, ds.FileSystemDataset):
+            stream = scan_row_groups(self.dataset, cols, BATCH_ROWS)
+        else:
+            stream = self.dataset.to_batches(columns=cols, batch_size=BATCH_ROWS, batch_readahead=0)
+        for b in stream:
+            subj = b.column("subject")
+            if pc.all(pc.equal(subj, subject)).as_py():
+                yield b
+            elif (b := b.filter(pc.equal(subj, subject))).num_rows:
+                yield b
+
 
 
 def _matrix(batch, columns) -> np.ndarray:
-    return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float64)
+    """``(rows, columns)`` float64 in column order (Fortran), each column one contiguous copy."""
+    out = np.empty((batch.num_rows, len(columns)), dtype=np.float64, order="F")
+    for j, c in enumerate(columns):
+        out[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+    return out
 
 
-def column_stats(run: _Run, columns, subject) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-column mean and s.d. (ddof 0) over the run's finite values of ``subject``, and the row count."""
+def column_stats(run: _Run, columns, subject, capture=()) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """Per-column mean and s.d. (ddof 0) over the run's finite values of ``subject``, the row count, and the rows
+    of the image ids in ``capture`` (``--like IMAGE_ID`` queries: read in the same pass)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     shift = s1 = s2 = n = None
-    rows = 0
+    rows, captured = 0, {}
+    wanted = pa.array(sorted(capture), pa.string()) if capture else None
     for b in run.batches(columns, subject):
         x = _matrix(b, columns)
         rows += x.shape[0]
         if shift is None:
-            shift = np.nan_to_num(np.nanmean(x, axis=0)) if x.size else np.zeros(len(columns))
+            with np.errstate(invalid="ignore"):
+                shift = np.nan_to_num(np.nanmean(x, axis=0)) if x.size else np.zeros(len(columns))
             s1, s2, n = np.zeros(len(columns)), np.zeros(len(columns)), np.zeros(len(columns))
-        ok = np.isfinite(x)
-        d = np.where(ok, x - shift, 0.0)
-        s1 += d.sum(0)
-        s2 += (d * d).sum(0)
-        n += ok.sum(0)
+        d = x - shift
+        t1 = d.sum(0)
+        if np.isfinite(t1).all():   # the common case: no NaN in the batch
+            s1 += t1
+            s2 += np.einsum("ij,ij->j", d, d)
+            n += x.shape[0]
+        else:
+            ok = np.isfinite(d)
+            d = np.where(ok, d, 0.0)
+            s1 += d.sum(0)
+            s2 += (d * d).sum(0)
+            n += ok.sum(0)
+        if wanted is not None:
+            hit = np.flatnonzero(pc.is_in(b.column("image_id"), value_set=wanted).to_numpy(zero_copy_only=False))
+            for i in hit:
+                captured.setdefault(b.column("image_id")[int(i)].as_py(), x[int(i)].copy())
     if not rows:
         raise InvalidParameterError(f"the run has no response rows of subject {subject!r}")
     mean_d = s1 / np.maximum(n, 1)
     sd = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean_d ** 2, 0.0))
-    return shift + mean_d, sd, rows
+    return shift + mean_d, sd, rows, captured
 
 
 def _normalise(z: np.ndarray, metric: str) -> np.ndarray:
@@ -153,24 +183,64 @@ def _normalise(z: np.ndarray, metric: str) -> np.ndarray:
         return z / np.where(norm > 1e-12, norm, np.nan)
 
 
+class _Scorer:
+    """Similarities of raw rows ``x`` to every query without forming their z-profiles: with ``z = (x - mu) / sd``
+    and a unit query ``u`` (centred for Pearson, so ``sum(u) = 0``), ``z . u = x @ (u / sd) - mu . (u / sd)``, and
+    the row norm over a query's columns S follows from ``x**2 @ (1/sd**2)``, ``x @ (mu/sd**2)`` and ``x @ (1/sd)``
+    restricted to S. A batch costs one square and two matrix products, whatever the number of queries; queries over
+    the same columns share their norm terms."""
+
+    def __init__(self, qmat: np.ndarray, masks: np.ndarray, mean: np.ndarray, sd: np.ndarray, metric: str):
+        inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)   # a column without spread carries nothing
+        sets, self.set_of = np.unique(masks & (sd > 0), axis=0, return_inverse=True)
+        self.set_of = self.set_of.ravel()
+        self.metric, self.n = metric, sets.sum(axis=1).astype(np.float64)
+        nq, ns = qmat.shape[0], sets.shape[0]
+        # one product for the dot products and the linear norm terms: [u/sd | mu/sd^2 | 1/sd] per column set
+        self.lin = np.hstack([(qmat * inv).T, (sets * mean * inv ** 2).T, (sets * inv).T])
+        self.lin0 = np.concatenate([mean @ (qmat * inv).T, np.zeros(2 * ns)])
+        self.sq = (sets * inv ** 2).T                                  # (C, sets): sum x^2/sd^2 over S
+        self.a0 = (sets * (mean * inv) ** 2).sum(axis=1)               # sum mu^2/sd^2
+        self.c0 = (sets * mean * inv).sum(axis=1)                      # sum mu/sd
+        self.nq, self.ns = nq, ns
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        lin = x @ self.lin - self.lin0
+        dot, b, c = lin[:, :self.nq], lin[:, self.nq:self.nq + self.ns], lin[:, self.nq + self.ns:]
+        sum_z2 = (x * x) @ self.sq - 2.0 * b + self.a0
+        if self.metric == "pearson":
+            sum_z = c - self.c0
+            sum_z2 = sum_z2 - sum_z ** 2 / np.maximum(self.n, 1.0)
+        floor = 1e-12 * np.maximum(self.n, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norm = np.sqrt(np.where(sum_z2 > floor, sum_z2, np.nan))
+            return dot / norm[:, self.set_of]
+
+
 class _TopK:
-    """The k best (similarity, image_id) of each query; ties broken by image_id ascending."""
+    """The k best (similarity, image_id) of each query; ties broken by image_id ascending. Only a batch's own
+    candidates (its k best, with every tie at the k-th value) have their ids read."""
 
     def __init__(self, n_queries: int, k: int):
         self.k = k
         self.sims = [np.empty(0) for _ in range(n_queries)]
         self.ids = [np.empty(0, dtype=object) for _ in range(n_queries)]
 
-    def add(self, sims: np.ndarray, ids: np.ndarray) -> None:
+    def _candidates(self, s: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(np.isfinite(s))
+        if idx.size > self.k:
+            kth = np.partition(s[idx], idx.size - self.k)[idx.size - self.k]
+            idx = idx[s[idx] >= kth]   # every tie at the threshold stays a candidate
+        return idx
+
+    def add(self, sims: np.ndarray, ids) -> None:
+        """``sims`` (rows, queries); ``ids`` the batch's ``image_id`` Arrow array."""
         for q in range(sims.shape[1]):
-            s = np.concatenate([self.sims[q], sims[:, q]])
-            i = np.concatenate([self.ids[q], ids])
-            ok = np.isfinite(s)
-            s, i = s[ok], i[ok]
-            if s.size > self.k:
-                kth = np.partition(s, s.size - self.k)[s.size - self.k]
-                keep = s >= kth   # every tie at the threshold stays a candidate
-                s, i = s[keep], i[keep]
+            idx = self._candidates(sims[:, q])
+            s = np.concatenate([self.sims[q], sims[idx, q]])
+            i = np.concatenate([self.ids[q], np.asarray(ids.take(idx).to_pylist(), dtype=object)])
+            keep = self._candidates(s)
+            s, i = s[keep], i[keep]
             order = sorted(range(s.size), key=lambda j: (-s[j], i[j]))[: self.k]
             self.sims[q], self.ids[q] = s[order], i[order]
 
@@ -226,8 +296,9 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
         if os.path.isfile(like_one) or "://" in like_one:
             values = encode_profile(r.manifest, like_one, columns, subject, storage)
         else:
-            values = r.row(like_one, columns, subject)
-        queries.append(Query(f"like:{like_one}", columns, values, raw=True))
+            values = None   # an image of the run: its row is read in the statistics pass
+        queries.append(Query(f"like:{like_one}", columns, values, raw=True, image_id=None if values is not None
+                             else like_one))
     return _score(r, queries, subject, k, metric)
 
 
@@ -236,7 +307,13 @@ def _score(r: _Run, queries: list, subject: str, k: int, metric: str) -> pd.Data
     its own columns (zero weight elsewhere)."""
     union = list(dict.fromkeys(c for q in queries for c in q.columns))
     pos = {c: i for i, c in enumerate(union)}
-    mean, sd, _ = column_stats(r, union, subject)
+    mean, sd, _, rows = column_stats(r, union, subject, capture={q.image_id for q in queries if q.image_id})
+    for qi, q in enumerate(queries):
+        if q.image_id is not None:
+            if q.image_id not in rows:
+                raise InvalidParameterError(f"--like {q.image_id!r} is neither an image_id of the run (subject "
+                                            f"{subject}) nor an image file")
+            queries[qi] = dataclasses.replace(q, values=rows[q.image_id][[pos[c] for c in q.columns]])
     scale = np.where(sd > 0, sd, np.nan)
     top = _TopK(len(queries), k)
     masks = np.zeros((len(queries), len(union)), bool)
@@ -246,17 +323,9 @@ def _score(r: _Run, queries: list, subject: str, k: int, metric: str) -> pd.Data
         masks[qi, idx] = True
         v = (q.values - mean[idx]) / scale[idx] if q.raw else q.values
         qmat[qi, idx] = _normalise(np.nan_to_num(v)[None], metric)[0]
-    same = (masks == masks[0]).all()
+    score = _Scorer(qmat, masks, mean, sd, metric)
     for b in r.batches(union, subject):
-        z = (_matrix(b, union) - mean) / scale
-        z = np.where(np.isfinite(scale), z, 0.0)   # a column without spread carries no information
-        ids = np.asarray(b.column("image_id").to_pylist(), dtype=object)
-        if same:
-            sims = _normalise(z[:, masks[0]], metric) @ qmat[:, masks[0]].T
-        else:
-            sims = np.column_stack([_normalise(z[:, masks[qi]], metric) @ qmat[qi, masks[qi]]
-                                    for qi in range(len(queries))])
-        top.add(sims, ids)
+        top.add(score(_matrix(b, union)), b.column("image_id"))
     rows = []
     for qi, q in enumerate(queries):
         for rank, (s, i) in enumerate(zip(top.sims[qi], top.ids[qi]), 1):

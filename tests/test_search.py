@@ -120,7 +120,22 @@ def test_a_new_image_gets_the_profile_it_had_in_the_run(tmp_path, visual_store, 
     assert main(["search", str(tmp_path / "run"), "--like", str(folder / "p3.jpg"), "--target", "V1=1,FFC=-1",
                  "-k", "3", "--out", str(out), "--sheet", str(sheet)]) == 0
     t = pd.read_csv(out)
-    assert t[t["rank"] == 1].image_id.tolist()[0] == pid and sheet.stat().st_size > 1000
+    like = t[t["query"].str.startswith("like:")]
+    assert like[like["rank"] == 1].image_id.tolist() == [pid] and like.similarity.iloc[0] == pytest.approx(1, abs=1e-5)
+    assert sheet.stat().st_size > 1000
     assert t.source.str.endswith(".jpg").all()
     assert main(["search", str(tmp_path / "run"), "--target", "V1"]) == 2
     assert "is not ROI=VALUE" in capsys.readouterr().err
+
+
+def test_queries_over_different_columns_in_one_pass_equal_each_alone(tmp_path):
+    run, x, ids, names = _table_run(tmp_path, ties=False)
+    target = "R0=+2,R3=-1,R5=0"
+    both = search(run, like="img009", target=target, k=6)
+    for q, alone in (("target:" + target, search(run, target=target, k=6)),
+                     ("like:img009", search(run, like="img009", k=6))):
+        mine = both[both["query"] == q]
+        assert mine.image_id.tolist() == alone.image_id.tolist()
+        assert np.allclose(mine.similarity, alone.similarity, atol=1e-12)
+    want = _brute(x[:, [0, 3, 5]], ids, np.array([2.0, -1.0, 0.0]), raw=False)[:6]
+    assert both[both["query"] == "target:" + target].image_id.tolist() == [i for i, _ in want]

@@ -127,6 +127,33 @@ class RankingNote(UserWarning):
     """A ranking ran but left something out (e.g. selectivity without a comparison set); see ``notes``."""
 
 
+def scan_row_groups(dataset, cols, batch_size: int):
+    """Record batches of ``cols`` from a Parquet dataset, one row group in memory at a time, decoded
+    ``SCAN_COLUMN_GROUP`` columns per read.
+
+    A dataset scan keeps decoding the next row groups while a batch is processed (observed: four 65k-row
+    groups, ~390 MB of Arrow memory, with ``batch_readahead=0``); and decoding all columns of a group at once
+    holds every column's decompression buffers together (~2.4x the decoded size). Reading column groups of
+    a row group keeps Arrow memory near the decoded row group (~100 MB for 65,536 rows x 382 float32).
+    Memory still grows with the writer's row-group size; the pipeline writes ~65,536-row groups.
+    """
+    opts = ds.ParquetFragmentScanOptions(pre_buffer=False)
+    schema = dataset.schema
+    for frag in dataset.get_fragments():
+        for rg in frag.split_by_row_group():
+            parts = [rg.to_table(schema=schema, columns=cols[i:i + SCAN_COLUMN_GROUP],
+                                 fragment_scan_options=opts, use_threads=SCAN_THREADS)
+                     for i in range(0, len(cols), SCAN_COLUMN_GROUP)]
+            arrays, names = [], []
+            for t in parts:
+                arrays.extend(t.columns)
+                names.extend(t.column_names)
+            table = pa.Table.from_arrays(arrays, names=names)
+            del parts, arrays
+            yield from table.combine_chunks().to_batches(max_chunksize=batch_size)
+            del table
+
+
 class _Evaluator:
     """Computes target values ``(rows, targets)`` from the member columns, per subject weights."""
 
@@ -330,29 +357,7 @@ class Ranker:
                                   fragment_readahead=1)
 
     def _scan_row_groups(self, cols):
-        """One row group in memory at a time, decoded ``SCAN_COLUMN_GROUP`` columns per read.
-
-        A dataset scan keeps decoding the next row groups while a batch is processed (observed: four 65k-row
-        groups, ~390 MB of Arrow memory, with ``batch_readahead=0``); and decoding all columns of a group at once
-        holds every column's decompression buffers together (~2.4x the decoded size). Reading column groups of
-        a row group keeps Arrow memory near the decoded row group (~100 MB for 65,536 rows x 382 float32).
-        Memory still grows with the writer's row-group size; the pipeline writes ~65,536-row groups.
-        """
-        opts = ds.ParquetFragmentScanOptions(pre_buffer=False)
-        schema = self.ds.schema
-        for frag in self.ds.get_fragments():
-            for rg in frag.split_by_row_group():
-                parts = [rg.to_table(schema=schema, columns=cols[i:i + SCAN_COLUMN_GROUP],
-                                     fragment_scan_options=opts, use_threads=SCAN_THREADS)
-                         for i in range(0, len(cols), SCAN_COLUMN_GROUP)]
-                arrays, names = [], []
-                for t in parts:
-                    arrays.extend(t.columns)
-                    names.extend(t.column_names)
-                table = pa.Table.from_arrays(arrays, names=names)
-                del parts, arrays
-                yield from table.combine_chunks().to_batches(max_chunksize=self.cfg.batch_size)
-                del table
+        return scan_row_groups(self.ds, cols, self.cfg.batch_size)
 
     def _scan_keys(self):
         ids_chunks, subjects, n_rows = [], set(), 0
