@@ -34,6 +34,7 @@ from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 
 METRICS = ("pearson", "cosine")
+SPACES = ("responses", "features")
 KEY_COLUMNS = ("image_id", "subject")
 BATCH_ROWS = 65_536
 
@@ -85,14 +86,18 @@ def parse_target(spec: str, storage=None) -> dict:
 class _Run:
     """The committed responses of a run (or a plain responses table) and, where there is one, its manifest."""
 
-    def __init__(self, run, storage: StorageOptions):
+    def __init__(self, run, storage: StorageOptions, space: str = "responses"):
         from screening.pipeline.outputs import RunOutputs
 
         self.outputs = RunOutputs(str(run), storage=storage)
-        self.dataset = self.outputs.dataset("responses")
+        self.dataset = self.outputs.dataset(space)
         if self.dataset is None:
+            if space == "features" and self.outputs.dataset("responses") is not None:
+                raise InvalidParameterError(f"run={str(run)!r} kept no image features (screened with features off, "
+                                            f"or by an engine before they were kept); search its responses instead")
             raise InvalidParameterError(f"run={str(run)!r}: " + (self.outputs.why_no() if self.outputs.is_run()
-                                                                  else "has no responses/ to search"))
+                                                                  else f"has no {space}/ to search"))
+        self.space = space
         self.manifest = self.outputs.manifest() or {}
         names = self.dataset.schema.names
         self.columns = [c for c in names if c not in KEY_COLUMNS]
@@ -113,12 +118,16 @@ class _Run:
 
         from screening.rank._engine import scan_row_groups
 
-        cols = ["image_id", "subject"] + list(columns)
+        keyed = "subject" in self.dataset.schema.names   # features have one row per image, no subject
+        cols = ["image_id"] + (["subject"] if keyed else []) + list(columns)
         if isinstance(self.dataset, ds.FileSystemDataset):
             stream = scan_row_groups(self.dataset, cols, BATCH_ROWS)
         else:
             stream = self.dataset.to_batches(columns=cols, batch_size=BATCH_ROWS, batch_readahead=0)
         for b in stream:
+            if not keyed:
+                yield b
+                continue
             subj = b.column("subject")
             if pc.all(pc.equal(subj, subject)).as_py():
                 yield b
@@ -246,7 +255,7 @@ class _TopK:
 
 
 def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int = 20, metric: str = "pearson",
-           storage_options=None, endpoint_url=None, anonymous=None) -> pd.DataFrame:
+           space: str = "responses", storage_options=None, endpoint_url=None, anonymous=None) -> pd.DataFrame:
     """The ``k`` screened images most similar to each query; see the module docstring.
 
     Parameters
@@ -262,6 +271,9 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
     subject : str, default="mean"
     k : int, default=20
     metric : {"pearson", "cosine"}, default="pearson"
+    space : {"responses", "features"}, default="responses"
+        ``features``: the images' embeddings (the core output's spatial mean, 384 values per image) instead of their
+        ROI responses: images alike for the brain-optimised network. Only ``like`` queries; no subject.
 
     Returns
     -------
@@ -273,6 +285,7 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
 
     storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
     check_choice("metric", metric, METRICS)
+    check_choice("space", space, SPACES)
     k = check_positive_int("k", k, allow_none=False)
     if subject != "mean":
         subject = parse_subjects(subject, name="subject")[0]
@@ -280,7 +293,12 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
     targets = [target] if isinstance(target, (str, dict)) else list(target or ())
     if not likes and not targets:
         raise InvalidParameterError("give at least one query: like=IMAGE_ID or an image path, or target=ROI=VALUE,...")
-    r = _Run(run, storage)
+    r = _Run(run, storage, space)
+    if space == "features":
+        if targets or rois:
+            raise InvalidParameterError("space='features' takes like= queries only (targets and rois name ROI "
+                                        "columns of the responses)")
+        subject = "mean"
     queries = []
     for t in targets:
         values = t if isinstance(t, dict) else parse_target(t, storage)
@@ -294,7 +312,8 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
         columns = tuple(r.check_columns(rois or r.columns, "rois"))
         like_one = os.fspath(like_one)
         if os.path.isfile(like_one) or "://" in like_one:
-            values = encode_profile(r.manifest, like_one, columns, subject, storage)
+            values = (encode_features(r.manifest, like_one, storage) if space == "features"
+                      else encode_profile(r.manifest, like_one, columns, subject, storage))
         else:
             values = None   # an image of the run: its row is read in the statistics pass
         queries.append(Query(f"like:{like_one}", columns, values, raw=True, image_id=None if values is not None
@@ -387,6 +406,30 @@ def encode_profile(manifest: dict, path: str, columns, subject: str, storage=Non
     return per[subject][0].astype(np.float64)
 
 
+def encode_features(manifest: dict, path: str, storage=None) -> np.ndarray:
+    """A new image's embedding as the run kept its images' (the core output's spatial mean, float16 values)."""
+    import torch
+
+    from screening.api import BERG
+    from screening.fs import filesystem_for
+    from screening.preprocess import preprocess_bytes
+
+    cfg = manifest.get("config") or {}
+    model_id = (manifest.get("model") or {}).get("model_id") or cfg.get("model_id")
+    if not cfg.get("store") or not model_id:
+        raise InvalidParameterError("encoding a new image needs the run's manifest (config.store, model.model_id)")
+    fs, p = filesystem_for(path, storage)
+    image = preprocess_bytes(fs.cat_file(p))[None]
+    precision = cfg.get("precision") if cfg.get("precision") in ("fp32", "bf16", "fp16") else "fp32"
+    berg = BERG(str(cfg["store"]), storage_options=StorageOptions(endpoint_url=cfg.get("endpoint_url"),
+                                                                  anonymous=cfg.get("anonymous")))
+    model = berg.get_encoding_model(model_id, subject=1, device="cpu", precision=precision,
+                                    selection={"glasser_group": 1})   # the heads are not used: the core's output is
+    with torch.inference_mode():
+        feats = model.features(image).mean(dim=(2, 3))[0].numpy()
+    return feats.astype(np.float16).astype(np.float64)
+
+
 def _mask(columns: np.ndarray, model_id: str) -> np.ndarray:
     from screening.models.registry import get_weights
 
@@ -410,6 +453,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subject", default="mean", help="mean (default) or sub-NN")
     p.add_argument("-k", type=int, default=20, help="images per query (default 20)")
     p.add_argument("--metric", choices=METRICS, default="pearson")
+    p.add_argument("--space", choices=SPACES, default="responses",
+                   help="responses (ROI profiles, default) or features: the images' 384-d core embeddings")
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet)")
     p.add_argument("--sheet", default=None, metavar="PNG", help="also draw a contact sheet of each query's results")
     add_storage_arguments(p)
@@ -419,7 +464,7 @@ def run_from_args(args) -> int:
     rois = [r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None
     storage = StorageOptions.from_args(args)
     table = search(args.run, like=args.like, target=args.target, rois=rois, subject=args.subject, k=args.k,
-                   metric=args.metric, storage_options=storage)
+                   metric=args.metric, space=args.space, storage_options=storage)
     if args.out:
         (table.to_parquet if args.out.endswith(".parquet") else table.to_csv)(args.out, index=False)
         print(f"wrote {len(table)} rows to {args.out}")

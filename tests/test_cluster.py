@@ -198,7 +198,7 @@ def test_driver_killed_mid_run_then_rerun_does_only_missing_units(cluster, visua
     assert_partition(resp, errs, ids, n_subjects=2)
     _exactly_once_by_identity(out, {f"part-{i:03d}": 32 for i in range(6)})
     # every file on disk is listed by a marker: the killed run's leftovers were removed on resume
-    listed = {f for p in out.glob("_committed/*.json") for k in ("responses", "errors", "sources")
+    listed = {f for p in out.glob("_committed/*.json") for k in ("responses", "errors", "sources", "features")
               for f in json.loads(p.read_text())["files"][k]}
     assert {str(p.relative_to(out)) for p in out.glob("*/*/*.parquet")} == listed
 

@@ -125,7 +125,9 @@ def test_each_option_is_defined_once_and_everything_follows_from_its_field():
     assert record["custom_rois"] == ["u"] and record["composites"] == {"c": ["V1"]} and record["subjects"] == ["sub-03"]
     assert record["store"] == "s/" and record["batch_size"] == 7 and "progress" not in record
     assert cli.key_fields() == {"subjects": ("sub-03",), "fast_decode": False, "image_column": "img",
-                                "id_column": "uid", "reliability": [0.1, "train_n-1"]}   # actor pixels = cpu pixels
+                                "id_column": "uid", "reliability": [0.1, "train_n-1"],
+                                "features": "core-spatial-mean-fp16"}   # actor pixels = cpu pixels
+    assert "features" not in _cli(["i", "--store", "s", "--out", "o", "--no-features"]).key_fields()
     assert RunConfig.of("i", "s", "o", decode="gpu").key_fields()["decode"] == "gpu"
 
 

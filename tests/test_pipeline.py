@@ -173,7 +173,9 @@ def test_local_end_to_end_partition_and_manifest(local_run):
     units = ["part-000", "part-001", "part-corpus", "part-empty"]
     assert sorted(p.stem for p in (out / "_committed").iterdir()) == units
     on_disk = sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.parquet"))
-    listed = sorted(f for u in units for k in ("responses", "errors", "sources")
+    from screening.pipeline.outputs import KINDS   # responses, errors, sources, features
+
+    listed = sorted(f for u in units for k in KINDS
                     for f in json.loads((out / "_committed" / f"{u}.json").read_text())["files"][k])
     assert on_disk == listed and listed
     assert sorted(p.name for p in (out / "responses").iterdir()) == units[:3]   # the empty shard has no part
@@ -310,7 +312,7 @@ def test_uncommitted_leftovers_are_ignored_and_overwritten(ray_local, visual_sto
     out = tmp_path / "out"
     (out / "responses").mkdir(parents=True)
     (out / "responses" / "part-001.parquet").write_bytes(b"half-written garbage")
-    assert committed_files(str(out)) == {"responses": [], "errors": [], "sources": []}
+    assert committed_files(str(out)) == {"responses": [], "errors": [], "sources": [], "features": []}
     r = screen(str(root), str(visual_store), str(out), **_kw(subjects=["sub-02", "sub-05"]))
     resp, errs = read_run(out)
     assert_partition(resp, errs, ids, n_subjects=2)

@@ -264,18 +264,21 @@ class RoiEncoder(nn.Module):
         return self.weights.input_size
 
     @torch.inference_mode()
-    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+    def forward(self, images_u8: torch.Tensor, *, with_features: bool = False):
+        """(N, S, R) ROI means; with ``with_features`` also (N, C): the core output's spatial mean (fp32), the
+        image embedding the pipeline keeps."""
         if tuple(images_u8.shape[1:]) != self.weights.input_shape:
             raise InvalidParameterError(
                 f"images must have shape (N, {', '.join(map(str, self.weights.input_shape))}) (input_size "
                 f"{self.input_size} of {self.weights.model_id}); got {tuple(images_u8.shape)}")
         x = self.normalize(images_u8)
-        feats = core_features(self.core, x, self.precision)
-        out = torch.addmm(self.roi_bias, feats.float().flatten(1), self.roi_weights_t)
-        return out.view(x.shape[0], len(self.subjects), len(self.roi_names))
+        feats = core_features(self.core, x, self.precision).float()
+        out = torch.addmm(self.roi_bias, feats.flatten(1), self.roi_weights_t)
+        out = out.view(x.shape[0], len(self.subjects), len(self.roi_names))
+        return (out, feats.mean(dim=(2, 3))) if with_features else out
 
-    def encode_numpy(self, images_u8: np.ndarray) -> np.ndarray:
-        """uint8 (N,3,224,224) host array → float32 (N, S, R) host array.
+    def encode_numpy(self, images_u8: np.ndarray, *, with_features: bool = False):
+        """uint8 (N,3,224,224) host array → float32 (N, S, R) host array (and (N, C) features, as ``forward``).
 
         On CUDA the batch goes through pinned host memory with a non-blocking copy.
         """
@@ -283,6 +286,9 @@ class RoiEncoder(nn.Module):
         device = self.roi_bias.device
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
+        if with_features:
+            out, feats = self(x, with_features=True)
+            return out.cpu().numpy(), feats.cpu().numpy()
         return self(x).cpu().numpy()
 
     def compile(self, **kwargs) -> "RoiEncoder":

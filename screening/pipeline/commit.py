@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from screening.exceptions import IntegrityError
-from screening.pipeline.outputs import ERRORS, RESPONSES, SOURCES, OutputLayout, utcnow
+from screening.pipeline.outputs import ERRORS, FEATURES, RESPONSES, SOURCES, OutputLayout, utcnow
 from screening.pipeline.parts import describe_rows
 
 
@@ -61,8 +61,8 @@ class UnitLedger:
 
     def add(self, receipts) -> int:
         n = 0
-        cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "sources", "n_ok", "n_err",
-                                                              "n_read", "responses_rows", "failure")}
+        cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "sources", "features",
+                                                              "n_ok", "n_err", "n_read", "responses_rows", "failure")}
         rows = receipts.column("rows").to_pylist()
         for i, unit in enumerate(cols["unit"]):
             st = self.units.get(unit)
@@ -95,8 +95,8 @@ class UnitLedger:
         st.errors += r["n_err"]
         st.read_errors += r["n_read"]
         st.responses_rows += r["responses_rows"]
-        st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], SOURCES: r["sources"], "rows": int(idx.size),
-                         "responses_rows": r["responses_rows"]})
+        st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], SOURCES: r["sources"],
+                         FEATURES: r["features"], "rows": int(idx.size), "responses_rows": r["responses_rows"]})
 
     def _decide(self, st: UnitState) -> None:
         missing = np.flatnonzero(st.seen == 0)
@@ -137,7 +137,8 @@ class UnitLedger:
         unit = st.shard.unit
         files = {RESPONSES: [p[RESPONSES] for p in st.parts if p[RESPONSES]],
                  ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]],
-                 SOURCES: [p[SOURCES] for p in st.parts if p[SOURCES]]}
+                 SOURCES: [p[SOURCES] for p in st.parts if p[SOURCES]],
+                 FEATURES: [p[FEATURES] for p in st.parts if p.get(FEATURES)]}
         if compacted and "file" in compacted:
             files[RESPONSES] = [compacted["file"]]
         marker = {

@@ -165,6 +165,13 @@ class RunConfig(CheckedOnce):
         S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
         store; ``RunConfig.of`` / ``screen`` take them as ``storage_options=`` or ``endpoint_url=`` /
         ``anonymous=``.""")
+    features: bool = option(True, flag="--no-features", cli={"action": "store_true"}, from_cli=_not,
+                            key=lambda c: {"features": "core-spatial-mean-fp16"} if c.features else None,
+                            help="do not keep each image's 384-d core embedding in features/",
+                            doc="""bool, default=True
+        Keep each image's embedding, the core output's spatial mean (384 values, float16), in ``features/`` parts
+        under the same exactly-once commit as the responses (``screening search --space features``, ``rank
+        --diverse``). An output keeps what it was first screened with.""")
     progress: bool = option(True, flag="--no-progress", cli={"action": "store_true"}, from_cli=_not, record=False,
                             help="no progress bar", doc="""bool, default=True
         A progress bar of committed-ready images on stderr.""")
@@ -306,7 +313,7 @@ def _checked(c: RunConfig) -> dict:
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
             "fast_decode": check_bool("fast_decode", c.fast_decode) and not mode.full_size,
-            "progress": check_bool("progress", c.progress), "redo_changed": check_bool("redo_changed", c.redo_changed),
+            "progress": check_bool("progress", c.progress), "features": check_bool("features", c.features), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),
             "throttle_s": check_nonneg_number("throttle_s", c.throttle_s, allow_none=False)}

@@ -29,7 +29,8 @@ SOURCES = "sources"   # (image_id, source) of every screened image: where the re
 COMMITTED = "_committed"
 MANIFEST = "manifest.json"
 LOCK = "_lock.json"
-KINDS = (RESPONSES, ERRORS, SOURCES)
+FEATURES = "features"   # (image_id, f000..) the core output's spatial mean per image, float16
+KINDS = (RESPONSES, ERRORS, SOURCES, FEATURES)
 
 
 def utcnow() -> str:
@@ -154,8 +155,8 @@ def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> Non
     other = {m.get("config_key") for m in markers.values()} - {config_key}
     if other:
         raise InvalidParameterError(
-            f"out={out!r} already holds results of a different configuration (model, subjects, ROIs, precision or "
-            f"decode options differ: config key {sorted(other)[0]} vs {config_key}); use a new out directory, or "
+            f"out={out!r} already holds results of a different configuration (model, subjects, ROIs, precision, "
+            f"features or decode options differ: config key {sorted(other)[0]} vs {config_key}); use a new out directory, or "
             f"delete it to start over")
 
 

@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from screening.pipeline.tables import (PARQUET_OPTIONS, STAGE_OK, error_table, response_table, responses_schema,
-                                       source_table)
+from screening.pipeline.tables import (PARQUET_OPTIONS, STAGE_OK, error_table, feature_table, response_table,
+                                       responses_schema, source_table)
 
 WRITE_ATTEMPTS = 3
 RECEIPT_SCHEMA = pa.schema([("unit", pa.string()), ("responses", pa.string()), ("errors", pa.string()),
-                            ("sources", pa.string()),
+                            ("sources", pa.string()), ("features", pa.string()),
                             ("rows", pa.binary()), ("n_ok", pa.int64()), ("n_err", pa.int64()), ("n_read", pa.int64()),
                             ("responses_rows", pa.int64()), ("failure", pa.string())])
 
@@ -97,7 +97,7 @@ def write_parts(batch: dict, *, layout, labels, roi_names, config_key: str) -> p
         idx = rows[sel]
         name = f"part-{int(idx.min()):09d}-{uuid.uuid4().hex[:12]}.parquet"
         meta = {"unit": unit, "rows": row_ranges(idx), "config_key": config_key}
-        resp_rel = err_rel = src_rel = ""
+        resp_rel = err_rel = src_rel = feat_rel = ""
         failure = None
         n_resp = 0
         if ok.any():
@@ -109,12 +109,17 @@ def write_parts(batch: dict, *, layout, labels, roi_names, config_key: str) -> p
             src_rel = layout.rel_part("sources", unit, name)
             failure = _write_with_retries(fs, layout.join(src_rel), source_table(
                 ids[ok], np.asarray(batch["source"], dtype=object)[ok]), meta)
+        if ok.any() and failure is None and "features" in batch:
+            feat_rel = layout.rel_part("features", unit, name)
+            failure = _write_with_retries(fs, layout.join(feat_rel), feature_table(
+                ids[ok], np.asarray(batch["features"])[ok]), meta)
         if bad.any() and failure is None:
             table = error_table(ids[bad], np.asarray(batch["source"], dtype=object)[bad], stage[bad],
                                 np.asarray(batch["error"], dtype=object)[bad])
             err_rel = layout.rel_part("errors", unit, name)
             failure = _write_with_retries(fs, layout.join(err_rel), table, meta)
         receipts.append({"unit": unit, "responses": resp_rel, "errors": err_rel, "sources": src_rel,
+                         "features": feat_rel,
                          "rows": idx.astype(np.int32).tobytes(), "n_ok": int(ok.sum()), "n_err": int(bad.sum()),
                          "n_read": int((sel & (stage == "read")).sum()),
                          "responses_rows": n_resp, "failure": failure or ""})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from screening.fs import StorageOptions, arrow_filesystem, filesystem_for
-from screening.pipeline.outputs import ERRORS, RESPONSES, RunOutputs
+from screening.pipeline.outputs import ERRORS, FEATURES, RESPONSES, RunOutputs
 from screening.pipeline.tables import ERROR_SCHEMA, responses_schema
 
 
@@ -43,6 +43,13 @@ class ScreeningResult:
     def responses(self):
         """All committed response rows as a pandas DataFrame (long format, see docs/pipeline.md)."""
         return self.outputs.table(RESPONSES, responses_schema(self.roi_names).empty_table()).to_pandas()
+
+    def features(self):
+        """Each screened image's embedding (``image_id``, ``f000`` .. ``f383``, float16) as a DataFrame; empty when
+        the run kept none (``features=False``)."""
+        import pyarrow as pa
+
+        return self.outputs.table(FEATURES, pa.table({"image_id": pa.array([], pa.string())})).to_pandas()
 
     def errors(self):
         """All committed error rows (``image_id``, ``source``, ``stage``, ``error``) as a DataFrame."""

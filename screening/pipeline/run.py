@@ -167,6 +167,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
         compute=encoder_pool(opts.decode, res, opts.encoder_stage),
         num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
         fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
+                               "features": opts.features,
                                "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
                                "precision_rule": plan.precision_choice.get("rule"),
                                "num_threads": res.threads, "forward_chunk": res.forward_chunk,

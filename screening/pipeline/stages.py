@@ -144,7 +144,7 @@ class EncoderActor:
                  num_threads: int | None = None, throttle_s: float = 0.0, decode: str = "cpu",
                  image_column: str = "image", forward_chunk: int | None = None,
                  checkpoint_sha256: str | None = None, fast_decode: bool = True, decode_threads: int = 1,
-                 precision_rule: str | None = None):
+                 precision_rule: str | None = None, features: bool = False):
         import torch
 
         from screening.models.collapsed import collapse_key
@@ -180,6 +180,8 @@ class EncoderActor:
                                              cache_key=key, cache_dir=getattr(store, "cache_dir", None),
                                              release_heads=True)
         self.forward_chunk = forward_chunk
+        self.features = features
+        self.n_features = model.core.width
         del model
         gc.collect()
         self.n_subjects = len(self.encoder.subjects)
@@ -188,16 +190,22 @@ class EncoderActor:
         # decode="actor" runs ACTOR_CALLS calls at once (run.encoder_pool); one at a time holds the model
         self._model_lock = threading.Lock()
 
-    def _encode(self, pixels) -> np.ndarray:
+    def _encode(self, pixels):
+        """``(roi (k, S+1, R), features (k, C) or None)``."""
         step = self.forward_chunk or len(pixels)   # CPU: activations of one chunk, not of the whole batch
-        out = np.concatenate([self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+        parts = [self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+        out = np.concatenate([p[0] for p in parts])
         mean = out.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
-        return np.concatenate([out, mean], axis=1)                  # (k, S+1, R)
+        feats = np.concatenate([p[1] for p in parts]) if self.features else None
+        return np.concatenate([out, mean], axis=1), feats          # (k, S+1, R)
 
-    def _forward(self, pixels) -> np.ndarray:
+    def _forward(self, pixels):
         if isinstance(pixels, np.ndarray):
-            return self.encoder.encode_numpy(pixels)               # (k, S, R) float32
-        return self.encoder(pixels).cpu().numpy()                  # decoded on the device already
+            got = self.encoder.encode_numpy(pixels, with_features=self.features)   # (k, S, R) float32
+        else:   # decoded on the device already
+            got = self.encoder(pixels, with_features=self.features)
+            got = tuple(t.cpu().numpy() for t in got) if self.features else got.cpu().numpy()
+        return got if self.features else (got, None)
 
     def __call__(self, batch: dict) -> dict:
         if self.mode.in_actor:   # outside the model lock: overlaps the other call's forward
@@ -215,19 +223,27 @@ class EncoderActor:
         error = np.asarray(batch["error"], dtype=object).copy()
         n = stage.shape[0]
         roi = np.full((n, self.n_subjects + 1, self.n_rois), np.nan, dtype=np.float32)
+        feats = np.full((n, self.n_features), np.nan, dtype=np.float16) if self.features else None
         ok = np.flatnonzero(stage == STAGE_OK)
         if ok.size:
             pixels = batch["pixels"] if self.mode.on_device else np.asarray(batch["pixels"])
             try:
-                roi[ok] = self._encode(pixels[ok])
+                roi[ok], f = self._encode(pixels[ok])
+                if feats is not None:
+                    feats[ok] = f
             except Exception:  # noqa: BLE001 - retry row by row so one bad row cannot sink the batch
                 for i in ok:
                     try:
-                        roi[i] = self._encode(pixels[i:i + 1])[0]
+                        r, f = self._encode(pixels[i:i + 1])
+                        roi[i] = r[0]
+                        if feats is not None:
+                            feats[i] = f[0]
                     except Exception as exc:  # noqa: BLE001
                         stage[i], error[i] = "encode", f"{type(exc).__name__}: {exc}"
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(stage=stage, error=error, roi=roi)
+        if feats is not None:
+            out["features"] = feats
         return out
 
 
@@ -238,8 +254,9 @@ class NullEncoderActor:
     """
 
     def __init__(self, *, subjects, rois, seed: int = 0, decode: str = "cpu", image_column: str = "image",
-                 fast_decode: bool = True, decode_threads: int = 1, **_ignored):
+                 fast_decode: bool = True, decode_threads: int = 1, features: bool = False, **_ignored):
         self.shape = (len(subjects) + 1, len(rois))
+        self.features = features
         self.rng = np.random.default_rng(seed)
         self.mode, self.image_column = decode_mode(decode), image_column
         if self.mode.in_actor:   # decoding is the actor's work in that plan, as in EncoderActor
@@ -260,4 +277,6 @@ class NullEncoderActor:
         roi = self.rng.standard_normal((n,) + self.shape, dtype=np.float32)
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["roi"] = roi
+        if self.features:
+            out["features"] = self.rng.standard_normal((n, 384), dtype=np.float32).astype(np.float16)
         return out

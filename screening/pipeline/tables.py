@@ -38,6 +38,17 @@ def source_table(ids, sources) -> pa.Table:
                     schema=SOURCE_SCHEMA)
 
 
+def feature_columns(n: int) -> list[str]:
+    return [f"f{j:03d}" for j in range(n)]
+
+
+def feature_table(ids, feats: np.ndarray) -> pa.Table:
+    """One row per screened image: its id and the core output's spatial mean (``f000`` ..), float16."""
+    feats = np.asarray(feats, dtype=np.float16)
+    cols = [pa.array(list(ids), pa.string())] + [pa.array(feats[:, j]) for j in range(feats.shape[1])]
+    return pa.Table.from_arrays(cols, names=["image_id"] + feature_columns(feats.shape[1]))
+
+
 def error_table(ids, sources, stages, errors) -> pa.Table:
     return pa.table({"image_id": pa.array(list(ids), pa.string()), "source": pa.array(list(sources), pa.string()),
                      "stage": pa.array(list(stages), pa.string()), "error": pa.array(list(errors), pa.string())},

@@ -31,7 +31,8 @@ from screening.rank._engine import (
     Ranker,
 )
 from screening.rank._enrichment import ENRICHMENT_FILE, LABEL_MEANS_FILE, best_labels, enrichment, label_means
-from screening.rank._io import find_manifest, open_responses, run_sources, write_table
+from screening.rank._diverse import DIVERSE_POOL, diversify, unit_vectors
+from screening.rank._io import find_manifest, open_responses, run_features, run_sources, write_table
 from screening.rank._rois import DEFAULT_COMPOSITES, load_roi_config, parse_contrast, validate_composites
 
 __all__ = [
@@ -102,7 +103,7 @@ def rank_with_sets(responses, out=None, **options):
     return result.rankings, result.sets
 
 
-def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, bottom_k=None, contrasts=(),
+def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=None, top_k=25, bottom_k=None, contrasts=(),
                      contrast_by="z", selectivity=True, comparison=None, consensus=True, n_null=10_000,
                      null_draws=10_000, null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
                      batch_size=65_536, memory_budget_mb=512.0, storage_options=None, endpoint_url=None,
@@ -112,7 +113,8 @@ def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, b
     ``labels`` is a label spec (``folder``, ``name:REGEX``, ``column:NAME`` or a CSV / Parquet table; see
     :mod:`screening.labels`) resolved against the run's recorded sources, or a :class:`screening.labels.Labels`.
     With ``out``, ``enrichment.parquet`` and ``label_means.parquet`` are written beside the rankings
-    (docs/rank-report.md).
+    (docs/rank-report.md). ``diverse=RHO`` lists no image whose embedding (the run's ``features/``) has a cosine
+    above RHO with one listed before it (:mod:`screening.rank._diverse`); skipped images stay in the rankings.
     """
     storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
     dataset, fs, path = _as_dataset(responses, storage)
@@ -128,12 +130,26 @@ def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, b
         composites = {**DEFAULT_COMPOSITES, **load_roi_config(roi_config)}
     elif composites is not None:
         composites = validate_composites(composites)
+    k_listed = None
+    if diverse is not None:
+        from screening.validation import check_finite_number
+
+        rho = check_finite_number("diverse", diverse, allow_none=False)
+        if not -1.0 < rho < 1.0:
+            raise InvalidParameterError(f"diverse must be a cosine bound in (-1, 1), e.g. 0.95; got {diverse!r}")
+        k_listed = {"topk": top_k, "bottomk": top_k if bottom_k is None else bottom_k}
+        if isinstance(top_k, int) and not isinstance(top_k, bool):   # RankConfig checks them; a pool of candidates
+            top_k, bottom_k = top_k * DIVERSE_POOL, k_listed["bottomk"] * DIVERSE_POOL
     cfg = RankConfig.of(rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
                         selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null,
                         null_draws=null_draws, null_quantile=null_quantile, seed=seed, batch_size=batch_size,
                         memory_budget_mb=memory_budget_mb)
     ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
     rows, sets = ranker.run()
+    if k_listed is not None:
+        rows, notes = diversify(rows, _unit_features(rows, fs, path, storage), rho, k_listed)
+        ranker.notes += notes + [f"diverse: lists ranked over {DIVERSE_POOL}x k candidates; the set-level null "
+                                 f"(_sets) describes those pools"]
     result = RankResult(rows, sets)
     if labels is not None:
         result.labels = _labels_of(labels, ranker, fs, path, storage, manifest)
@@ -150,6 +166,7 @@ def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, b
             # the table columns each ranked ROI averages (vertex-weighted), so a reader can see what "faces" was
             "members": {t.name: list(t.members) for t in ranker.targets
                         if t.name in set(ranker.ranked_names) | {n for c in ranker.contrast_pairs for n in c[1:]}},
+            **({} if k_listed is None else {"diverse": rho, "k_listed": k_listed}),
             **({} if result.labels is None else {"labels": result.labels.spec,
                                                   "n_labels": len(result.labels.names),
                                                   "n_unlabelled": result.labels.n_unlabelled}),
@@ -162,6 +179,25 @@ def rank_with_labels(responses, out=None, *, labels=None, rois=None, top_k=25, b
             for name, frame in ((ENRICHMENT_FILE, result.enrichment), (LABEL_MEANS_FILE, result.label_means)):
                 write_table(pa.Table.from_pandas(frame, preserve_index=False), ofs, posixpath.join(opath, name))
     return result
+
+
+def _unit_features(rows, fs, path, storage) -> dict:
+    """image_id -> centred unit embedding of every listed candidate (from the run's ``features/``)."""
+    import numpy as np
+
+    dataset = run_features(fs, path, storage) if fs is not None else None
+    if dataset is None:
+        raise InvalidParameterError("diverse= needs the run's image features (RUN/features/): give a pipeline run's "
+                                    "RUN/responses screened with features on (the default)")
+    cols = [c for c in dataset.schema.names if c != "image_id"]
+    total, n = np.zeros(len(cols)), 0
+    for b in dataset.to_batches(columns=cols, batch_readahead=0):
+        x = np.column_stack([b.column(c).to_numpy(zero_copy_only=False) for c in cols]).astype(np.float64)
+        total += x.sum(axis=0)
+        n += x.shape[0]
+    ids = sorted(set(rows.image_id))
+    table = dataset.to_table(filter=ds.field("image_id").isin(ids)).to_pandas().drop_duplicates("image_id")
+    return unit_vectors(table, (total / max(n, 1)).astype(np.float32))
 
 
 def _labels_of(labels, ranker, fs, path, storage, manifest):
@@ -350,6 +386,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-consensus", action="store_true", help="skip the cross-subject consensus lists")
     parser.add_argument("--roi-config", metavar="FILE", help="YAML/TOML/JSON file of composites, e.g. faces: [FFC, PIT]")
     parser.add_argument("--manifest", help="manifest.json (default: beside RESPONSES)")
+    parser.add_argument("--diverse", type=float, default=None, metavar="RHO",
+                        help="no two listed images with embeddings closer than cosine RHO (e.g. 0.95): near-copies "
+                             "are skipped and recorded (kind *_skipped, duplicate_of); needs the run's features/")
     parser.add_argument("--labels", metavar="SPEC",
                         help="what the images are, for enrichment and tuning tables: folder (parent folder name), "
                              "name:REGEX (first group over the file name), column:NAME (input shard column), or a "
@@ -377,7 +416,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.rois = list(args.rois or []) + column_names(args.parcellation, prefix=args.parcellation_prefix)
     with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
         warnings.simplefilter("always", RankingNote)
-        result = rank_with_labels(args.responses, args.out, labels=args.labels, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
+        result = rank_with_labels(args.responses, args.out, labels=args.labels, diverse=args.diverse, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
                     contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
                     comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
                     null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,

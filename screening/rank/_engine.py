@@ -43,6 +43,7 @@ RANKINGS_SCHEMA = pa.schema([
     ("kind", pa.string()),
     ("score", pa.float64()),
     ("n_subjects_topk", pa.int16()),
+    ("duplicate_of", pa.string()),   # rank --diverse: the listed image a skipped one is a near-copy of
 ])
 
 SETS_SCHEMA = pa.schema([
@@ -266,6 +267,8 @@ def _col_quantile(a: np.ndarray, q: float) -> np.ndarray:
 def _concat(columns: dict) -> pd.DataFrame:
     data = {}
     for f in RANKINGS_SCHEMA:
+        if f.name == "duplicate_of":
+            continue
         parts = columns[f.name]
         data[f.name] = np.concatenate(parts) if parts else np.empty(0, f.type.to_pandas_dtype())
     nt = data.pop("n_subjects_topk")
@@ -274,6 +277,7 @@ def _concat(columns: dict) -> pd.DataFrame:
     out.loc[nt < 0, "n_subjects_topk"] = pd.NA
     for c in ("roi", "subject", "image_id", "kind"):
         out[c] = out[c].astype(str).astype(object)
+    out["duplicate_of"] = pd.Series([None] * len(out), dtype=object)
     return out[RANKINGS_SCHEMA.names]
 
 

@@ -57,6 +57,12 @@ def run_sources(fs, responses_path: str, storage):
     return dataset.to_table(columns=["image_id", "source"]).to_pandas()
 
 
+def run_features(fs, responses_path: str, storage):
+    """The ``features`` dataset of the run whose ``responses`` folder this is, or None."""
+    outputs = _run_outputs(fs, responses_path, storage)
+    return outputs.dataset("features") if outputs is not None else None
+
+
 def find_manifest(fs, responses_path: str):
     """The run's ``manifest.json``: beside the responses directory (``RUN/responses`` -> ``RUN/manifest.json``)."""
     parent = posixpath.dirname(responses_path.rstrip("/"))
