@@ -422,7 +422,7 @@ def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int,
     if vi is not None:
         parts["voxel_index"] = _check_voxel_index(vi, n_vertices)
     if selection.get("parcellation") is not None:
-        parts.update(_parcellation(selection["parcellation"], variant, subjects, parts))
+        parts = _parcellation(selection["parcellation"], variant, subjects, parts)
     if not parts:
         raise InvalidParameterError("selection selects nothing: give at least one of roi, glasser_group, voxel_index, "
                                     "parcellation")
@@ -434,7 +434,7 @@ def resolve_selection(selection: Mapping | None, variant: str, n_vertices: int,
 def _parcellation(spec, variant: str, subjects, parts: Mapping) -> dict:
     """``selection["parcellation"]``: a path (or ``{"file": path, "prefix": str}``) of a parcellation of the user's
     own (:mod:`screening.parcellation`); each label is a per-subject ROI."""
-    from screening.parcellation import load_parcellation
+    from screening.parcellation import add_columns, load_parcellation
 
     if isinstance(spec, Mapping) and set(spec) <= {"file", "prefix"} and "file" in spec:
         path, prefix = spec["file"], spec.get("prefix")
@@ -444,11 +444,7 @@ def _parcellation(spec, variant: str, subjects, parts: Mapping) -> dict:
         raise InvalidParameterError(f"selection['parcellation'] must be a path or {{'file': path, 'prefix': str}}; "
                                     f"got {spec!r}")
     labels = load_parcellation(path, subjects, prefix=prefix).roi_columns(variant, subjects)
-    clash = sorted(set(labels) & set(parts))
-    if clash:
-        raise InvalidParameterError(f"selection['parcellation'] columns {clash} clash with other selected names; "
-                                    f"give a prefix ({{'file': ..., 'prefix': ...}})")
-    return labels
+    return add_columns(dict(parts), labels, "selection['parcellation'] a prefix ({'file': ..., 'prefix': ...})")
 
 
 def _check_voxel_index(vi, n_vertices: int) -> np.ndarray:

@@ -69,6 +69,14 @@ class Parcellation:
         return out
 
 
+def add_columns(rois: dict, labels: dict, what: str) -> dict:
+    """``rois`` with a parcellation's ``labels`` added; a name in both is refused (``what`` says how to rename)."""
+    clash = sorted(set(rois) & set(labels))
+    if clash:
+        raise InvalidParameterError(f"parcellation columns {clash} clash with other ROI names; give {what}")
+    return {**rois, **labels}
+
+
 def default_prefix(path: str) -> str:
     name = os.path.basename(path)
     for suffix in SUFFIXES:

@@ -220,11 +220,10 @@ def resolve_rois(store, model_id, fingerprint, config: RunConfig):
         names += [c for c in config.composites if c not in names]
     roi_set = build_roi_set(variant, names, composites=config.composites, custom=config.custom_rois,
                             allow_empty=bool(parcels))
-    clash = sorted(set(roi_set) & set(parcels))
-    if clash:
-        raise InvalidParameterError(f"parcellation columns {clash} clash with other ROI names; give "
-                                    f"--parcellation-prefix")
-    roi_set.update(parcels)
+    if parcels:
+        from screening.parcellation import add_columns
+
+        roi_set = add_columns(roi_set, parcels, "--parcellation-prefix")
     reliability = None
     if config.reliability_threshold is not None:
         # Per subject, keep the ROI vertices whose noise ceiling passes; the collapse stays exact (one matmul).

@@ -204,8 +204,13 @@ def _label_shares(rows, inputs: Inputs, p: dict) -> str:
                  f"one-sided Fisher, BH)", fontsize=8)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
     ax.set_ylim(top=max(float(rows.share.max()), float(rows.base_rate.max())) * 1.35 or 1.0)
+    return _saved(fig, inputs, f"labels_{p['slug']}.png")
+
+
+def _saved(fig, inputs: Inputs, name: str) -> str:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    name = f"labels_{p['slug']}.png"
     fig.savefig(inputs.out / name)
     plt.close(fig)
     return name
@@ -230,8 +235,4 @@ def _tuning(rows, inputs: Inputs, p: dict) -> str:
     ax.set_ylabel("ROI response (model output units)")
     ax.set_title(f"{p['roi']}, subject {inputs.subject}: response per label", fontsize=8)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
-    fig.tight_layout()
-    name = f"tuning_{p['slug']}.png"
-    fig.savefig(inputs.out / name)
-    plt.close(fig)
-    return name
+    return _saved(fig, inputs, f"tuning_{p['slug']}.png")

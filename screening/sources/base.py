@@ -124,6 +124,12 @@ class Source:
         raise NotImplementedError
 
     def read(self, item: dict, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256) -> Iterator[pa.Table]:
+        """``READ_COLUMNS`` tables of one planned unit (``item``: its ``Unit.read_item``), on a worker."""
+        return chunked(item["unit"], chunk_rows, self.rows(item, storage))
+
+    def rows(self, item: dict, storage) -> Iterator[tuple]:
+        """``(row, source, bytes or None, error[, image_id])`` of one unit, in row order; a kind that builds its own
+        tables (Parquet) overrides ``read`` instead."""
         raise NotImplementedError
 
     def images(self, found: Found, *, storage=None, on_other: Callable[[str], None] | None = None

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, Source, Unit, chunked,
+from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, Source, Unit,
                                     file_version, stem)
 from screening.sources.listing import IMAGE_EXTENSIONS, link_problem, read_list_entries, resolve_entry
 
@@ -53,11 +53,7 @@ class ImageFilesSource(Source):
         versions = [file_version(i) for i in found.infos]
         return _units(stem(found.root), found.root, files, sizes, versions), DIRECT_SPEC
 
-    def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
-        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
-
-    @staticmethod
-    def _rows(item: dict, storage):
+    def rows(self, item: dict, storage):
         """A file that cannot be read, or whose size changed since the listing, is an error row naming it."""
         from screening.fs import filesystem_for
 

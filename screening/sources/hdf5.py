@@ -10,7 +10,7 @@ crop and resize as a decoded image. A dataset of another shape or dtype is refus
 from __future__ import annotations
 
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (DIRECT_SPEC, Found, PlanContext, Source, Unit, changed_since_plan, chunked,
+from screening.sources.base import (DIRECT_SPEC, Found, PlanContext, Source, Unit, changed_since_plan,
                                     derived_id, stat_files, stem)
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -71,11 +71,7 @@ class Hdf5Source(Source):
                                                                    ("start", start))))
         return tuple(units), DIRECT_SPEC
 
-    def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
-        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
-
-    @staticmethod
-    def _rows(item: dict, storage):
+    def rows(self, item: dict, storage):
         from screening.fs import filesystem_for
         from screening.preprocess import raw_pixels
 

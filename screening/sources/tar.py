@@ -12,7 +12,7 @@ import tarfile
 from typing import Callable, Iterator
 
 from screening.sources.base import (DIRECT_SPEC, Found, ImageRef, PlanContext, Source, Unit, changed_since_plan,
-                                    chunked, stat_files, unit_names)
+                                    stat_files, unit_names)
 from screening.sources.listing import IMAGE_EXTENSIONS, has_image_ext, is_hidden
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -80,11 +80,7 @@ class TarSource(Source):
                             detail=(("broken", broken),)))
         return tuple(out), DIRECT_SPEC
 
-    def read(self, item: dict, *, spec=None, storage=None, chunk_rows: int = 256):
-        return chunked(item["unit"], chunk_rows, self._rows(item, storage))
-
-    @staticmethod
-    def _rows(item: dict, storage):
+    def rows(self, item: dict, storage):
         """The archive is streamed once; members past a point where it breaks, and rows it no longer has, become
         error rows (stage ``read``) naming the archive, like an unreadable row group of a Parquet shard."""
         from screening.fs import filesystem_for
