@@ -116,7 +116,7 @@ class _Run:
         """``subject``'s rows, one Parquet row group in memory at a time (``rank``'s scan)."""
         import pyarrow.compute as pc
 
-        from screening.rank._engine import scan_row_groups
+        from screening.rank import scan_row_groups
 
         keyed = "subject" in self.dataset.schema.names   # features have one row per image, no subject
         cols = ["image_id"] + (["subject"] if keyed else []) + list(columns)

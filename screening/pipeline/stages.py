@@ -190,7 +190,11 @@ class EncoderActor:
         # decode="actor" runs ACTOR_CALLS calls at once (run.encoder_pool); one at a time holds the model
         self._model_lock = threading.Lock()
 
-    def _encode(self, pixels):
+    def _encode(self, pixels) -> np.ndarray:
+        """(k, S+1, R) ROI means: every subject and their mean."""
+        return self._encode_all(pixels)[0]
+
+    def _encode_all(self, pixels):
         """``(roi (k, S+1, R), features (k, C) or None)``."""
         step = self.forward_chunk or len(pixels)   # CPU: activations of one chunk, not of the whole batch
         parts = [self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)]
@@ -228,13 +232,13 @@ class EncoderActor:
         if ok.size:
             pixels = batch["pixels"] if self.mode.on_device else np.asarray(batch["pixels"])
             try:
-                roi[ok], f = self._encode(pixels[ok])
+                roi[ok], f = self._encode_all(pixels[ok])
                 if feats is not None:
                     feats[ok] = f
             except Exception:  # noqa: BLE001 - retry row by row so one bad row cannot sink the batch
                 for i in ok:
                     try:
-                        r, f = self._encode(pixels[i:i + 1])
+                        r, f = self._encode_all(pixels[i:i + 1])
                         roi[i] = r[0]
                         if feats is not None:
                             feats[i] = f[0]

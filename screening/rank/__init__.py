@@ -25,6 +25,7 @@ from screening.fs import StorageOptions, add_storage_arguments, filesystem_for
 from screening.rank._engine import (
     CONSENSUS_SUBJECT,
     RANKINGS_SCHEMA,
+    scan_row_groups,
     RankingNote,
     SETS_SCHEMA,
     RankConfig,
@@ -40,6 +41,7 @@ __all__ = [
     "rank_with_sets",
     "rank_with_labels",
     "RankResult",
+    "scan_row_groups",
     "ENRICHMENT_FILE",
     "LABEL_MEANS_FILE",
     "read_rankings",
@@ -130,16 +132,7 @@ def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=Non
         composites = {**DEFAULT_COMPOSITES, **load_roi_config(roi_config)}
     elif composites is not None:
         composites = validate_composites(composites)
-    k_listed = None
-    if diverse is not None:
-        from screening.validation import check_finite_number
-
-        rho = check_finite_number("diverse", diverse, allow_none=False)
-        if not -1.0 < rho < 1.0:
-            raise InvalidParameterError(f"diverse must be a cosine bound in (-1, 1), e.g. 0.95; got {diverse!r}")
-        k_listed = {"topk": top_k, "bottomk": top_k if bottom_k is None else bottom_k}
-        if isinstance(top_k, int) and not isinstance(top_k, bool):   # RankConfig checks them; a pool of candidates
-            top_k, bottom_k = top_k * DIVERSE_POOL, k_listed["bottomk"] * DIVERSE_POOL
+    rho, k_listed, (top_k, bottom_k) = _diverse_pool(diverse, top_k, bottom_k)
     cfg = RankConfig.of(rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
                         selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null,
                         null_draws=null_draws, null_quantile=null_quantile, seed=seed, batch_size=batch_size,
@@ -179,6 +172,22 @@ def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=Non
             for name, frame in ((ENRICHMENT_FILE, result.enrichment), (LABEL_MEANS_FILE, result.label_means)):
                 write_table(pa.Table.from_pandas(frame, preserve_index=False), ofs, posixpath.join(opath, name))
     return result
+
+
+def _diverse_pool(diverse, top_k, bottom_k):
+    """``(rho, k listed per list kind, (top_k, bottom_k) to rank))``: with ``diverse``, lists of DIVERSE_POOL x k
+    candidates are ranked, then cut to k by :func:`diversify`."""
+    if diverse is None:
+        return None, None, (top_k, bottom_k)
+    from screening.validation import check_finite_number
+
+    rho = check_finite_number("diverse", diverse, allow_none=False)
+    if not -1.0 < rho < 1.0:
+        raise InvalidParameterError(f"diverse must be a cosine bound in (-1, 1), e.g. 0.95; got {diverse!r}")
+    k_listed = {"topk": top_k, "bottomk": top_k if bottom_k is None else bottom_k}
+    if isinstance(top_k, int) and not isinstance(top_k, bool) and isinstance(k_listed["bottomk"], int):
+        return rho, k_listed, (top_k * DIVERSE_POOL, k_listed["bottomk"] * DIVERSE_POOL)
+    return rho, k_listed, (top_k, bottom_k)   # RankConfig refuses them, naming the value
 
 
 def _unit_features(rows, fs, path, storage) -> dict:
