@@ -456,7 +456,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", choices=SPACES, default="responses",
                    help="responses (ROI profiles, default) or features: the images' 384-d core embeddings")
     p.add_argument("--out", default=None, help="write the table (.csv or .parquet)")
-    p.add_argument("--sheet", default=None, metavar="PNG", help="also draw a contact sheet of each query's results")
+    p.add_argument("--sheet", "--report", dest="sheet", default=None, metavar="PNG",
+                   help="also draw a contact sheet of each query's results")
     add_storage_arguments(p)
 
 

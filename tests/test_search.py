@@ -139,3 +139,13 @@ def test_queries_over_different_columns_in_one_pass_equal_each_alone(tmp_path):
         assert np.allclose(mine.similarity, alone.similarity, atol=1e-12)
     want = _brute(x[:, [0, 3, 5]], ids, np.array([2.0, -1.0, 0.0]), raw=False)[:6]
     assert both[both["query"] == "target:" + target].image_id.tolist() == [i for i, _ in want]
+
+
+def test_report_is_the_contact_sheet_flag_too():
+    import argparse
+
+    from screening.search import configure_parser
+
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    assert p.parse_args(["run", "--like", "x", "--report", "s.png"]).sheet == "s.png"
