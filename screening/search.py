@@ -318,6 +318,10 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
             values = None   # an image of the run: its row is read in the statistics pass
         queries.append(Query(f"like:{like_one}", columns, values, raw=True, image_id=None if values is not None
                              else like_one))
+    for q in queries:
+        if metric == "pearson" and len(q.columns) < 3:
+            raise InvalidParameterError(f"{q.name}: a Pearson correlation over {len(q.columns)} ROI(s) is always "
+                                        f"+1 or -1; compare over 3 or more ROIs, or use metric='cosine'")
     return _score(r, queries, subject, k, metric)
 
 
@@ -498,7 +502,8 @@ def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
     parts = []
     for n, (name, g) in enumerate(table.groupby("query", sort=False)):
         png = f"{out_png}.{n}.png"
-        make_contact_sheet(g.assign(score=g.similarity), None, images, title=f"{name} (score = similarity)",
+        short = name if not name.startswith("like:") else "like: " + os.path.basename(name[len("like:"):])
+        make_contact_sheet(g.assign(score=g.similarity), None, images, title=f"{short} (score = similarity)",
                            out_png=png, labels={i: os.path.basename(str(s)) for i, s in zip(g.image_id, g.source)})
         parts.append(Image.open(png).convert("RGB"))
     w = max(p.width for p in parts)

@@ -90,6 +90,9 @@ def test_bad_queries_are_named(tmp_path):
         search(run, like="nope")
     with pytest.raises(InvalidParameterError, match="give at least one query"):
         search(run)
+    with pytest.raises(InvalidParameterError, match="over 2 ROI\\(s\\) is always \\+1 or -1"):
+        search(run, target="R1=1,R2=-1")
+    assert len(search(run, target="R1=1,R2=-1", metric="cosine", k=2)) == 2
     with pytest.raises(InvalidParameterError, match="metric='euclid' is not valid"):
         search(run, like="img001", metric="euclid")
 
@@ -117,7 +120,7 @@ def test_a_new_image_gets_the_profile_it_had_in_the_run(tmp_path, visual_store, 
     np.testing.assert_allclose(got, row, rtol=1e-5, atol=1e-6)
     # the CLI: a new file finds itself first; a table and a contact sheet are written
     out, sheet = tmp_path / "hits.csv", tmp_path / "hits.png"
-    assert main(["search", str(tmp_path / "run"), "--like", str(folder / "p3.jpg"), "--target", "V1=1,FFC=-1",
+    assert main(["search", str(tmp_path / "run"), "--like", str(folder / "p3.jpg"), "--target", "V1=1,FFC=-1,V2=0",
                  "-k", "3", "--out", str(out), "--sheet", str(sheet)]) == 0
     t = pd.read_csv(out)
     like = t[t["query"].str.startswith("like:")]
