@@ -10,7 +10,8 @@ a row: a label absent from it has p = 1 and is counted in the number of tests, n
 Tuning (``label_means.parquet``), per (ROI, subject, label): ``n``, ``mean`` and ``sd`` of the ROI's response over
 the images carrying the label (an image with several labels counts for each), streamed over the responses table in
 one scan with per-label running sums, centred on the first batch's means so that the variance does not cancel.
-Memory is labels x ROIs x subjects x 3 float64, split into ROI chunks under ``memory_budget_mb``.
+Memory is labels x ROIs x subjects x 3 float64, split into ROI chunks under ``memory_budget_mb``, plus one Parquet row
+group of the table (as ``rank`` reads it) and two float64 copies of SLICE_ROWS of its rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 ENRICHMENT_FILE = "enrichment.parquet"
 LABEL_MEANS_FILE = "label_means.parquet"
 SIDES = ("topk", "bottomk")
+SLICE_ROWS = 8192
 
 
 def bh_q(p: np.ndarray, m: int | None = None) -> np.ndarray:
@@ -100,7 +102,7 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
         shape = (len(subjects), len(names), len(targets))
         s1, s2, n = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         shift = np.full((len(subjects), len(targets)), np.nan)
-        for batch in ranker._scan(columns):
+        for batch in _slices(ranker._scan(columns)):
             ids, subj = _ids_subjects(batch)
             for s, rows, x in _subject_blocks(batch, columns, subj):
                 si = subjects.index(s)
@@ -108,26 +110,43 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
                 if member is None:
                     continue
                 v = ev(x, s)
-                if np.isnan(shift[si]).all():
-                    shift[si] = np.where(np.isfinite(np.nanmean(v, axis=0)), np.nanmean(v, axis=0), 0.0)
+                del x
                 ok = np.isfinite(v)
-                dv = np.where(ok, v - shift[si], 0.0)
-                s1[si] += member.T @ dv
-                s2[si] += member.T @ (dv * dv)
-                n[si] += member.T @ ok.astype(np.float64)
+                if np.isnan(shift[si]).all():
+                    with np.errstate(invalid="ignore"):
+                        shift[si] = np.nan_to_num(np.nanmean(v, axis=0))
+                v -= shift[si]   # in place: one (rows, ROIs) float64 array at a time
+                if ok.all():
+                    n[si] += np.asarray(member.sum(axis=0)).reshape(-1, 1)
+                else:
+                    v[~ok] = 0.0
+                    n[si] += member.T @ ok.astype(np.float32)
+                s1[si] += member.T @ v
+                np.square(v, out=v)
+                s2[si] += member.T @ v
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_d = s1 / n
             var = (s2 - n * mean_d ** 2) / (n - 1)
         mean = mean_d + np.nan_to_num(shift)[:, None, :]
-        for si, s in enumerate(subjects):
-            for li, lab in enumerate(names):
-                frames.append(pd.DataFrame({"roi": [t.name for t in targets], "subject": s, "label": lab,
-                                            "n": n[si, li].astype(np.int64), "mean": np.where(n[si, li] > 0,
-                                                                                              mean[si, li], np.nan),
-                                            "sd": np.sqrt(np.clip(var[si, li], 0, None))}))
+        roi_names = np.array([t.name for t in targets], dtype=object)
+        for si, s in enumerate(subjects):   # one frame per chunk and subject, labels x ROIs rows
+            frames.append(pd.DataFrame({
+                "roi": np.tile(roi_names, len(names)), "subject": s,
+                "label": np.repeat(np.array(names, dtype=object), len(targets)),
+                "n": n[si].reshape(-1).astype(np.int64),
+                "mean": np.where(n[si] > 0, mean[si], np.nan).reshape(-1),
+                "sd": np.sqrt(np.clip(var[si], 0, None)).reshape(-1)}))
     if not frames:
         return pd.DataFrame(columns=["roi", "subject", "label", "n", "mean", "sd"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _slices(batches):
+    """Record batches of at most SLICE_ROWS rows: the float64 working copies are then SLICE_ROWS x ROIs, whatever the
+    row groups the table was written with."""
+    for b in batches:
+        for off in range(0, b.num_rows, SLICE_ROWS):
+            yield b.slice(off, SLICE_ROWS)
 
 
 def _indicator(ids, by_image: dict, n_labels: int, sparse):
