@@ -101,7 +101,8 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
     if spec == "folder":
         pairs = sources.assign(label=[parent_folder(s) for s in sources.source])
     elif spec.startswith("name:"):
-        pairs = sources.assign(label=[_match(spec, file_name(s)) for s in sources.source])
+        rx = _regex(spec)
+        pairs = sources.assign(label=[_match(rx, file_name(s)) for s in sources.source])
     elif spec.startswith("column:"):
         pairs = _column_labels(spec[len("column:"):], shards, id_column, image_column, storage)
     elif spec.lower().endswith((".csv", ".parquet")):
@@ -114,24 +115,18 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
     return Labels(spec, pairs.drop_duplicates().reset_index(drop=True), images)
 
 
-def _match(spec: str, name: str):
+def _regex(spec: str):
     try:
-        rx = _regex(spec[len("name:"):])
+        return re.compile(spec[len("name:"):])
     except re.error as exc:
         raise InvalidParameterError(f"labels={spec!r}: the regex does not compile: {exc}") from None
+
+
+def _match(rx, name: str):
     m = rx.search(name)
     if m is None:
         return None
     return m.group(1) if rx.groups else m.group(0)
-
-
-_REGEX_CACHE: dict = {}
-
-
-def _regex(pattern: str):
-    if pattern not in _REGEX_CACHE:
-        _REGEX_CACHE[pattern] = re.compile(pattern)
-    return _REGEX_CACHE[pattern]
 
 
 def _table_labels(path: str, sources: pd.DataFrame, storage) -> pd.DataFrame:

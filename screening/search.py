@@ -485,20 +485,18 @@ def run_from_args(args) -> int:
 
 def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
     """One contact sheet per query, stacked: the results' images read from the run's recorded sources."""
-    import fsspec
     from PIL import Image
 
     from screening.report.contact_sheet import make_contact_sheet
+    from screening.sources import read_image
 
+    from screening.pipeline.outputs import RunOutputs
+
+    dataset = ((RunOutputs(str(run), storage=storage).manifest() or {}).get("config") or {}).get("hdf5_dataset")
     images = {}
     for i, src in zip(table.image_id, table.source):
-        if isinstance(src, str) and i not in images:
-            try:
-                kw = storage.to_fsspec() if src.startswith("s3://") else {}
-                with fsspec.open(src.split("#", 1)[0] if not src.startswith("tar://") else src, "rb", **kw) as f:
-                    images[i] = f.read()
-            except Exception:  # noqa: BLE001 - a moved file keeps its place as a placeholder
-                pass
+        if isinstance(src, str) and i not in images and (data := read_image(src, storage, hdf5_dataset=dataset)):
+            images[i] = data
     parts = []
     for n, (name, g) in enumerate(table.groupby("query", sort=False)):
         png = f"{out_png}.{n}.png"

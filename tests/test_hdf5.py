@@ -123,3 +123,13 @@ def test_an_hdf5_on_s3_is_read_in_slices(tmp_path, visual_store, monkeypatch):
     png = io.BytesIO()
     Image.fromarray(pixels[3]).save(png, "PNG")
     np.testing.assert_array_equal(preprocess_bytes(rows[3]["data"]), preprocess_bytes(png.getvalue()))
+
+
+def test_a_recorded_hdf5_source_reads_back_as_that_image(tmp_path):
+    from screening.sources import read_image
+
+    pixels = _pixels(4)
+    h5 = _h5(tmp_path / "s.hdf5", pixels)
+    png = read_image(f"{h5}#2")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels[2])
+    assert read_image(f"{h5}#9") is None and read_image(str(tmp_path / "shard.parquet#row=3")) is None

@@ -324,22 +324,18 @@ def _records_from_sources(run: Path, manifest: dict, ids, thumb_ids) -> dict:
     dataset = run_outputs(run).dataset("sources")
     if dataset is None:
         return {}
-    import fsspec
     import pyarrow.compute as pc
 
+    from screening.sources import read_image
+
     table = dataset.to_table(filter=pc.field("image_id").isin(sorted(ids)))
-    options = storage_options(manifest.get("config") or {})
+    cfg = manifest.get("config") or {}
+    options = storage_options(cfg)
     out = {}
     for image_id, source in zip(table.column("image_id").to_pylist(), table.column("source").to_pylist()):
         rec = out.setdefault(image_id, {"source": source})
-        if image_id in thumb_ids and "bytes" not in rec:
-            try:
-                kw = (options.to_fsspec() if source.startswith("s3://")
-                      else {"s3": options.to_fsspec()} if "::s3://" in source else {})  # chained: per layer
-                with fsspec.open(source, "rb", **kw) as f:
-                    rec["bytes"] = f.read()
-            except Exception:  # noqa: BLE001 - moved or deleted since the run: the name is still shown
-                pass
+        if image_id in thumb_ids and rec.get("bytes") is None:   # a source that is gone keeps its name
+            rec["bytes"] = read_image(source, options, hdf5_dataset=cfg.get("hdf5_dataset"))
     return out
 
 

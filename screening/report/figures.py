@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from screening import atlas
 from screening.exceptions import InvalidParameterError
 from screening.report.contact_sheet import make_contact_sheet
 from screening.report.data import Images, Inputs
@@ -117,7 +118,7 @@ class Flatmapper:
             filter=(pc.field("image_id") == image_id) & (pc.field("subject") == subject)).slice(0, 1).to_pylist()
         if not row:
             raise InvalidParameterError(f"image {image_id!r} has no committed {subject} response row")
-        out = np.full(atlas_size(), np.nan)
+        out = np.full(atlas.N_GRAYORDINATES, np.nan)
         for c, m in masks:
             out[m] = np.nan if row[0][c] is None else row[0][c]
         return out
@@ -142,12 +143,6 @@ class Flatmapper:
         except Exception as exc:  # noqa: BLE001 - optional figure; the reason goes on the page
             self.error = self.error or f"{type(exc).__name__}: {exc}"
             return {"flatmap": None, "flatmap_error": self.error}
-
-
-def atlas_size() -> int:
-    from screening import atlas
-
-    return atlas.N_GRAYORDINATES
 
 
 def _outline(roi: str) -> list:

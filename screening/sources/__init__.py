@@ -163,5 +163,35 @@ class ImageStream:
         return self.source.images(self.found, storage=self.storage, on_other=self._skip)
 
 
+def read_image(source: str, storage=None, *, hdf5_dataset: str | None = None) -> bytes | None:
+    """Encoded bytes of one screened image from its recorded source (a file, an ``s3://`` object, a
+    ``tar://member::archive`` URL or an HDF5 ``FILE#index``; the last as PNG), for pictures of results; None where
+    the source is gone or is a row of a Parquet shard (read those by id)."""
+    import io
+
+    import fsspec
+
+    from screening.fs import StorageOptions
+    from screening.sources.hdf5 import DEFAULT_DATASET, HDF5_SUFFIXES, read_pixels
+
+    options = StorageOptions.of(storage)
+    try:
+        path, _, fragment = source.rpartition("#") if "#" in source else (source, "", "")
+        if fragment:
+            if not path.lower().endswith(HDF5_SUFFIXES) or not fragment.isdigit():
+                return None
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray(read_pixels(path, int(fragment), hdf5_dataset or DEFAULT_DATASET, options)).save(buf, "PNG")
+            return buf.getvalue()
+        kw = (options.to_fsspec() if source.startswith("s3://")
+              else {"s3": options.to_fsspec()} if "::s3://" in source else {})  # chained: per layer
+        with fsspec.open(source, "rb", **kw) as f:
+            return f.read()
+    except Exception:  # noqa: BLE001 - moved or deleted since the run: the caller draws a placeholder
+        return None
+
+
 def open_images(src: str, storage=None, *, what: str = "SRC") -> ImageStream:
     return ImageStream(src, storage, what=what)

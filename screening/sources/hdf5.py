@@ -42,6 +42,15 @@ def check_dataset(f, name: str, where: str):
     return d
 
 
+def read_pixels(uri: str, index: int, dataset: str = DEFAULT_DATASET, storage=None):
+    """One image (H, W, 3) of an HDF5 input, by its 0-based row (a recorded source ``FILE#index``)."""
+    from screening.fs import filesystem_for
+
+    fs, path = filesystem_for(uri, storage)
+    with _open(fs, path) as f:
+        return check_dataset(f, dataset, repr(uri))[int(index)]
+
+
 class Hdf5Source(Source):
     kind = "hdf5"
     suffixes = HDF5_SUFFIXES
