@@ -153,7 +153,6 @@ def scan_row_groups(dataset, cols, batch_size: int):
             del parts, arrays
             yield from table.combine_chunks().to_batches(max_chunksize=batch_size)
             del table
-            pa.default_memory_pool().release_unused()   # else the allocator keeps every row group's pages
 
 
 class _Evaluator:

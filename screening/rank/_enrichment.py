@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 ENRICHMENT_FILE = "enrichment.parquet"
 LABEL_MEANS_FILE = "label_means.parquet"
@@ -124,6 +125,7 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
                 s1[si] += member.T @ v
                 np.square(v, out=v)
                 s2[si] += member.T @ v
+        pa.default_memory_pool().release_unused()   # each ROI chunk is a scan: its row groups' pages go back
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_d = s1 / n
             var = (s2 - n * mean_d ** 2) / (n - 1)
