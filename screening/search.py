@@ -12,6 +12,13 @@ visual areas respond more than others to nearly everything), and the ROIs with t
 high everywhere matches one that is high everywhere). Target values are compared with z-profiles: give them in
 z units; Pearson ignores a target's overall offset and scale.
 
+Each query is scored over its own columns only, and over those of them that can tell images apart: a column with no
+finite value in the run, the same value for every image, or no value in the query is left out, and the query is
+centred and normalised over the columns that remain (so every score lies in [-1, 1] and an image is 1 to itself). An
+image with a NaN in one of a query's scored columns has no score for that query, and only that one. Every column
+and image left out is counted in the result's notes. A flat query (every value equal) has no Pearson correlation
+and is refused, as are target ROIs outside ``rois``.
+
 The search is exact and streams the committed responses twice (per-column mean and s.d., then the scores), a
 record batch at a time: memory is one batch plus k rows per query, whatever the number of images. Several queries
 are scored in the same pass as one matrix product.
@@ -24,6 +31,7 @@ import dataclasses
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +45,7 @@ METRICS = ("pearson", "cosine")
 SPACES = ("responses", "features")
 KEY_COLUMNS = ("image_id", "subject")
 BATCH_ROWS = 65_536
+CONSTANT_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -144,9 +153,9 @@ def _matrix(batch, columns) -> np.ndarray:
     return out
 
 
-def column_stats(run: _Run, columns, subject, capture=()) -> tuple[np.ndarray, np.ndarray, int, dict]:
-    """Per-column mean and s.d. (ddof 0) over the run's finite values of ``subject``, the row count, and the rows
-    of the image ids in ``capture`` (``--like IMAGE_ID`` queries: read in the same pass)."""
+def column_stats(run: _Run, columns, subject, capture=()) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Per-column mean and s.d. (ddof 0) over the run's finite values of ``subject``, each column's count of finite
+    values, and the rows of the image ids in ``capture`` (``--like IMAGE_ID`` queries: read in the same pass)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -157,7 +166,8 @@ def column_stats(run: _Run, columns, subject, capture=()) -> tuple[np.ndarray, n
         x = _matrix(b, columns)
         rows += x.shape[0]
         if shift is None:
-            with np.errstate(invalid="ignore"):
+            with warnings.catch_warnings():   # an all-NaN column: its shift is 0, its count stays 0
+                warnings.simplefilter("ignore", RuntimeWarning)
                 shift = np.nan_to_num(np.nanmean(x, axis=0)) if x.size else np.zeros(len(columns))
             s1, s2, n = np.zeros(len(columns)), np.zeros(len(columns)), np.zeros(len(columns))
         d = x - shift
@@ -180,7 +190,52 @@ def column_stats(run: _Run, columns, subject, capture=()) -> tuple[np.ndarray, n
         raise InvalidParameterError(f"the run has no response rows of subject {subject!r}")
     mean_d = s1 / np.maximum(n, 1)
     sd = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean_d ** 2, 0.0))
-    return shift + mean_d, sd, rows, captured
+    return shift + mean_d, sd, n, captured
+
+
+def has_spread(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Columns whose values differ: an s.d. within rounding of the mean (float32 values, float64 sums) is none."""
+    return sd > CONSTANT_RTOL * np.abs(mean)
+
+
+def scored_columns(q: Query, mean: np.ndarray, sd: np.ndarray, n: np.ndarray, metric: str) -> tuple[list, list]:
+    """``(positions in q.columns that are scored, notes on those left out)``: a column with no finite value in the
+    run, no spread, or no value in the query cannot tell images apart; the query is then centred and normalised
+    over exactly the columns that remain."""
+    keep, notes = [], []
+    spread = has_spread(mean, sd)
+    values = np.asarray(q.values, dtype=np.float64)
+    for j, c in enumerate(q.columns):
+        if n[j] == 0:
+            notes.append(f"{q.name}: column {c} left out: no finite value in the run (e.g. an ROI with no vertex "
+                         f"over the reliability threshold)")
+        elif not spread[j]:
+            notes.append(f"{q.name}: column {c} left out: the same value for every image (s.d. 0)")
+        elif not np.isfinite(values[j]):
+            notes.append(f"{q.name}: column {c} left out: the query has no value there (NaN)")
+        else:
+            keep.append(j)
+    need = 3 if metric == "pearson" else 2
+    if len(keep) < need:
+        left = [q.columns[j] for j in range(len(q.columns)) if j not in keep]
+        raise InvalidParameterError(
+            f"{q.name}: {len(keep)} of its {len(q.columns)} column(s) can be scored ({left} left out: constant, "
+            f"all NaN or no query value); {metric} needs at least {need}")
+    return keep, notes
+
+
+def query_vector(q: Query, keep: list, mean: np.ndarray, sd: np.ndarray, metric: str) -> np.ndarray:
+    """The unit query over its scored columns (centred first for Pearson); a flat profile is refused."""
+    v = np.asarray(q.values, dtype=np.float64)[keep]
+    if q.raw:
+        v = (v - mean) / sd
+    u = _normalise(v[None], metric)[0]
+    if not np.isfinite(u).all():
+        raise InvalidParameterError(
+            f"{q.name}: the profile is flat over its scored columns (every value equal{' in z' if q.raw else ''}): "
+            + ("it has no Pearson correlation with anything; give values that differ, or metric='cosine'"
+               if metric == "pearson" else "a zero vector has no cosine with anything"))
+    return u
 
 
 def _normalise(z: np.ndarray, metric: str) -> np.ndarray:
@@ -193,37 +248,51 @@ def _normalise(z: np.ndarray, metric: str) -> np.ndarray:
 
 
 class _Scorer:
-    """Similarities of raw rows ``x`` to every query without forming their z-profiles: with ``z = (x - mu) / sd``
-    and a unit query ``u`` (centred for Pearson, so ``sum(u) = 0``), ``z . u = x @ (u / sd) - mu . (u / sd)``, and
-    the row norm over a query's columns S follows from ``x**2 @ (1/sd**2)``, ``x @ (mu/sd**2)`` and ``x @ (1/sd)``
-    restricted to S. A batch costs one square and two matrix products, whatever the number of queries; queries over
-    the same columns share their norm terms."""
+    """Similarities of raw rows ``x`` to every query. ``z = (x - mu) / sd`` over the union of the queries' columns
+    (0 in a column no query scores); a unit query ``u`` is 0 outside its scored columns S, so ``z . u`` sees S only,
+    and the row's norm over S (centred for Pearson) follows from ``z**2 @ 1_S`` and ``z @ 1_S``. A batch costs two
+    matrix products, whatever the number of queries; queries over the same columns share their norm terms. A row
+    with a non-finite value in S has no score for that query (and only that query)."""
 
     def __init__(self, qmat: np.ndarray, masks: np.ndarray, mean: np.ndarray, sd: np.ndarray, metric: str):
-        inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)   # a column without spread carries nothing
-        sets, self.set_of = np.unique(masks & (sd > 0), axis=0, return_inverse=True)
+        scored = masks.any(axis=0)
+        self.inv = np.where(scored, 1.0 / np.where(scored, sd, 1.0), 0.0)
+        self.mean = mean
+        sets, self.set_of = np.unique(masks, axis=0, return_inverse=True)
         self.set_of = self.set_of.ravel()
+        self.sets = sets.astype(np.float64)
         self.metric, self.n = metric, sets.sum(axis=1).astype(np.float64)
-        nq, ns = qmat.shape[0], sets.shape[0]
-        # one product for the dot products and the linear norm terms: [u/sd | mu/sd^2 | 1/sd] per column set
-        self.lin = np.hstack([(qmat * inv).T, (sets * mean * inv ** 2).T, (sets * inv).T])
-        self.lin0 = np.concatenate([mean @ (qmat * inv).T, np.zeros(2 * ns)])
-        self.sq = (sets * inv ** 2).T                                  # (C, sets): sum x^2/sd^2 over S
-        self.a0 = (sets * (mean * inv) ** 2).sum(axis=1)               # sum mu^2/sd^2
-        self.c0 = (sets * mean * inv).sum(axis=1)                      # sum mu/sd
-        self.nq, self.ns = nq, ns
+        self.lin = np.hstack([qmat.T, self.sets.T])    # [u | 1_S]: dot products and the sums of z per set
+        self.nq = qmat.shape[0]
+        self.nan_rows = np.zeros(self.nq, np.int64)    # rows left out of each query for a NaN in its columns
+        self.flat_rows = np.zeros(self.nq, np.int64)   # rows whose profile is flat over the query's columns
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        lin = x @ self.lin - self.lin0
-        dot, b, c = lin[:, :self.nq], lin[:, self.nq:self.nq + self.ns], lin[:, self.nq + self.ns:]
-        sum_z2 = (x * x) @ self.sq - 2.0 * b + self.a0
+        bad = ~np.isfinite(x)
+        z = (x - self.mean) * self.inv
+        if bad.any():
+            z[bad] = 0.0
+            hit = (bad.astype(np.float64) @ self.sets.T) > 0   # (rows, sets): a NaN among the set's columns
+        else:
+            hit = None
+        lin = z @ self.lin
+        dot, sum_z = lin[:, :self.nq], lin[:, self.nq:]
+        sum_z2 = np.square(z, out=z) @ self.sets.T
         if self.metric == "pearson":
-            sum_z = c - self.c0
             sum_z2 = sum_z2 - sum_z ** 2 / np.maximum(self.n, 1.0)
         floor = 1e-12 * np.maximum(self.n, 1.0)
+        flat = ~(sum_z2 > floor)
         with np.errstate(invalid="ignore", divide="ignore"):
-            norm = np.sqrt(np.where(sum_z2 > floor, sum_z2, np.nan))
-            return dot / norm[:, self.set_of]
+            norm = np.sqrt(np.where(flat, np.nan, sum_z2))
+            out = dot / norm[:, self.set_of]
+        if hit is not None:
+            lost = hit[:, self.set_of]
+            out[lost] = np.nan
+            self.nan_rows += lost.sum(axis=0)
+            self.flat_rows += (flat[:, self.set_of] & ~lost).sum(axis=0)
+        else:
+            self.flat_rows += flat[:, self.set_of].sum(axis=0)
+        return out
 
 
 class _TopK:
@@ -279,7 +348,9 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
     -------
     pandas.DataFrame
         ``query, rank, image_id, similarity, source`` (rank 1 = most similar; ``source`` where the run recorded
-        it).
+        it). ``attrs["notes"]``: what each query left out and why (the CLI prints them): columns that are all NaN,
+        constant or missing from the query are not scored, and images with a NaN in a scored column or a flat
+        profile over them have no similarity; each is counted.
     """
     from screening.validation import check_choice, check_positive_int, parse_subjects
 
@@ -303,6 +374,10 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
     for t in targets:
         values = t if isinstance(t, dict) else parse_target(t, storage)
         columns = r.check_columns(rois or list(values), "target")
+        outside = [c for c in values if c not in columns]
+        if outside:
+            raise InvalidParameterError(f"target {t!r} names {outside}, which are not among rois={list(columns)}; "
+                                        f"add them to the rois or drop them from the target")
         missing = [c for c in columns if c not in values]
         if missing:
             raise InvalidParameterError(f"target {t!r} gives no value for {missing}; give every ROI of --rois")
@@ -326,35 +401,41 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
 
 
 def _score(r: _Run, queries: list, subject: str, k: int, metric: str) -> pd.DataFrame:
-    """One streamed pass for every query: queries over different columns are scored on their union, each against
-    its own columns (zero weight elsewhere)."""
+    """One streamed pass for every query: queries over different columns are scored on their union, each over its
+    own scored columns only. The table's ``attrs["notes"]`` says what each query left out and why."""
     union = list(dict.fromkeys(c for q in queries for c in q.columns))
     pos = {c: i for i, c in enumerate(union)}
-    mean, sd, _, rows = column_stats(r, union, subject, capture={q.image_id for q in queries if q.image_id})
+    mean, sd, n, rows = column_stats(r, union, subject, capture={q.image_id for q in queries if q.image_id})
+    masks = np.zeros((len(queries), len(union)), bool)
+    qmat = np.zeros((len(queries), len(union)))
+    notes = []
     for qi, q in enumerate(queries):
+        idx = np.array([pos[c] for c in q.columns])
         if q.image_id is not None:
             if q.image_id not in rows:
                 raise InvalidParameterError(f"--like {q.image_id!r} is neither an image_id of the run (subject "
                                             f"{subject}) nor an image file")
-            queries[qi] = dataclasses.replace(q, values=rows[q.image_id][[pos[c] for c in q.columns]])
-    scale = np.where(sd > 0, sd, np.nan)
-    top = _TopK(len(queries), k)
-    masks = np.zeros((len(queries), len(union)), bool)
-    qmat = np.zeros((len(queries), len(union)))
-    for qi, q in enumerate(queries):
-        idx = [pos[c] for c in q.columns]
-        masks[qi, idx] = True
-        v = (q.values - mean[idx]) / scale[idx] if q.raw else q.values
-        qmat[qi, idx] = _normalise(np.nan_to_num(v)[None], metric)[0]
+            q = queries[qi] = dataclasses.replace(q, values=rows[q.image_id][idx])
+        keep, why = scored_columns(q, mean[idx], sd[idx], n[idx], metric)
+        notes += why
+        masks[qi, idx[keep]] = True
+        qmat[qi, idx[keep]] = query_vector(q, keep, mean[idx[keep]], sd[idx[keep]], metric)
     score = _Scorer(qmat, masks, mean, sd, metric)
+    top = _TopK(len(queries), k)
     for b in r.batches(union, subject):
         top.add(score(_matrix(b, union)), b.column("image_id"))
-    rows = []
     for qi, q in enumerate(queries):
-        for rank, (s, i) in enumerate(zip(top.sims[qi], top.ids[qi]), 1):
-            rows.append((q.name, rank, str(i), float(s)))
-    out = pd.DataFrame(rows, columns=["query", "rank", "image_id", "similarity"])
-    return out.merge(_sources(r, set(out.image_id)), on="image_id", how="left")
+        if score.nan_rows[qi]:
+            notes.append(f"{q.name}: {score.nan_rows[qi]} image(s) left out: NaN in a scored column")
+        if score.flat_rows[qi]:
+            notes.append(f"{q.name}: {score.flat_rows[qi]} image(s) left out: a flat profile over the scored "
+                         f"columns has no {metric} similarity")
+    out = pd.DataFrame([(q.name, rank, str(i), float(s)) for qi, q in enumerate(queries)
+                        for rank, (s, i) in enumerate(zip(top.sims[qi], top.ids[qi]), 1)],
+                       columns=["query", "rank", "image_id", "similarity"])
+    out = out.merge(_sources(r, set(out.image_id)), on="image_id", how="left")
+    out.attrs["notes"] = notes
+    return out
 
 
 def _sources(r: _Run, ids) -> pd.DataFrame:
@@ -470,6 +551,8 @@ def run_from_args(args) -> int:
     storage = StorageOptions.from_args(args)
     table = search(args.run, like=args.like, target=args.target, rois=rois, subject=args.subject, k=args.k,
                    metric=args.metric, space=args.space, storage_options=storage)
+    for note in table.attrs.get("notes", ()):
+        print(f"note: {note}", file=sys.stderr)
     if args.out:
         (table.to_parquet if args.out.endswith(".parquet") else table.to_csv)(args.out, index=False)
         print(f"wrote {len(table)} rows to {args.out}")

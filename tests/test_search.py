@@ -3,6 +3,8 @@ new images encoded as the run encoded its own."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,3 +154,151 @@ def test_report_is_the_contact_sheet_flag_too():
     p = argparse.ArgumentParser()
     configure_parser(p)
     assert p.parse_args(["run", "--like", "x", "--report", "s.png"]).sheet == "s.png"
+
+
+# -- the edges: constant and NaN columns, flat profiles, several queries (issue: wrong answers at the edges) ---------
+def _write(tmp, x, names, ids):
+    import os
+
+    os.makedirs(os.path.join(tmp, "responses"), exist_ok=True)
+    pd.DataFrame(x, columns=names).assign(image_id=ids, subject="mean").to_parquet(
+        os.path.join(tmp, "responses", "part-0.parquet"), row_group_size=7)
+    return tmp
+
+
+def _brute_query(x, ids, names, q: dict, raw: bool, metric="pearson"):
+    """An explicit z-matrix Pearson over the query's scorable columns: {image_id: score}, or None if refused."""
+    cols = [names.index(c) for c in q]
+    v = np.array(list(q.values()), float)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN column
+        mu, sd, n = np.nanmean(x, 0), np.nanstd(x, 0), np.isfinite(x).sum(0)
+    keep = [j for j, c in enumerate(cols) if n[c] > 0 and sd[c] > 1e-9 * abs(mu[c]) and np.isfinite(v[j])]
+    if len(keep) < (3 if metric == "pearson" else 2):
+        return None
+    c = [cols[j] for j in keep]
+    qz = (v[keep] - mu[c]) / sd[c] if raw else v[keep]
+    if metric == "pearson":
+        qz = qz - qz.mean()
+    if np.linalg.norm(qz) < 1e-12:
+        return None
+    out = {}
+    for i, row in zip(ids, x[:, c]):
+        if not np.isfinite(row).all():
+            continue
+        z = (row - mu[c]) / sd[c]
+        if metric == "pearson":
+            z = z - z.mean()
+        if np.linalg.norm(z) > 1e-6:
+            out[i] = float(z @ qz / (np.linalg.norm(z) * np.linalg.norm(qz)))
+    return out
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(5, 40), cols=st.integers(3, 8), seed=st.integers(0, 2**32 - 1),
+       n_const=st.integers(0, 2), nan_share=st.sampled_from([0.0, 0.05, 0.3]), all_nan=st.booleans(),
+       n_queries=st.integers(1, 3), metric=st.sampled_from(["pearson", "cosine"]))
+def test_search_scorer_equals_brute_force_numpy_on_any_shape(n, cols, seed, n_const, nan_share, all_nan, n_queries,
+                                                             metric):
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, cols)) * rng.uniform(0.1, 5, cols) + rng.uniform(-20, 20, cols)
+    x = x.astype(np.float32).astype(np.float64)
+    for j in rng.choice(cols, size=min(n_const, cols), replace=False):
+        x[:, j] = rng.normal()                                 # a constant column
+    x[rng.random(x.shape) < nan_share] = np.nan
+    if all_nan:
+        x[:, rng.integers(cols)] = np.nan                      # an ROI with no vertex over the threshold
+    names = [f"R{j}" for j in range(cols)]
+    ids = [f"i{i:02d}" for i in range(n)]
+    queries = []
+    for _ in range(n_queries):
+        subset = sorted(rng.choice(cols, size=int(rng.integers(min(3, cols), cols + 1)), replace=False))
+        queries.append({names[j]: float(rng.normal() * 2) for j in subset})
+    like = ids[int(rng.integers(n))]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _write(tmp, x.astype(np.float32), names, ids)
+        want = {f"target:{','.join(f'{a}={b:g}' for a, b in q.items())}": _brute_query(x, ids, names, q, False, metric)
+                for q in queries}
+        want[f"like:{like}"] = _brute_query(x, ids, names, dict(zip(names, x[ids.index(like)])), True, metric)
+        valid = {k: v for k, v in want.items() if v is not None}
+        for name in set(want) - set(valid):   # refused alone, with a message that names it
+            kw = {"like": like} if name.startswith("like:") else {"target": queries[list(want).index(name)]}
+            with pytest.raises(InvalidParameterError):
+                search(run, k=n, metric=metric, **kw)
+        targets = [q for q, name in zip(queries, want) if name in valid]
+        if not valid:
+            return
+        got = search(run, target=targets, like=[like] if f"like:{like}" in valid else [], k=n, metric=metric)
+        for name, scores in valid.items():
+            mine = got[got["query"] == name]
+            assert dict(zip(mine.image_id, mine.similarity)) == pytest.approx(scores, abs=1e-6)
+            assert (mine.similarity.abs() <= 1 + 1e-9).all()
+        if f"like:{like}" in valid and like in valid[f"like:{like}"]:
+            mine = got[got["query"] == f"like:{like}"]
+            assert mine.similarity.iloc[0] == pytest.approx(1.0)
+
+
+def test_a_constant_column_is_left_out_and_scores_stay_in_range(tmp_path):
+    run, x, ids, names = _table_run(tmp_path, ties=False)
+    x = x.astype(np.float32).astype(np.float64)   # as the table holds them
+    x[:, 2] = 4.0
+    _write(str(run), x.astype(np.float32), names, ids)
+    (run / "responses" / "part-1.parquet").unlink()
+    got = search(run, like="img011", k=60)
+    keep = [0, 1, 3, 4, 5]
+    want = dict(_brute(x[:, keep], ids, x[11, keep]))
+    assert dict(zip(got.image_id, got.similarity)) == pytest.approx(want, abs=1e-9)
+    assert got.similarity.between(-1 - 1e-12, 1 + 1e-12).all() and got.similarity.iloc[0] == pytest.approx(1.0)
+    assert any("column R2 left out: the same value for every image" in s for s in got.attrs["notes"])
+    t = search(run, target="R0=1,R1=-1,R2=0,R3=2", k=60)
+    assert t.similarity.between(-1 - 1e-12, 1 + 1e-12).all()
+
+
+def test_a_nan_in_one_querys_column_leaves_the_other_query_alone_and_is_counted(tmp_path):
+    run, x, ids, names = _table_run(tmp_path, ties=False)
+    x = x.astype(np.float32).astype(np.float64)   # as the table holds them
+    x[[3, 8], 5] = np.nan   # only query b scores R5
+    _write(str(run), x.astype(np.float32), names, ids)
+    (run / "responses" / "part-1.parquet").unlink()
+    a, b = "R0=1,R1=-1,R2=0.5", "R3=1,R4=-1,R5=2"
+    both = search(run, target=[a, b], k=60)
+    for q in (a, b):
+        alone = search(run, target=q, k=60)
+        mine = both[both["query"] == "target:" + q]
+        assert mine.image_id.tolist() == alone.image_id.tolist()
+        assert np.allclose(mine.similarity, alone.similarity, atol=1e-12)
+    assert set(both[both["query"] == "target:" + a].image_id) == set(ids)               # img003, img008 kept
+    assert not {"img003", "img008"} & set(both[both["query"] == "target:" + b].image_id)
+    assert f"target:{b}: 2 image(s) left out: NaN in a scored column" in both.attrs["notes"]
+
+
+def test_an_all_nan_column_does_not_empty_like_over_every_column(tmp_path, capsys):
+    from screening.cli import main
+
+    run, x, ids, names = _table_run(tmp_path, ties=False)
+    x = x.astype(np.float32).astype(np.float64)   # as the table holds them
+    x[:, 4] = np.nan
+    _write(str(run), x.astype(np.float32), names, ids)
+    (run / "responses" / "part-1.parquet").unlink()
+    got = search(run, like="img020", k=5)
+    assert len(got) == 5 and got.image_id.iloc[0] == "img020" and got.similarity.iloc[0] == pytest.approx(1.0)
+    assert main(["search", str(run), "--like", "img020", "-k", "2"]) == 0
+    assert "column R4 left out: no finite value in the run" in capsys.readouterr().err
+
+
+def test_a_flat_target_and_target_rois_outside_rois_are_refused(tmp_path, capsys):
+    from screening.cli import main
+
+    run, *_ = _table_run(tmp_path)
+    assert main(["search", str(run), "--target", "R0=1,R1=1,R2=1"]) == 2
+    err = capsys.readouterr().err
+    assert "profile is flat" in err and len(err.strip().splitlines()) <= 2
+    with pytest.raises(InvalidParameterError, match=r"names \['R5'\], which are not among rois"):
+        search(run, target="R0=1,R1=-1,R2=2,R5=3", rois=["R0", "R1", "R2"])
+    assert len(search(run, target="R0=1,R1=1,R2=1", metric="cosine", k=3)) == 3
