@@ -21,6 +21,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -33,9 +34,23 @@ LABEL_SPECS = ("folder", "name:REGEX", "column:NAME", "a .csv or .parquet table 
 TABLE_KEYS = ("image_id", "source", "file")
 
 
+def id_strings(ids) -> np.ndarray:
+    """Image ids as the strings every label join uses (object array): a responses table may hold integer ids, the
+    labels and the rankings hold their text. The one normalisation for labels, enrichment and label means."""
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+            ids = ids.cast(pa.string())
+        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+    values = np.asarray(ids, dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) in ("string", "empty"):
+        return values
+    return values.astype(str).astype(object)
+
+
 @dataclass(frozen=True)
 class Labels:
-    """``pairs``: one row per (image_id, label); ``images``: every screened image id (labelled or not)."""
+    """``pairs``: one row per (image_id, label); ``images``: every screened image id (labelled or not). Every join
+    on ids is a hash join (``pandas.Index``): linear in the number of images."""
 
     spec: str
     pairs: pd.DataFrame
@@ -45,13 +60,39 @@ class Labels:
     def n_images(self) -> int:
         return int(self.images.size)
 
-    @property
+    @cached_property
     def n_unlabelled(self) -> int:
-        return int(self.images.size - np.isin(self.images, self.pairs.image_id.to_numpy()).sum())
+        labelled = pd.Index(self.pairs.image_id.unique())
+        return int((~pd.Index(self.images).isin(labelled)).sum())
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         return sorted(self.pairs.label.unique())
+
+    @cached_property
+    def _membership(self):
+        """(index of labelled ids, CSR matrix labelled ids x labels)."""
+        from scipy import sparse
+
+        ids = pd.Index(self.pairs.image_id.unique())
+        rows = ids.get_indexer(self.pairs.image_id)
+        cols = pd.Index(self.names).get_indexer(self.pairs.label)
+        m = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(len(ids), len(self.names)))
+        m.sum_duplicates()
+        m.data[:] = 1.0   # a pair given twice is one membership
+        return ids, m
+
+    def membership(self, ids):
+        """Sparse ``(len(ids), labels)`` 0/1 matrix of ``ids`` (any id type); None when none is labelled."""
+        index, m = self._membership
+        at = index.get_indexer(pd.Index(id_strings(ids)))
+        if not (at >= 0).any():
+            return None
+        from scipy import sparse
+
+        hit = np.flatnonzero(at >= 0)
+        pick = sparse.csr_matrix((np.ones(hit.size), (hit, at[hit])), shape=(at.size, len(index)))
+        return pick @ m
 
     def summary(self) -> str:
         return (f"labels ({self.spec}): {len(self.names)} label(s) on {self.n_images - self.n_unlabelled} of "
@@ -97,7 +138,8 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
     if not isinstance(spec, str) or not spec:
         raise InvalidParameterError(f"labels={spec!r} is not a label spec; valid: {', '.join(LABEL_SPECS)}")
     sources = sources[["image_id", "source"]].drop_duplicates()
-    images = np.unique(sources.image_id.to_numpy().astype(str))
+    sources = sources.assign(image_id=id_strings(sources.image_id.to_numpy()))
+    images = np.asarray(pd.unique(sources.image_id), dtype=object)
     if spec == "folder":
         pairs = sources.assign(label=[parent_folder(s) for s in sources.source])
     elif spec.startswith("name:"):
@@ -110,8 +152,8 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
     else:
         raise InvalidParameterError(f"labels={spec!r} is not a label spec; valid: {', '.join(LABEL_SPECS)}")
     pairs = pairs[["image_id", "label"]].dropna()
-    pairs = pairs[(pairs.label.astype(str) != "") & pairs.image_id.isin(images)]
-    pairs = pairs.assign(image_id=pairs.image_id.astype(str), label=pairs.label.astype(str))
+    pairs = pairs.assign(image_id=id_strings(pairs.image_id.to_numpy()), label=pairs.label.astype(str))
+    pairs = pairs[(pairs.label != "") & pairs.image_id.isin(pd.Index(images))]
     return Labels(spec, pairs.drop_duplicates().reset_index(drop=True), images)
 
 

@@ -57,7 +57,9 @@ class Parcellation:
             for s in subjects:
                 g = per.get(s)
                 if g is None:
-                    raise InvalidParameterError(f"parcellation {self.source!r} has no file for {s}")
+                    raise InvalidParameterError(
+                        f"parcellation {self.source!r}: label {c!r} is missing from {s}'s file (it is in "
+                        f"{', '.join(sorted(per))}); give every subject's file every label, or drop it")
                 cols = np.searchsorted(mapping, g)
                 keep = (cols < mapping.size) & (mapping[np.minimum(cols, mapping.size - 1)] == g)
                 if not keep.any():
@@ -127,11 +129,16 @@ def _read(path: str) -> dict:
         values, names = _read_npy(path)
     else:
         values, names = _read_dlabel(path)
-    out = {}
+    out, named = {}, {}
     for key, name in names.items():
         g = np.flatnonzero(values == key)
         if g.size:
-            out[_column_safe(name)] = g
+            column = _column_safe(name)
+            if column in out:
+                raise InvalidParameterError(
+                    f"parcellation file {path!r}: labels {named[column]!r} and {name!r} both become the column "
+                    f"name {column!r} (names keep letters, digits, '_', '-', '.'); rename one of them")
+            out[column], named[column] = g, name
     if not out:
         raise InvalidParameterError(f"parcellation file {path!r} labels no grayordinate (every value is 0 or "
                                     f"unnamed)")

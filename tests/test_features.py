@@ -115,3 +115,17 @@ def test_diverse_top_k_keeps_one_of_a_near_duplicate_pair_and_records_the_skip(t
         assert skipped.duplicate_of.iloc[0] in pair and listed["rank"].tolist() == list(range(1, len(listed) + 1))
     stored = read_rankings(str(tmp_path / "rk"))
     assert (stored.kind == "topk_skipped").sum() == (r.kind == "topk_skipped").sum()
+
+
+def test_diverse_notes_name_the_short_lists_and_the_images_listed_unchecked():
+    from screening.rank._diverse import diversify
+
+    rows = pd.DataFrame({"roi": "V1", "subject": "mean", "kind": "topk", "rank": [1, 2, 3, 4],
+                         "image_id": ["a", "b", "c", "d"], "duplicate_of": None})
+    e = np.eye(3, dtype=np.float32)
+    vectors = {"a": e[0], "b": e[0], "c": e[0]}             # b, c near-copies of a; d has no vector
+    out, notes = diversify(rows, vectors, 0.95, {"topk": 3})
+    listed = out[out.kind == "topk"]
+    assert listed.image_id.tolist() == ["a", "d"] and (out.kind == "topk_skipped").sum() == 2
+    assert any("1 list(s) hold fewer than k images" in n and "V1/mean/topk (2 of 3)" in n for n in notes)
+    assert any("1 listed image(s) have no feature vector" in n and n.endswith(": d") for n in notes)

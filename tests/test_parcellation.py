@@ -176,3 +176,20 @@ def test_encode_and_rank_take_the_parcellation_too(tmp_path, visual_store, capsy
     capsys.readouterr()
     assert main(["rank", str(tmp_path / "resp.parquet"), str(tmp_path / "rk2"), "--parcellation", other]) == 2
     assert "places_PPA" in capsys.readouterr().err
+
+
+def test_two_labels_that_become_one_column_name_are_refused_naming_both(tmp_path):
+    v = _values(k1=_area("L_V1"), k2=_area("R_V2"))
+    np.save(tmp_path / "clash.npy", v)
+    (tmp_path / "clash.tsv").write_text("1\tFFA 1\n2\tFFA/1\n")
+    with pytest.raises(InvalidParameterError, match=r"labels 'FFA 1' and 'FFA/1' both become the column name 'FFA_1'"):
+        load_parcellation(tmp_path / "clash.npy", SUBJECTS)
+
+
+def test_a_label_missing_from_one_subjects_file_is_named(tmp_path):
+    write_dlabel(tmp_path / "sub-01_floc.dlabel.nii", _values(k1=_area("L_V1"), k2=_area("L_V2")), {1: "FFA-1",
+                                                                                                    2: "OFA"})
+    write_dlabel(tmp_path / "sub-02_floc.dlabel.nii", _values(k1=_area("L_V1")), {1: "FFA-1"})
+    p = load_parcellation(str(tmp_path / "sub-{subject}_floc.dlabel.nii"), SUBJECTS)
+    with pytest.raises(InvalidParameterError, match=r"label 'floc_OFA' is missing from sub-02's file \(it is in sub-01\)"):
+        p.roi_columns("visual", SUBJECTS)

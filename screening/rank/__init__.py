@@ -146,8 +146,8 @@ def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=Non
     result = RankResult(rows, sets)
     if labels is not None:
         result.labels = _labels_of(labels, ranker, fs, path, storage, manifest)
-        result.enrichment = enrichment(rows, result.labels)
         result.label_means = label_means(ranker, result.labels, memory_budget_mb=memory_budget_mb)
+        result.enrichment = enrichment(rows, result.labels, sets=sets, means=result.label_means)
     if out is not None:
         ofs, opath = filesystem_for(out, storage)
         meta = {"screening.rank": json.dumps({
@@ -213,9 +213,9 @@ def _labels_of(labels, ranker, fs, path, storage, manifest):
     """The labels of the ranked images: a ``Labels`` as given, or a spec resolved against the run's sources."""
     import numpy as np
 
-    from screening.labels import Labels, image_labels
+    from screening.labels import Labels, id_strings, image_labels
 
-    ids = np.asarray(ranker.image_ids.to_pylist(), dtype=object).astype(str)
+    ids = id_strings(ranker.image_ids)
     if not isinstance(labels, Labels):
         cfg = (manifest or {}).get("config") or {}
         sources = run_sources(fs, path, storage) if fs is not None else None
@@ -229,8 +229,9 @@ def _labels_of(labels, ranker, fs, path, storage, manifest):
                   if isinstance(s, dict) and str(s.get("path", "")).endswith(".parquet")]
         labels = image_labels(str(labels), sources, shards=shards, id_column=cfg.get("id_column") or "image_id",
                               image_column=cfg.get("image_column") or "image", storage=storage)
-    pairs = labels.pairs[labels.pairs.image_id.isin(ids)]
-    return Labels(labels.spec, pairs.reset_index(drop=True), np.unique(ids))
+    pairs = labels.pairs.assign(image_id=id_strings(labels.pairs.image_id.to_numpy()))
+    pairs = pairs[pairs.image_id.isin(pd.Index(ids))]
+    return Labels(labels.spec, pairs.reset_index(drop=True), np.asarray(pd.unique(ids), dtype=object))
 
 
 def rank(responses, out=None, **options) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 Web-scale image sets hold crops, re-encodes and resized copies of one photo; an unconstrained top-k fills up with
 them. The lists are ranked over a pool of ``DIVERSE_POOL`` x k candidates, then walked in rank order: an image whose
-embedding's cosine with an image already listed exceeds RHO is skipped, until k are listed. The embedding is the
+embedding's cosine with an image already listed exceeds RHO is skipped, until k are listed. When the pool runs out
+first, the list holds fewer than k images and the rankings' notes name it. An image with no feature vector is listed
+without the check, and the notes name it too. The embedding is the
 run's image feature (the core output's spatial mean, ``features/``), centred on the screened set's mean embedding
 (every post-ReLU feature vector is positive, so raw cosines of unrelated images are high too). A skipped image stays
 in the rankings, ``kind`` = ``<list>_skipped``, with ``duplicate_of`` naming the listed image it resembles and ``rank``
@@ -23,8 +25,9 @@ def diversify(rows: pd.DataFrame, vectors: dict, rho: float, k: dict) -> tuple[p
     """``(rows, notes)``: each ``DIVERSE_KINDS`` list cut to ``k[kind]`` images none of which is within cosine
     ``rho`` of an earlier one (``vectors``: image_id -> unit centred embedding); skipped rows kept and marked."""
     keep = [rows[~rows.kind.isin(DIVERSE_KINDS)]]
-    notes, short = [], 0
-    for (_, _, kind), g in rows[rows.kind.isin(DIVERSE_KINDS)].groupby(["roi", "subject", "kind"], sort=False):
+    notes, short, unchecked = [], [], set()
+    for (roi, subject, kind), g in rows[rows.kind.isin(DIVERSE_KINDS)].groupby(["roi", "subject", "kind"],
+                                                                                  sort=False):
         chosen, mats, skipped, ids = [], [], [], []
         for row in g.sort_values("rank").itertuples(index=False):
             if len(chosen) >= k[kind]:
@@ -40,11 +43,19 @@ def diversify(rows: pd.DataFrame, vectors: dict, rho: float, k: dict) -> tuple[p
             if v is not None:
                 mats.append(v)
                 ids.append(row.image_id)
-        short += len(chosen) < min(k[kind], len(g))
+            else:
+                unchecked.add(row.image_id)
+        if len(chosen) < k[kind] and skipped:
+            short.append(f"{roi}/{subject}/{kind} ({len(chosen)} of {k[kind]})")
         keep.append(pd.DataFrame(chosen + skipped, columns=rows.columns))
     if short:
-        notes.append(f"diverse: {short} list(s) hold fewer than k images: the {DIVERSE_POOL}x k candidates ran out "
-                     f"of images below the similarity bound")
+        notes.append(f"diverse: {len(short)} list(s) hold fewer than k images, because their {DIVERSE_POOL}x k "
+                     f"candidates ran out of images below the similarity bound: {', '.join(short[:20])}"
+                     f"{' ...' if len(short) > 20 else ''}")
+    if unchecked:
+        notes.append(f"diverse: {len(unchecked)} listed image(s) have no feature vector (none in features/, or equal "
+                     f"to the mean embedding) and were listed without a near-copy check: "
+                     f"{', '.join(sorted(map(str, unchecked))[:10])}{' ...' if len(unchecked) > 10 else ''}")
     return pd.concat(keep, ignore_index=True).astype(rows.dtypes.to_dict()), notes
 
 

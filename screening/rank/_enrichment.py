@@ -1,8 +1,10 @@
 """What the ranked images are: label enrichment of each top-k / bottom-k list, and each ROI's response per label.
 
 Enrichment (``enrichment.parquet``), per (ROI, subject, side, label): of the ``k`` listed images, ``hits`` carry the
-label; of the ``n_images`` screened images, ``n_label`` do. ``fold`` = (hits / k) / (n_label / n_images);
-``odds_ratio`` is the sample odds ratio of the 2x2 table (``scipy.stats.fisher_exact``'s statistic); ``p`` the
+label; of the ``n_images`` screened images with a finite score for that ROI and subject (those the list is drawn
+from), ``n_label`` do. ``fold`` = (hits / k) / (n_label / n_images); ``odds_ratio`` is the sample odds ratio of the
+2x2 table as ``scipy.stats.fisher_exact`` gives it (NaN where the table has an empty row or column: a label on every
+image, or a list of every image; ``inf`` where only the off-diagonal product is 0); ``p`` the
 one-sided Fisher exact p-value of at least ``hits`` (the hypergeometric tail, ``hypergeom.sf(hits - 1, N, K, k)``);
 ``q`` the Benjamini-Hochberg adjustment over every (list, label) test of the run. Only labels present in a list get
 a row: a label absent from it has p = 1 and is counted in the number of tests, not written.
@@ -40,35 +42,61 @@ def bh_q(p: np.ndarray, m: int | None = None) -> np.ndarray:
     return out
 
 
-def enrichment(rankings: pd.DataFrame, labels) -> pd.DataFrame:
-    """See the module docstring; ``labels``: a :class:`screening.labels.Labels`."""
+def enrichment(rankings: pd.DataFrame, labels, sets: pd.DataFrame | None = None,
+               means: pd.DataFrame | None = None) -> pd.DataFrame:
+    """See the module docstring; ``labels``: a :class:`screening.labels.Labels`. With ``sets`` (rank's set table)
+    and ``means`` (:func:`label_means`), the population of each list is the images with a finite score for its ROI
+    and subject (``sets.n_images``) and ``n_label`` counts the label among them (``means.n``); without them, every
+    image of ``labels``."""
     from scipy.stats import hypergeom
 
-    n_images = labels.n_images
+    from screening.labels import id_strings
+
     pairs = labels.pairs
-    n_label = pairs.groupby("label").image_id.nunique()
     lists = rankings[rankings.kind.isin(SIDES)][["roi", "subject", "kind", "image_id"]]
+    lists = lists.assign(image_id=id_strings(lists.image_id.to_numpy()))
     hits = lists.merge(pairs, on="image_id").groupby(["roi", "subject", "kind", "label"]).image_id.nunique()
     k = lists.groupby(["roi", "subject", "kind"]).image_id.nunique()
+    n_label_all = pairs.groupby("label").image_id.nunique()
     out = hits.rename("hits").reset_index()
     out = out.merge(k.rename("k").reset_index(), on=["roi", "subject", "kind"])
-    out["n_label"] = out.label.map(n_label).astype(np.int64)
-    out["n_images"] = np.int64(n_images)
+    if sets is not None and means is not None:
+        out = out.merge(sets[["roi", "subject", "kind", "n_images"]], on=["roi", "subject", "kind"], how="left")
+        out = out.merge(means[["roi", "subject", "label", "n"]].rename(columns={"n": "n_label"}),
+                        on=["roi", "subject", "label"], how="left")
+        missing = out[out.n_images.isna() | out.n_label.isna()]
+        if len(missing):   # the lists and the scans disagree: never guess a population
+            raise RuntimeError(f"enrichment: no finite-score count for {missing.iloc[0][['roi', 'subject']].tolist()}")
+    else:
+        out["n_label"] = out.label.map(n_label_all)
+        out["n_images"] = labels.n_images
+    out["n_label"] = out.n_label.astype(np.int64)
+    out["n_images"] = out.n_images.astype(np.int64)
     a = out.hits.to_numpy(np.float64)
     kk, big_k = out.k.to_numpy(np.float64), out.n_label.to_numpy(np.float64)
-    b, c = kk - a, big_k - a
-    d = n_images - big_k - b
+    n_images = out.n_images.to_numpy(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["share"] = a / kk
         out["base_rate"] = big_k / n_images
         out["fold"] = out.share / out.base_rate
-        out["odds_ratio"] = np.where(b * c > 0, a * d / (b * c), np.inf)
+        out["odds_ratio"] = odds_ratio(a, kk - a, big_k - a, n_images - big_k - (kk - a))
     out["p"] = hypergeom.sf(a - 1, n_images, big_k, kk)
-    n_tests = int(k.size) * int(n_label.size)
+    n_tests = int(k.size) * int(n_label_all.size)
     out["q"] = bh_q(out.p.to_numpy(), max(n_tests, len(out)))
     cols = ["roi", "subject", "kind", "label", "k", "hits", "share", "n_label", "n_images", "base_rate", "fold",
             "odds_ratio", "p", "q"]
     return out[cols].sort_values(["roi", "subject", "kind", "p", "label"]).reset_index(drop=True)
+
+
+def odds_ratio(a, b, c, d) -> np.ndarray:
+    """The sample odds ratio ``ad / bc`` of 2x2 tables ``[[a, b], [c, d]]`` as ``scipy.stats.fisher_exact`` gives it:
+    NaN where a row or column of the table is empty (a label on every image, a list of every image), ``inf``
+    where only ``bc`` is 0."""
+    a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (a, b, c, d))
+    empty = (a + b == 0) | (c + d == 0) | (a + c == 0) | (b + d == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(b * c > 0, a * d / np.where(b * c > 0, b * c, 1.0), np.inf)
+    return np.where(empty, np.nan, ratio)
 
 
 def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") -> pd.DataFrame:
@@ -82,15 +110,9 @@ def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") 
 def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame:
     """Each ranked ROI's ``n``, ``mean`` and ``sd`` per label and subject (``mean`` included), in one streamed scan
     per ROI chunk; ``ranker``: a :class:`screening.rank._engine.Ranker` that has resolved its targets."""
-    from scipy import sparse
-
     from screening.rank._engine import _Evaluator, _ids_subjects, _subject_blocks
 
     names = labels.names
-    index = {n: i for i, n in enumerate(names)}
-    by_image: dict[str, list[int]] = {}
-    for i, lab in zip(labels.pairs.image_id, labels.pairs.label):
-        by_image.setdefault(i, []).append(index[lab])
     subjects = list(ranker.subjects)
     ranked = [ranker.targets[t] for t in ranker.ranked]
     per_target = max(1, len(names)) * len(subjects) * 3 * 8
@@ -107,7 +129,7 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
             ids, subj = _ids_subjects(batch)
             for s, rows, x in _subject_blocks(batch, columns, subj):
                 si = subjects.index(s)
-                member = _indicator(ids[rows], by_image, len(names), sparse)
+                member = labels.membership(ids[rows])
                 if member is None:
                     continue
                 v = ev(x, s)
@@ -149,15 +171,3 @@ def _slices(batches):
     for b in batches:
         for off in range(0, b.num_rows, SLICE_ROWS):
             yield b.slice(off, SLICE_ROWS)
-
-
-def _indicator(ids, by_image: dict, n_labels: int, sparse):
-    """Sparse (rows, labels) 0/1 matrix of a block's images; None when none of them is labelled."""
-    rows, cols = [], []
-    for r, i in enumerate(ids):
-        for li in by_image.get(i, ()):
-            rows.append(r)
-            cols.append(li)
-    if not rows:
-        return None
-    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), n_labels))
