@@ -160,3 +160,64 @@ def test_a_short_node_gets_smaller_forwards_before_it_is_refused():
     assert short.forward_chunk == 1 and short.memory == PUBLISHED.private - PUBLISHED.per_image
     with pytest.raises(InvalidParameterError, match=r"forwarding 1 image\(s\)"):
         size_cpu_pool([(2, node - GIB // 10)], PUBLISHED, 384)
+
+
+# --------------------------------------------------------------------------- no pool that cannot run
+
+def _can_starve(pool, nodes) -> bool:
+    """Whether Ray, placing up to ``max_size`` actors of ``num_cpus`` anywhere they fit by CPUs, could leave every
+    node with less than one read / decode task's CPUs free (the run would wait forever): each node filled with the
+    fewest actors that leave it under ``task_cpus``."""
+    c, t = pool.num_cpus, pool.task_cpus
+    if c <= 0:
+        return False
+    need = 0
+    for cpus, _ in nodes:
+        k = int((cpus - t) / c + 1e-9) + 1        # actors that push this node's free CPUs under t
+        if k * c > cpus + 1e-9:                   # it cannot hold that many: it always keeps room
+            return False
+        need += k
+    return need <= pool.max_size
+
+
+SHAPES = [[(n, m)] for n in (0.5, 1, 1.5, 2, 3, 4, 8, 16, 64, 96) for m in (None, 4 * GIB, 16 * GIB, 512 * GIB)] + \
+    [[(2, 16 * GIB), (64, 512 * GIB)], [(64, 512 * GIB), (64, 5 * GIB)], [(1, None), (1, None), (1, None)],
+     [(4, 8 * GIB), (0.5, 8 * GIB)], [(96, None), (3, None)]]
+
+
+@pytest.mark.parametrize("width, n_out", [(16, 8 * 10), (384, 8 * 379)])
+def test_no_returned_pool_can_leave_the_tasks_without_a_cpu(width, n_out):
+    """Every node shape x every override: the pool is refused (InvalidParameterError), or its max_size encoders,
+    however Ray places them, leave some node room for a read / decode task of task_cpus > 0."""
+    fp = actor_footprint(width, n_out)
+    refused = returned = 0
+    for nodes in SHAPES:
+        for per in (None, 0.5, 1, 1.75, 1.9, 2, 4, 16, 95):
+            for count in (None, 1, 2, 3, (1, 8), (2, 64)):
+                try:
+                    pool = size_cpu_pool(nodes, fp, width, num_encoders=count, num_cpus_per_encoder=per)
+                except InvalidParameterError as exc:
+                    assert "\n" not in str(exc) and str(exc), exc
+                    refused += 1
+                    continue
+                returned += 1
+                case = (nodes, per, count, pool)
+                assert pool.task_cpus > 0 and 1 <= pool.min_size <= pool.max_size, case
+                by_cpus = sum(int(cpus / pool.num_cpus + 1e-9) for cpus, _ in nodes) if pool.num_cpus else 1 << 30
+                assert pool.min_size <= by_cpus, case        # the pool's minimum can start at all
+                assert not _can_starve(pool, nodes), case
+    assert refused and returned
+
+
+def test_an_encoder_that_leaves_no_room_is_refused_with_the_numbers():
+    """The reported hang: --num-cpus-per-encoder 2 on a 2-CPU node fit no encoder beside the read / decode share,
+    and one was started anyway (max_size = max(1, 0)), holding both CPUs."""
+    for per in (2, 1.9):
+        with pytest.raises(InvalidParameterError, match=rf"num_cpus_per_encoder={per:g} leaves no room for the read "
+                                                        r"/ decode tasks: .* 2 CPU\(s\) .* at most 1\.75; use "
+                                                        r"--num-cpus-per-encoder 1\.75 or less"):
+            size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_cpus_per_encoder=per)
+    pool = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=3)     # three small ones fit
+    assert (pool.min_size, pool.max_size) == (3, 3) and 3 * pool.num_cpus + pool.task_cpus <= 2
+    capped = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=(1, 8), num_cpus_per_encoder=1)
+    assert capped.max_size == 1                                                # not 8 actors of 1 CPU on 2 CPUs

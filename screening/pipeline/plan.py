@@ -349,6 +349,8 @@ def check_resources(plan: ScreeningPlan, cluster: Mapping[str, float], nodes=Non
             f"the Ray cluster has {cpus:g} CPU(s) and {lo} encoder(s) x num_cpus_per_encoder={c:g} hold "
             f"{lo * c:g}; at least 1 CPU must stay free for reading and decoding. Use a smaller "
             f"num_cpus_per_encoder (e.g. {max(0.0, (cpus - 1) / max(lo, 1)):g}) or a cluster with more CPUs")
+    if c > 0:   # more encoders than that, however Ray places them, could take that last CPU too
+        hi = min(hi, max(lo, int((cpus - 1) / c + 1e-9)))
     decode_mode(plan.options.decode).check_gpu_encoders()
     return Resources(num_gpus=g, num_cpus=c, min_size=lo, max_size=hi, batch_size=plan.options.batch_size or
                      ACTOR_BATCH_ROWS["gpu"], device="cuda",

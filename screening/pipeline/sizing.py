@@ -98,10 +98,11 @@ def size_cpu_pool(nodes: Sequence[tuple[float, float | None]], footprint: ActorF
     nodes = [(float(c), m) for c, m in nodes if c > 0]
     total = sum(c for c, _ in nodes)
     c = num_cpus_per_encoder
+    enc = [cpus - task_reserve(cpus, width) for cpus, _ in nodes]
     if c is not None and c > total:
         raise InvalidParameterError(f"num_cpus_per_encoder={c:g} but the Ray cluster has {total:g} CPU(s); "
-                                    f"valid: 0 .. {total:g}")
-    enc = [cpus - task_reserve(cpus, width) for cpus, _ in nodes]
+                                    f"valid: 0 .. {_floor4(max(enc)):g} (what a node leaves after its read / "
+                                    f"decode share)")
     footprint = _fitting_chunk(nodes, footprint)
     mem_fit = [footprint.fits(m) for _, m in nodes]
     usable = [i for i, k in enumerate(mem_fit) if k > 0]
@@ -116,12 +117,16 @@ def size_cpu_pool(nodes: Sequence[tuple[float, float | None]], footprint: ActorF
         c = _floor4(c)
     fits = [min(int(enc[i] / c + 1e-9) if c > 0 else 1, mem_fit[i]) for i in range(len(nodes))]
     n_fit = sum(fits)
+    if n_fit == 0:   # an encoder would take the read / decode share too: they could never run (a silent hang)
+        raise InvalidParameterError(_no_room_message(c, nodes, enc))
     if lo is not None and lo > n_fit:
         raise InvalidParameterError(_too_many_message(num_encoders, lo, c, nodes, enc, mem_fit, footprint))
-    # what the encoders leave on the tightest node, split so that reads and decodes run side by side
+    # What the encoders leave on the tightest node, split so that reads and decodes run side by side; never more
+    # than any node's reserve: however Ray places the n_fit actors, some node then keeps room for one task.
     left = min(cpus - k * c for (cpus, _), k in zip(nodes, fits))
-    return CpuPool(min_size=lo or 1, max_size=hi or max(1, n_fit), num_cpus=c, threads=max(1, round(c)),
-                   task_cpus=_floor4(min(1.0, left / TASK_SLOTS)), memory=footprint.private,
+    task = min(1.0, left / TASK_SLOTS, min(cpus - e for (cpus, _), e in zip(nodes, enc)))
+    return CpuPool(min_size=lo or 1, max_size=min(hi, n_fit) if hi else n_fit, num_cpus=c,
+                   threads=max(1, round(c)), task_cpus=_floor4(task), memory=footprint.private,
                    forward_chunk=footprint.chunk)
 
 
@@ -155,6 +160,14 @@ def _no_memory_message(nodes, fp: ActorFootprint) -> str:
             f"{_gib(fp.private)} (its own, forwarding {fp.chunk} image(s) at a time), but the largest node of the Ray "
             f"cluster has {_gib(biggest)} of memory for tasks (Ray's 'memory' resource); screen fewer ROIs or "
             f"subjects, give Ray more memory (ray start --memory), or use nodes with more memory")
+
+
+def _no_room_message(c, nodes, enc) -> str:
+    most = _floor4(max(enc))
+    return (f"num_cpus_per_encoder={c:g} leaves no room for the read / decode tasks: the largest node has "
+            f"{max(n for n, _ in nodes):g} CPU(s) and keeps {max(n for n, _ in nodes) - max(enc):g} of them for "
+            f"those tasks, so an encoder may have at most {most:g}; use --num-cpus-per-encoder {most:g} or less "
+            f"(or leave it out)")
 
 
 def _too_many_message(num_encoders, lo, c, nodes, enc, mem_fit, fp: ActorFootprint) -> str:
