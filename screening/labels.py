@@ -47,6 +47,15 @@ def id_strings(ids) -> np.ndarray:
     return values.astype(str).astype(object)
 
 
+def isin(values, among) -> np.ndarray:
+    """Boolean mask of ``values`` found in ``among`` (string ids): one Arrow hash table, probed in C++."""
+    import pyarrow.compute as pc
+
+    found = pc.is_in(pa.array(id_strings(values), pa.string()),
+                     value_set=pa.array(id_strings(among), pa.string()).unique())
+    return found.to_numpy(zero_copy_only=False)
+
+
 @dataclass(frozen=True)
 class Labels:
     """``pairs``: one row per (image_id, label); ``images``: every screened image id (labelled or not). Every join
@@ -62,8 +71,7 @@ class Labels:
 
     @cached_property
     def n_unlabelled(self) -> int:
-        labelled = pd.Index(self.pairs.image_id.unique())
-        return int((~pd.Index(self.images).isin(labelled)).sum())
+        return int((~isin(self.images, self.pairs.image_id.to_numpy())).sum())
 
     @cached_property
     def names(self) -> list[str]:
@@ -74,25 +82,34 @@ class Labels:
         """(index of labelled ids, CSR matrix labelled ids x labels)."""
         from scipy import sparse
 
-        ids = pd.Index(self.pairs.image_id.unique())
-        rows = ids.get_indexer(self.pairs.image_id)
-        cols = pd.Index(self.names).get_indexer(self.pairs.label)
+        ids = pd.Index(pd.unique(id_strings(self.pairs.image_id.to_numpy())), dtype=object)
+        rows = ids.get_indexer(pd.Index(id_strings(self.pairs.image_id.to_numpy()), dtype=object))
+        cols = pd.Index(self.names, dtype=object).get_indexer(pd.Index(self.pairs.label.to_numpy(), dtype=object))
         m = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(len(ids), len(self.names)))
         m.sum_duplicates()
         m.data[:] = 1.0   # a pair given twice is one membership
         return ids, m
 
+    def positions(self, ids) -> np.ndarray:
+        """Each id's row among the labelled images (-1: unlabelled); ``ids`` of any type. The index keeps its hash
+        table between calls, so a streamed scan costs one probe per row."""
+        return self._membership[0].get_indexer(pd.Index(id_strings(ids), dtype=object))
+
+    def membership_at(self, positions: np.ndarray):
+        """Sparse ``(len(positions), labels)`` 0/1 rows of labelled images (``positions`` from :meth:`positions`,
+        all >= 0)."""
+        return self._membership[1][positions]
+
     def membership(self, ids):
         """Sparse ``(len(ids), labels)`` 0/1 matrix of ``ids`` (any id type); None when none is labelled."""
-        index, m = self._membership
-        at = index.get_indexer(pd.Index(id_strings(ids)))
+        at = self.positions(ids)
         if not (at >= 0).any():
             return None
         from scipy import sparse
 
         hit = np.flatnonzero(at >= 0)
-        pick = sparse.csr_matrix((np.ones(hit.size), (hit, at[hit])), shape=(at.size, len(index)))
-        return pick @ m
+        pick = sparse.csr_matrix((np.ones(hit.size), (hit, at[hit])), shape=(at.size, self._membership[1].shape[0]))
+        return pick @ self._membership[1]
 
     def summary(self) -> str:
         return (f"labels ({self.spec}): {len(self.names)} label(s) on {self.n_images - self.n_unlabelled} of "
@@ -101,22 +118,41 @@ class Labels:
 
 def file_name(source: str) -> str:
     """The file name in a source: a path, an ``s3://`` URI, a ``tar://member::archive`` URL or ``shard#row=3``."""
-    return posixpath.basename(_path_in(source))
+    return file_names([source])[0]
 
 
 def parent_folder(source: str) -> str:
     """The name of the folder holding the file a source names ("" when there is none)."""
-    return posixpath.basename(posixpath.dirname(_path_in(source)))
+    return parent_folders([source])[0]
 
 
-def _path_in(source: str) -> str:
-    s = str(source)
-    if s.startswith("tar://"):
-        s = s[len("tar://"):].split("::", 1)[0]
-    s = s.split("#", 1)[0]
-    if "://" in s:
-        s = s.split("://", 1)[1]
-    return s.rstrip("/")
+def file_names(sources) -> np.ndarray:
+    """:func:`file_name` of every source, vectorised (Arrow regex kernels: a million sources in a fraction of a
+    second)."""
+    import pyarrow.compute as pc
+
+    name = pc.extract_regex(_paths_in(sources), r"(?P<name>[^/]*)$").field("name")
+    return np.asarray(name.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def parent_folders(sources) -> np.ndarray:
+    """:func:`parent_folder` of every source, vectorised."""
+    import pyarrow.compute as pc
+
+    folder = pc.extract_regex(_paths_in(sources), r"^(?:.*/)?(?P<folder>[^/]+)/+[^/]*$").field("folder")
+    return np.asarray(pc.fill_null(folder, "").to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _paths_in(sources) -> pa.Array:
+    """The file path inside each recorded source: a tar member (``tar://member::archive``), a URI without its
+    scheme, without a ``#row=``/``#index`` suffix or trailing slashes."""
+    import pyarrow.compute as pc
+
+    s = pa.array(np.asarray(sources, dtype=object).astype(str), pa.string())
+    s = pc.replace_substring_regex(s, r"^tar://(.*?)(?:::.*)?$", r"\1")
+    s = pc.replace_substring_regex(s, r"#.*", "", max_replacements=1)
+    s = pc.replace_substring_regex(s, r"^.*?://", "", max_replacements=1)
+    return pc.replace_substring_regex(s, r"/+$", "")
 
 
 def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: str = "image_id",
@@ -141,10 +177,10 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
     sources = sources.assign(image_id=id_strings(sources.image_id.to_numpy()))
     images = np.asarray(pd.unique(sources.image_id), dtype=object)
     if spec == "folder":
-        pairs = sources.assign(label=[parent_folder(s) for s in sources.source])
+        pairs = sources.assign(label=parent_folders(sources.source.to_numpy()))
     elif spec.startswith("name:"):
         rx = _regex(spec)
-        pairs = sources.assign(label=[_match(rx, file_name(s)) for s in sources.source])
+        pairs = sources.assign(label=[_match(rx, n) for n in file_names(sources.source.to_numpy())])
     elif spec.startswith("column:"):
         pairs = _column_labels(spec[len("column:"):], shards, id_column, image_column, storage)
     elif spec.lower().endswith((".csv", ".parquet")):
@@ -153,7 +189,7 @@ def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: st
         raise InvalidParameterError(f"labels={spec!r} is not a label spec; valid: {', '.join(LABEL_SPECS)}")
     pairs = pairs[["image_id", "label"]].dropna()
     pairs = pairs.assign(image_id=id_strings(pairs.image_id.to_numpy()), label=pairs.label.astype(str))
-    pairs = pairs[(pairs.label != "") & pairs.image_id.isin(pd.Index(images))]
+    pairs = pairs[(pairs.label != "").to_numpy() & isin(pairs.image_id.to_numpy(), images)]
     return Labels(spec, pairs.drop_duplicates().reset_index(drop=True), images)
 
 

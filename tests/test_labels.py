@@ -20,6 +20,20 @@ SOURCES = pd.DataFrame({
 })
 
 
+@pytest.mark.parametrize("source", [
+    "/data/faces/adult-01.jpg", "faces/child-02.png", "s3://bk/places/beach-1.jpg", "tar://hand-3.jpg::s3://b/s.tar",
+    "/data/shard-0.parquet#row=4", "x.jpg", "/x.jpg", "", "a//b.jpg", "a/b/", "/data/nsd.hdf5#12", "s3://bk/x.jpg#3",
+    "https://host/a/b/c.png", "tar://a/b/c.jpg", "file:///abs/p/q.jpg", "/"])
+def test_vectorised_paths_equal_posixpath_on_the_recorded_path(source):
+    import posixpath
+
+    s = source[len("tar://"):].split("::", 1)[0] if source.startswith("tar://") else source
+    s = s.split("#", 1)[0]
+    s = (s.split("://", 1)[1] if "://" in s else s).rstrip("/")
+    assert file_name(source) == posixpath.basename(s)
+    assert parent_folder(source) == posixpath.basename(posixpath.dirname(s))
+
+
 def test_paths_in_every_kind_of_source():
     assert [parent_folder(s) for s in SOURCES.source] == ["faces", "faces", "places", "bodies", "data", "misc"]
     assert file_name("tar://bodies/hand-3.jpg::/data/shard-0.tar") == "hand-3.jpg"
@@ -256,3 +270,23 @@ def test_label_bookkeeping_is_linear_in_the_images():
     once(2000)   # warm imports
     small, big = min(once(20_000) for _ in range(2)), once(200_000)
     assert big / small < 30, (small, big)
+
+
+def test_the_hypergeometric_tail_equals_exact_rational_sums_and_scipy():
+    from fractions import Fraction
+    from math import comb
+
+    from screening.rank._enrichment import hypergeom_sf
+
+    rng = np.random.default_rng(4)
+    for n in (7, 40, 100_000, 1_000_000):
+        big_k = rng.integers(0, n + 1, 60)
+        k = rng.integers(0, min(n, 120) + 1, 60)
+        hits = np.array([rng.integers(0, min(a, b) + 2) for a, b in zip(big_k, k)])
+        got = hypergeom_sf(hits, n, big_k, k)
+        assert got == pytest.approx(stats.hypergeom.sf(hits - 1, n, big_k, k), rel=1e-8, abs=1e-300)
+        for i in range(0, 60, 6):   # against exact rational arithmetic: scipy's own error is ~1e-10 at n = 1e6
+            a, b, c = int(big_k[i]), int(k[i]), int(hits[i])
+            exact = float(Fraction(sum(comb(a, j) * comb(n - a, b - j) for j in range(max(c, 0), min(a, b) + 1)),
+                                   comb(n, b)))
+            assert got[i] == pytest.approx(exact, rel=1e-12, abs=1e-300)

@@ -213,7 +213,7 @@ def _labels_of(labels, ranker, fs, path, storage, manifest):
     """The labels of the ranked images: a ``Labels`` as given, or a spec resolved against the run's sources."""
     import numpy as np
 
-    from screening.labels import Labels, id_strings, image_labels
+    from screening.labels import Labels, id_strings, image_labels, isin
 
     ids = id_strings(ranker.image_ids)
     if not isinstance(labels, Labels):
@@ -230,7 +230,7 @@ def _labels_of(labels, ranker, fs, path, storage, manifest):
         labels = image_labels(str(labels), sources, shards=shards, id_column=cfg.get("id_column") or "image_id",
                               image_column=cfg.get("image_column") or "image", storage=storage)
     pairs = labels.pairs.assign(image_id=id_strings(labels.pairs.image_id.to_numpy()))
-    pairs = pairs[pairs.image_id.isin(pd.Index(ids))]
+    pairs = pairs[isin(pairs.image_id.to_numpy(), ids)]
     return Labels(labels.spec, pairs.reset_index(drop=True), np.asarray(pd.unique(ids), dtype=object))
 
 

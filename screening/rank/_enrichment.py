@@ -48,8 +48,6 @@ def enrichment(rankings: pd.DataFrame, labels, sets: pd.DataFrame | None = None,
     and ``means`` (:func:`label_means`), the population of each list is the images with a finite score for its ROI
     and subject (``sets.n_images``) and ``n_label`` counts the label among them (``means.n``); without them, every
     image of ``labels``."""
-    from scipy.stats import hypergeom
-
     from screening.labels import id_strings
 
     pairs = labels.pairs
@@ -80,12 +78,47 @@ def enrichment(rankings: pd.DataFrame, labels, sets: pd.DataFrame | None = None,
         out["base_rate"] = big_k / n_images
         out["fold"] = out.share / out.base_rate
         out["odds_ratio"] = odds_ratio(a, kk - a, big_k - a, n_images - big_k - (kk - a))
-    out["p"] = hypergeom.sf(a - 1, n_images, big_k, kk)
+    out["p"] = hypergeom_sf(a, n_images, big_k, kk)
     n_tests = int(k.size) * int(n_label_all.size)
     out["q"] = bh_q(out.p.to_numpy(), max(n_tests, len(out)))
     cols = ["roi", "subject", "kind", "label", "k", "hits", "share", "n_label", "n_images", "base_rate", "fold",
             "odds_ratio", "p", "q"]
     return out[cols].sort_values(["roi", "subject", "kind", "p", "label"]).reset_index(drop=True)
+
+
+def hypergeom_sf(hits, n, n_label, k, max_cells: int = 4_000_000) -> np.ndarray:
+    """``P(X >= hits)`` for ``X ~ Hypergeometric(n, n_label, k)``: ``scipy.stats.hypergeom.sf(hits - 1, n, n_label,
+    k)``, computed here because the sum has at most ``k`` terms and importing ``scipy.stats`` alone costs more than
+    a whole ``rank --labels`` of 100,000 images spends on the rest of its labels. Log-space: each log binomial is a
+    sum of at most ``k`` log ratios, the terms follow by their exact ratios, and the tail is a log-sum-exp, so the
+    relative error is a few ``k`` ulps and nothing underflows before the sum."""
+    h, big_n, big_k, kk = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (hits, n, n_label, k)))
+    out = np.where(h > np.minimum(kk, big_k), 0.0, 1.0)
+    todo = np.flatnonzero((h > np.maximum(0.0, kk - (big_n - big_k))) & (h <= np.minimum(kk, big_k)))
+    if not todo.size:
+        return out
+    width = int(kk[todo].max()) + 1
+    step = max(1, max_cells // width)
+    j = np.arange(width, dtype=np.float64)
+    for start in range(0, todo.size, step):
+        r = todo[start:start + step]
+        hr, nr, kr, kkr = h[r][:, None], big_n[r][:, None], big_k[r][:, None], kk[r][:, None]
+
+        def ln_comb(a, b):   # log C(a, b) = sum_{j < b} log((a - j) / (b - j)), b <= width
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(j < b, np.log(a - j) - np.log(b - j), 0.0).sum(axis=1, keepdims=True)
+
+        first = ln_comb(kr, hr) + ln_comb(nr - kr, kkr - hr) - ln_comb(nr, kkr)   # log pmf(hits)
+        i = hr + j                                           # terms hits, hits + 1, ... while i <= min(k, K)
+        valid = i <= np.minimum(kkr, kr)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.log(kr - i) + np.log(kkr - i) - np.log(i + 1) - np.log(nr - kr - kkr + i + 1)
+        ratio = np.where(valid, ratio, 0.0)
+        log_terms = first + np.concatenate([np.zeros((r.size, 1)), np.cumsum(ratio[:, :-1], axis=1)], axis=1)
+        log_terms = np.where(valid, log_terms, -np.inf)
+        top = log_terms.max(axis=1, keepdims=True)
+        out[r] = np.minimum(1.0, np.exp(top[:, 0]) * np.exp(log_terms - top).sum(axis=1))
+    return out
 
 
 def odds_ratio(a, b, c, d) -> np.ndarray:
@@ -127,12 +160,16 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
         shift = np.full((len(subjects), len(targets)), np.nan)
         for batch in _slices(ranker._scan(columns)):
             ids, subj = _ids_subjects(batch)
+            at = labels.positions(ids)   # one hash lookup per row, shared by the subjects
+            if not (at >= 0).any():
+                continue
             for s, rows, x in _subject_blocks(batch, columns, subj):
                 si = subjects.index(s)
-                member = labels.membership(ids[rows])
-                if member is None:
+                hit = at[rows] >= 0
+                if not hit.any():
                     continue
-                v = ev(x, s)
+                member = labels.membership_at(at[rows][hit])
+                v = ev(x[hit] if not hit.all() else x, s)
                 del x
                 ok = np.isfinite(v)
                 if np.isnan(shift[si]).all():
