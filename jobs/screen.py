@@ -7,7 +7,6 @@ Connects to the cluster the job runs on (``ray.init()`` picks up the job's addre
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -19,8 +18,6 @@ if _ROOT not in sys.path:
 
 
 def main(argv=None) -> int:
-    import ray
-
     from screening.cli import run_command
     from screening.pipeline import cli
 
@@ -28,8 +25,8 @@ def main(argv=None) -> int:
     cli.configure_parser(parser)
     args = parser.parse_args(argv)
     # Inside a job RAY_ADDRESS is set; elsewhere "auto" joins the cluster running on this node (never a new one).
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
-             logging_level=logging.INFO if args.verbose else logging.WARNING)
+    # `screening run` connects (inside its quiet console: Ray's lines go to the log) and leaves the cluster running.
+    args.address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
     return run_command("run", cli, args)
 
 

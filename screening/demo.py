@@ -134,18 +134,25 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args) -> int:
-    from screening.pipeline.console import run_console
+    from screening.pipeline.console import default_log_path, ray_log_path, run_console
+    from screening.pipeline.ray_session import exit_now, stop_ray
 
     try:
-        with run_console(args.verbose):   # no Ray log lines unless --verbose, as in `screening run`
-            return _demo(args)
+        with run_console(args.verbose, default_log_path(args.out)):   # Ray's lines in the log, as in `screening run`
+            try:
+                code = _demo(args)
+            except Exception:
+                stop_ray()
+                raise
+            stop_ray()   # the demo's own local Ray, all of it
     except KeyboardInterrupt:
         print(f"\nscreening demo: interrupted; what was committed stays in {args.out} (rerun to resume)",
               file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # as `screening run`: a normal exit would run Ray's atexit shutdown beside Ray Data's executor thread
-        os._exit(130)
+        # as `screening run`: the local Ray killed, then leave at once (not Ray's atexit shutdown)
+        exit_now(130)
+    if log := ray_log_path():
+        print(f"Ray's log: {log}")
+    return code
 
 
 def _demo(args) -> int:
@@ -175,7 +182,7 @@ def _demo(args) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         from screening.pipeline.ray_session import ensure_ray
 
-        ensure_ray(dashboard=False)   # the demo's own local Ray: no dashboard processes (~0.3 GB)
+        ensure_ray()   # the demo's own local Ray (no dashboard processes: ~0.3 GB)
     result = screening.screen(str(out / "shards"), store, str(out / "run"), model_id=model_id,
                               precision=args.precision, storage_options=options)
     print("[4/5] ranking ...", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -14,8 +15,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast-decode", action="store_true", dest="legacy_fast_decode",
                         help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--address", default=None,
-                        help="Ray address to connect to (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and progress bars")
+                        help="Ray address to connect to (default: RAY_ADDRESS, else a local Ray, stopped at the end)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start Ray's dashboard with the local Ray (default: none: start time, memory, a port)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own log lines and progress bars as they come (default: in OUT/logs/)")
 
 
 def _committed_count(out, args) -> int:
@@ -33,41 +37,62 @@ class _Terminated(BaseException):
     """SIGTERM (scancel, kill, a cluster manager) as an exception, so the run lock and files are released."""
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+def _on_signal(signum, frame):
+    """The first Ctrl-C or SIGTERM unwinds the run (lock released, message, Ray stopped); a second one meanwhile
+    kills the local Ray and leaves at once, never a traceback from the middle of the cleanup."""
+    code = 143 if signum == signal.SIGTERM else 130
+
+    def now(signum, frame):
+        from screening.pipeline.ray_session import kill_now
+
+        kill_now()
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, now)
+    signal.signal(signal.SIGTERM, now)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    import signal
     import threading
 
-    from screening.pipeline.console import ray_logging_level, run_console
+    from screening.pipeline.console import default_log_path, ray_log_path, run_console
     from screening.pipeline.config import RunConfig
+    from screening.pipeline.ray_session import ensure_ray, exit_now, stop_ray
     from screening.pipeline.run import screen_config
 
+    main = threading.current_thread() is threading.main_thread()
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        with run_console(args.verbose):  # the terminal is restored before any message below
+        # the terminal is restored before any message below; Ray's lines until then are in the log
+        with run_console(args.verbose, default_log_path(args.out)):
             config = RunConfig.from_args(args)
-            if args.address:
-                import ray
-
-                if not ray.is_initialized():
-                    ray.init(address=args.address, logging_level=ray_logging_level())
-            if threading.current_thread() is threading.main_thread():
-                # after any ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process
-                signal.signal(signal.SIGTERM, _on_sigterm)
-            result = screen_config(config)
+            if main:   # ensure_ray keeps both past ray.init; an ignored SIGINT (a background job) stays ignored
+                signal.signal(signal.SIGTERM, _on_signal)
+                if before[signal.SIGINT] is signal.default_int_handler:
+                    signal.signal(signal.SIGINT, _on_signal)
+            if args.address or args.dashboard:
+                ensure_ray(address=args.address, dashboard=args.dashboard)
+            try:
+                result = screen_config(config)
+            except Exception:   # an error of ours or a bug: the stream has ended, Ray shuts down in order
+                stop_ray()
+                raise
+            stop_ray()   # before the summary: the local Ray this run started is gone when the prompt returns
     except (KeyboardInterrupt, _Terminated) as exc:
         n = _committed_count(args.out, args)
         done = f"{n} unit(s) are committed in {args.out}" if n >= 0 else f"committed units stay in {args.out}"
         what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         print(f"\nscreening run: {what}; {done}. Rerun the same command to resume: only the missing units "
               f"are screened.", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # The lock is released and the markers are written; leave now. A normal exit runs Ray's atexit shutdown
-        # while Ray Data's executor thread may still submit tasks, which aborts the process (SIGABRT, seen in
-        # CoreWorker::SubmitActorTask). A local cluster's processes are reaped by Ray's own reaper.
-        os._exit(143 if isinstance(exc, _Terminated) else 130)
-    print(result.summary(), flush=True)
+        # The lock is released and the markers are written; the local Ray is killed and the process leaves at once
+        # (ray_session.exit_now: a normal exit would run Ray's shutdown beside Ray Data's executor thread).
+        exit_now(143 if isinstance(exc, _Terminated) else 130)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    summary = result.summary()
+    if log := ray_log_path():
+        summary += f"\n  Ray's log: {log}"
+    print(summary, flush=True)
     return 0

@@ -12,10 +12,12 @@ The plan, for the pending shards only::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+import warnings
 
 from screening.exceptions import InvalidParameterError, RunLockedError
 from screening.pipeline.config import RunConfig
@@ -162,30 +164,50 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                             num_cpus=res.task_cpus,
                             memory=DECODE_TASK_MEMORY,
                             fn_kwargs={"image_column": plan.spec.image_column, "fast": opts.fast_decode})
-    ds = ds.map_batches(
-        encoder_cls, batch_format="numpy", batch_size=res.batch_size,
-        compute=encoder_pool(opts.decode, res, opts.encoder_stage),
-        num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
-        fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
-                               "features": opts.features,
-                               "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
-                               "precision_rule": plan.precision_choice.get("rule"),
-                               "num_threads": res.threads, "forward_chunk": res.forward_chunk,
-                               "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
-                               "throttle_s": opts.throttle_s, "decode": opts.decode,
-                               "fast_decode": opts.fast_decode, "decode_threads": res.decode_threads,
-                               "image_column": plan.spec.image_column},
-        # A killed or preempted encoder is restarted and its in-flight batches rerun (max_task_retries=-1, Ray Data's
-        # default), but at most ENCODER_MAX_RESTARTS times (Ray Data's default is forever): an encoder the OOM killer
-        # takes each time it starts would loop. Past that the stream raises, and _run_pending fails the open units.
-        max_restarts=ENCODER_MAX_RESTARTS,
-    )
+    with _no_remote_args_warning():
+        ds = ds.map_batches(
+            encoder_cls, batch_format="numpy", batch_size=res.batch_size,
+            compute=encoder_pool(opts.decode, res, opts.encoder_stage),
+            num_gpus=res.num_gpus, num_cpus=res.num_cpus, memory=res.memory,
+            fn_constructor_kwargs={"store": plan.store, "model_id": plan.model_id, "subjects": plan.subjects,
+                                   "features": opts.features,
+                                   "rois": dict(plan.rois), "precision": plan.precision, "device": res.device,
+                                   "precision_rule": plan.precision_choice.get("rule"),
+                                   "num_threads": res.threads, "forward_chunk": res.forward_chunk,
+                                   "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
+                                   "throttle_s": opts.throttle_s, "decode": opts.decode,
+                                   "fast_decode": opts.fast_decode, "decode_threads": res.decode_threads,
+                                   "image_column": plan.spec.image_column},
+            # A killed or preempted encoder is restarted and its in-flight batches rerun (max_task_retries=-1, Ray
+            # Data's default), but at most ENCODER_MAX_RESTARTS times (Ray Data's default is forever): an encoder the
+            # OOM killer takes each time it starts would loop. Past that the stream raises, and _run_pending fails
+            # the open units.
+            max_restarts=ENCODER_MAX_RESTARTS,
+        )
     # Workers write; the driver gets receipts. Tasks are placed where their input blocks are (Ray's locality-aware
     # scheduling), i.e. mostly on the node that encoded them.
     write, write_kwargs, write_resources = write_task(plan)
     ds = ds.map_batches(write, batch_format="numpy", batch_size=res.write_batch_size, fn_kwargs=write_kwargs,
                         **write_resources)
     return ds
+
+
+@contextlib.contextmanager
+def _no_remote_args_warning():
+    """Ray 2.60's map_batches names num_cpus, memory, resources ... but not max_restarts, which still goes through
+    the deprecated ``**ray_remote_args`` (a RayDeprecationWarning on every run). That one warning is silenced, only
+    where max_restarts is not a named parameter; a Ray that drops it without a name fails every run at once
+    (tests/test_pipeline.py's restart test), never silently restarts forever."""
+    import inspect
+
+    from ray.data import Dataset
+
+    if "max_restarts" in inspect.signature(Dataset.map_batches).parameters:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        yield
 
 
 def stream_failure(exc: BaseException) -> str:
@@ -248,6 +270,100 @@ class _NodeWatch:
         self._thread.join(timeout=self.every_s + 5)
 
 
+STALL_MIN_S = 180.0   # no image written for this long (or 4 encoder batches, if longer): say what waits on what
+
+
+def stall_after_s(res, width: int) -> float:
+    """How long without an image written counts as a stall: 4 batches of the slowest encoder at the measured CPU cost
+    (a first batch at the published width on a small node takes minutes), at least STALL_MIN_S. SCREENING_STALL_S
+    overrides it."""
+    if os.environ.get("SCREENING_STALL_S"):
+        return float(os.environ["SCREENING_STALL_S"])
+    from screening.pipeline.sizing import encode_core_s
+
+    batch_s = res.batch_size * encode_core_s(width) / max(1, res.threads or 1) if res.device == "cpu" else 0.0
+    return max(STALL_MIN_S, 4 * batch_s)
+
+
+def stall_message(idle_s: float, res, free_cpus: float, total_cpus: float, log: str | None) -> str:
+    """What a stalled run says: how long, the CPUs the encoders and the read / decode tasks ask for and what is
+    free, and what to do."""
+    enc = f"{res.max_size} encoder(s) of {res.num_cpus:g} CPU(s)" + (f" and {res.num_gpus:g} GPU(s)"
+                                                                     if res.num_gpus else "")
+    head = (f"screening: no image written for {idle_s:.0f} s; Ray has {free_cpus:g} of {total_cpus:g} CPU(s) free, "
+            f"the pool is up to {enc}, each read / decode task asks for {res.task_cpus:g} CPU.")
+    if free_cpus + 1e-9 < res.task_cpus:
+        return (head + " The read / decode tasks are waiting for a CPU that encoders hold: stop (Ctrl-C) and rerun "
+                "with fewer or smaller encoders (--num-encoders, --num-cpus-per-encoder); committed units are kept.")
+    where = f"Ray's log ({log})" if log else "--verbose"
+    return (head + f" CPUs are free, so the encoders may be on a slow batch, or Ray waits on something else "
+            f"(memory, a node, the object store): see {where}.")
+
+
+class StallWatch:
+    """Says so on stderr when no image has been written for ``after_s`` (once per such stretch): one clock read per
+    ``every_s``, one Ray call only when stalled."""
+
+    def __init__(self, after_s: float, describe, every_s: float | None = None, clock=time.monotonic):
+        self.after_s, self.describe, self.clock = after_s, describe, clock
+        self.every_s = every_s if every_s is not None else min(10.0, after_s / 4)
+        self.last = self.clock()
+        self.said: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="screening-stall-watch", daemon=True)
+
+    def beat(self) -> None:
+        self.last = self.clock()
+
+    def check(self) -> str | None:
+        idle = self.clock() - self.last
+        if idle < self.after_s:
+            return None
+        try:
+            msg = self.describe(idle)
+        except Exception as exc:  # noqa: BLE001 - the GCS briefly unreachable: say what we know
+            msg = f"screening: no image written for {idle:.0f} s (Ray's resources unreadable: {type(exc).__name__})"
+        self.last = self.clock()   # the next line after another after_s of silence
+        self.said.append(msg)
+        from tqdm.auto import tqdm   # above a progress bar, if there is one
+
+        tqdm.write(msg, file=sys.stderr)
+        return msg
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.check()
+
+    def __enter__(self) -> "StallWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+
+
+def _stall_watch(plan: ScreeningPlan, res) -> StallWatch:
+    import ray
+
+    from screening.pipeline.console import ray_log_path
+
+    def describe(idle_s: float) -> str:
+        free, total = ray.available_resources(), ray.cluster_resources()
+        return stall_message(idle_s, res, float(free.get("CPU", 0)), float(total.get("CPU", 0)), ray_log_path())
+
+    return StallWatch(stall_after_s(res, int(plan.fingerprint.get("width") or 384)), describe)
+
+
+def _take(receipts, plan: ScreeningPlan, sink: UnitSink, ledger, bar) -> None:
+    if sink.lock.lost.is_set():
+        raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this run's heartbeat was "
+                             f"late); stopping without committing more units")
+    n = ledger.add(receipts)
+    if bar is not None:
+        bar.update(n)
+
+
 def _run_pending(plan: ScreeningPlan, pending, res, sink: UnitSink):
     import ray.exceptions
     from ray.data import DataContext
@@ -275,13 +391,10 @@ def _run_pending(plan: ScreeningPlan, pending, res, sink: UnitSink):
             # prefetch_batches=0: a receipt is handed over as soon as it exists (with 1, each waited for the next one, so
             # every unit committed one write batch late; no driver CPU difference measured)
             try:
-                for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-                    if sink.lock.lost.is_set():
-                        raise RunLockedError(f"out={plan.out!r}: another run took over this output's lock (this "
-                                             f"run's heartbeat was late); stopping without committing more units")
-                    n = ledger.add(receipts)
-                    if bar is not None:
-                        bar.update(n)
+                with _stall_watch(plan, res) as stall:
+                    for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                        stall.beat()
+                        _take(receipts, plan, sink, ledger, bar)
             except ray.exceptions.RayError as exc:   # the stream gave up: units with every row committed, the rest failed
                 ledger.stop(stream_failure(exc))
         return ledger.finish()
