@@ -221,3 +221,40 @@ def test_an_encoder_that_leaves_no_room_is_refused_with_the_numbers():
     assert (pool.min_size, pool.max_size) == (3, 3) and 3 * pool.num_cpus + pool.task_cpus <= 2
     capped = size_cpu_pool([(2, 20 * GIB)], PUBLISHED, 384, num_encoders=(1, 8), num_cpus_per_encoder=1)
     assert capped.max_size == 1                                                # not 8 actors of 1 CPU on 2 CPUs
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("override", [{"num_cpus_per_encoder": 2}, {"num_cpus_per_encoder": 1.9},
+                                      {"num_encoders": 3}])
+def test_on_a_real_2_cpu_ray_an_override_finishes_or_is_refused_at_the_start(ray_local, visual_store,
+                                                                             tmp_path, override):
+    """The reported hang, on a real local Ray of 2 CPUs: each override either screens a small input or is refused
+    before any Ray work, within the test's deadline (a hang fails it, not the suite's timeout)."""
+    import threading
+
+    from screening.pipeline import screen
+    from tests.test_pipeline import MODEL_ID, make_shards
+
+    root = tmp_path / "in"
+    make_shards(root, 2, 4, seed=71)
+    box = {}
+
+    def run():
+        try:
+            box["result"] = screen(str(root), str(visual_store), str(tmp_path / "out"), model_id=MODEL_ID,
+                                   rois=["V1"], subjects=["sub-01"], progress=False, batch_size=4, **override)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(150)
+    assert not t.is_alive(), f"{override}: neither finished nor refused in 150 s"
+    if "error" in box:
+        assert isinstance(box["error"], InvalidParameterError), box["error"]
+        assert "leaves no room for the read / decode tasks" in str(box["error"])
+        assert not (tmp_path / "out" / "_committed").exists() or not list((tmp_path / "out" / "_committed").iterdir())
+    else:
+        assert box["result"].images_this_run == 8
+    # what the sizing decides for the tiny test model on 2 CPUs: one encoder of at most 1 CPU, or three small ones
+    assert ("error" in box) == ("num_cpus_per_encoder" in override)
