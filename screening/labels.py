@@ -127,32 +127,41 @@ def parent_folder(source: str) -> str:
 
 
 def file_names(sources) -> np.ndarray:
-    """:func:`file_name` of every source, vectorised (Arrow regex kernels: a million sources in a fraction of a
-    second)."""
-    import pyarrow.compute as pc
-
-    name = pc.extract_regex(_paths_in(sources), r"(?P<name>[^/]*)$").field("name")
-    return np.asarray(name.to_numpy(zero_copy_only=False), dtype=object)
+    """:func:`file_name` of every source, vectorised (Arrow kernels: a million sources in about a second)."""
+    return _path_parts(sources, 1)
 
 
 def parent_folders(sources) -> np.ndarray:
     """:func:`parent_folder` of every source, vectorised."""
+    return _path_parts(sources, 2)
+
+
+def _path_parts(sources, from_end: int) -> np.ndarray:
+    """The ``from_end``-th component from the end of each source's path (1: the file, 2: its folder; "" if none)."""
     import pyarrow.compute as pc
 
-    folder = pc.extract_regex(_paths_in(sources), r"^(?:.*/)?(?P<folder>[^/]+)/+[^/]*$").field("folder")
-    return np.asarray(pc.fill_null(folder, "").to_numpy(zero_copy_only=False), dtype=object)
+    parts = pc.split_pattern(_paths_in(sources), "/", max_splits=2, reverse=True)
+    parts = parts.combine_chunks() if isinstance(parts, pa.ChunkedArray) else parts
+    ends = parts.offsets.to_numpy()[1:]
+    have = (ends - parts.offsets.to_numpy()[:-1]) >= from_end
+    out = np.full(len(parts), "", dtype=object)
+    out[have] = np.asarray(parts.values.take(pa.array(ends[have] - from_end)).to_numpy(zero_copy_only=False),
+                           dtype=object)
+    return out
 
 
 def _paths_in(sources) -> pa.Array:
     """The file path inside each recorded source: a tar member (``tar://member::archive``), a URI without its
-    scheme, without a ``#row=``/``#index`` suffix or trailing slashes."""
+    scheme, without a ``#row=``/``#index`` suffix, repeated or trailing slashes. Each rewrite runs only where its
+    pattern occurs (a substring test is ~100x cheaper than a regex pass)."""
     import pyarrow.compute as pc
 
-    s = pa.array(np.asarray(sources, dtype=object).astype(str), pa.string())
-    s = pc.replace_substring_regex(s, r"^tar://(.*?)(?:::.*)?$", r"\1")
-    s = pc.replace_substring_regex(s, r"#.*", "", max_replacements=1)
-    s = pc.replace_substring_regex(s, r"^.*?://", "", max_replacements=1)
-    return pc.replace_substring_regex(s, r"/+$", "")
+    s = pa.array(id_strings(sources), pa.string())   # str() of each, as a Python object array
+    for needle, rx, rep in (("tar://", r"^tar://(.*?)(?:::.*)?$", r"\1"), ("#", r"#.*", ""),
+                            ("://", r"^.*?://", ""), ("//", r"/+", "/")):
+        if pc.any(pc.match_substring(s, needle)).as_py():
+            s = pc.replace_substring_regex(s, rx, rep, max_replacements=None if needle == "//" else 1)
+    return pc.replace_substring_regex(s, r"/+$", "") if pc.any(pc.ends_with(s, "/")).as_py() else s
 
 
 def image_labels(spec: str, sources: pd.DataFrame, *, shards=None, id_column: str = "image_id",

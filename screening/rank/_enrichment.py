@@ -143,7 +143,9 @@ def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") 
 def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame:
     """Each ranked ROI's ``n``, ``mean`` and ``sd`` per label and subject (``mean`` included), in one streamed scan
     per ROI chunk; ``ranker``: a :class:`screening.rank._engine.Ranker` that has resolved its targets."""
-    from screening.rank._engine import _Evaluator, _ids_subjects, _subject_blocks
+    import pyarrow.compute as pc
+
+    from screening.rank._engine import _batch_matrix, _Evaluator
 
     names = labels.names
     subjects = list(ranker.subjects)
@@ -159,18 +161,20 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
         s1, s2, n = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         shift = np.full((len(subjects), len(targets)), np.nan)
         for batch in _slices(ranker._scan(columns)):
-            ids, subj = _ids_subjects(batch)
-            at = labels.positions(ids)   # one hash lookup per row, shared by the subjects
+            # ids repeat once per subject: probe the labels' hash index once per distinct id of the slice
+            ids = pc.dictionary_encode(batch.column("image_id"))
+            at = labels.positions(ids.dictionary)[ids.indices.to_numpy(zero_copy_only=False)]
             if not (at >= 0).any():
                 continue
-            for s, rows, x in _subject_blocks(batch, columns, subj):
-                si = subjects.index(s)
-                hit = at[rows] >= 0
-                if not hit.any():
+            subj = pc.dictionary_encode(batch.column("subject"))
+            codes = subj.indices.to_numpy(zero_copy_only=False)
+            for code, s in enumerate(subj.dictionary.to_pylist()):
+                rows = np.flatnonzero((codes == code) & (at >= 0))
+                if not rows.size:
                     continue
-                member = labels.membership_at(at[rows][hit])
-                v = ev(x[hit] if not hit.all() else x, s)
-                del x
+                si = subjects.index(s)
+                member = labels.membership_at(at[rows])
+                v = ev(_batch_matrix(batch, columns, rows), s)   # labelled rows only
                 ok = np.isfinite(v)
                 if np.isnan(shift[si]).all():
                     with np.errstate(invalid="ignore"):
