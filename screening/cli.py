@@ -23,6 +23,8 @@ COMMANDS = {
     "run": ("screening.pipeline.cli", "screen Parquet image shards on Ray into ROI response tables"),
     "rank": ("screening.rank", "rank stimuli per ROI from a responses table"),
     "search": ("screening.search", "find the screened images whose brain profile is most like an image or a target"),
+    "contrast": ("screening.contrast", "in silico localizer contrasts, ROIs and their AP against real ROIs, from "
+                                       "a run's vertex statistics"),
     "report": ("screening.report", "write an HTML report (contact sheets, flatmaps) for a run"),
     "demo": ("screening.demo", "end-to-end demo on bundled photos with a synthetic-weights model"),
     "rois": ("screening._rois_cli", "list every accepted ROI name (areas, bilateral, groups, composites) with vertex counts"),
