@@ -89,6 +89,8 @@ CASES = {
     "report-roi-FFA": ("report", lambda f: [f["run"], "--roi", "FFA", "--no-flatmaps"], ["'FFA'"]),
     "report-subject-9": ("report", lambda f: [f["run"], "--subject", "9", "--no-flatmaps"], ["'9'", "sub-01"]),
     "report-top-k": ("report", lambda f: [f["run"], "--top-k", "-1", "--no-flatmaps"], ["--top-k", "-1"]),
+    "contrast-missing-run": ("contrast", lambda f: [f["missing"], "--contrast", "faces>rest"], ["nope", "--vertex-stats"]),
+    "contrast-run-without-stats": ("contrast", lambda f: [f["run"], "--contrast", "faces>rest"], ["run", "no vertex statistics"]),
     "search-bad-target": ("search", lambda f: [f["run"], "--target", "V1"], ["'V1'", "ROI=VALUE"]),
     "search-missing-run": ("search", lambda f: [f["missing"], "--like", "abc"], ["nope"]),
     "make-store-dir-is-a-file": ("make-store", lambda f: [f["file"], "--variant", "visual", "--width", "4"], ["afile.txt"]),
