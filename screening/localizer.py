@@ -63,7 +63,8 @@ def search_region(within, variant: str) -> np.ndarray | None:
     """Model columns of the ``--within`` names (comma-separated and/or repeated), ascending; None: every vertex."""
     from screening import rois
 
-    names = [n.strip() for item in (within or ()) for n in str(item).split(",") if n.strip()]
+    within = [within] if isinstance(within, str) else (within or ())
+    names = [n.strip() for item in within for n in str(item).split(",") if n.strip()]
     if not names:
         return None
     cols = [rois.resolve_roi(n, variant, rois.DEFAULT_COMPOSITES) for n in names]

@@ -173,6 +173,15 @@ def test_the_planted_vertices_are_found_and_the_control_is_at_chance(planted, cl
     assert (faces.dice > 0.95).all() and ctl.dice.isna().all()
 
 
+def test_a_clustered_q_roi_within_named_areas_is_the_planted_area(planted):
+    res = contrast(str(planted["run"]), "faces>objects,places", roi_from="faces", threshold="q=0.05",
+                   within="FFC,VVC", cluster=True, min_cluster=20, write=False)
+    truth = atlas.variant_vertex_mapping("visual")[planted["cols"]]
+    for s in SUBJECTS:
+        assert dice(res.roi_grayordinates[s], truth) > 0.95
+    assert (res.rois.clusters >= 1).all() and res.rois.attrs["threshold"] == "q < 0.05 and A > B"
+
+
 def test_the_dscalar_round_trips_to_the_table_with_the_empty_grayordinates_nan(cli_run):
     import nibabel as nib
     import pandas as pd
