@@ -3,6 +3,8 @@ at chance), the CIFTI outputs round-trip and feed ``--parcellation``, refusals e
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -222,6 +224,7 @@ def test_the_derived_dlabel_is_the_thresholded_vertices_and_a_parcellation(plant
 
 def test_the_api_parcellation_column_is_the_mean_of_the_roi_vertices(planted, cli_run):
     from screening.api import BERG
+    from screening.parcellation import load_parcellation
 
     berg = BERG(str(planted["store"]))
     pattern = str(cli_run / "sub-{subject}_faces.dlabel.nii")
@@ -233,8 +236,6 @@ def test_the_api_parcellation_column_is_the_mean_of_the_roi_vertices(planted, cl
     mapping = atlas.variant_vertex_mapping("visual")
     p = parc.roi_names.index("faces_faces_vs_objects_places")
     for s in SUBJECTS:
-        from screening.parcellation import load_parcellation
-
         g = load_parcellation(pattern, [s]).labels["faces_faces_vs_objects_places"][s]
         cols = np.searchsorted(mapping, g)
         np.testing.assert_allclose(means[s][:, p], full["NaturalScenesDataset"][s][:, cols].mean(axis=1),
@@ -272,7 +273,7 @@ def test_a_users_mistake_exits_2_with_a_short_message(small_run, capsys, extra, 
     assert main(["contrast", str(small_run), "--no-flatmaps"] + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("screening contrast: error: ") and len(err.strip().splitlines()) <= 2
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_an_empty_roi_is_named_not_written_and_overlap_is_noted(small_run, tmp_path, capsys):
