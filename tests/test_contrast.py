@@ -288,3 +288,12 @@ def test_an_empty_roi_is_named_not_written_and_overlap_is_noted(small_run, tmp_p
     assert not list(out.glob("*.dlabel.nii")) and (out / "rois.csv").is_file()
     res = contrast(str(small_run), ["faces>bodies,places"], roi_from="faces", threshold="t=1000", write=False)
     assert res.rois.vertices.tolist() == [0, 0] and res.maps["faces_vs_bodies_places"]["mean"].shape == (91282,)
+
+
+def test_rest_is_every_other_label_and_names_are_file_safe():
+    spec = parse_contrast(" food , drink > rest ", ["food", "drink", "faces", "places"])
+    assert spec.a == ("food", "drink") and spec.b == ("faces", "places") and spec.name == "food_drink_vs_rest"
+    with pytest.raises(InvalidParameterError, match="'rest' stands alone"):
+        parse_contrast("food>rest,faces", ["food", "faces"])
+    with pytest.raises(InvalidParameterError, match="food on both sides"):
+        parse_contrast("food>faces,food", ["food", "faces"])
