@@ -161,7 +161,10 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
             raise InvalidParameterError(f"ROI #{r} has no vertices in this model; cannot take its mean")
         member[idx, r] = True
     used = np.flatnonzero(member.any(1))
-    atoms, inverse = np.unique(np.packbits(member[used], axis=1), axis=0, return_inverse=True)
+    packed = np.ascontiguousarray(np.packbits(member[used], axis=1))
+    # rows as one opaque value each: np.unique(axis=0) sorts them lexicographically, ~30x slower
+    atoms, inverse = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_inverse=True)
+    atoms = atoms.view(np.uint8).reshape(-1, packed.shape[1])
     inverse = inverse.reshape(-1)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(atoms) + 1))
@@ -171,7 +174,8 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
         atom_sums = torch.empty(len(atoms), f.shape[1], s.shape[1], dtype=torch.float32, device=f.device)
         for a in range(len(atoms)):   # one atom's rows gathered at a time: no sorted copy of the whole head
             rows = perm[int(bounds[a]):int(bounds[a + 1])]
-            torch.matmul(f[rows].T, s[rows], out=atom_sums[a])
+            # index_select, not f[rows]: advanced indexing is ~100x slower here (4.7 s vs 0.05 s a subject)
+            torch.matmul(torch.index_select(f, 0, rows).T, torch.index_select(s, 0, rows), out=atom_sums[a])
         del f, s
         atom_sums = atom_sums.flatten(1)
         if out is None:
@@ -187,7 +191,7 @@ def collapse_vertices(features: torch.Tensor, spatial_hat: torch.Tensor, bias: t
                 parts = torch.as_tensor(np.flatnonzero(atom_sets[:, r]), device=atom_sums.device)
                 # a (1, k) @ (k, C·P) product: torch's column-sum kernel is ~50x slower here
                 coef = torch.full((1, parts.numel()), 1.0 / len(idx), device=atom_sums.device)
-                torch.mm(coef, atom_sums[parts], out=rows[r - lo:r - lo + 1])
+                torch.mm(coef, torch.index_select(atom_sums, 0, parts), out=rows[r - lo:r - lo + 1])
                 b[r] = bias[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=atom_sums.device)].mean()
             out[:, lo:hi].copy_(rows.T)
     return out.T, b

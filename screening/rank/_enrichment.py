@@ -18,6 +18,8 @@ group of the table (as ``rank`` reads it) and two float64 copies of SLICE_ROWS o
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -143,9 +145,7 @@ def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") 
 def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame:
     """Each ranked ROI's ``n``, ``mean`` and ``sd`` per label and subject (``mean`` included), in one streamed scan
     per ROI chunk; ``ranker``: a :class:`screening.rank._engine.Ranker` that has resolved its targets."""
-    import pyarrow.compute as pc
-
-    from screening.rank._engine import _batch_matrix, _Evaluator
+    from screening.rank._engine import _Evaluator
 
     names = labels.names
     subjects = list(ranker.subjects)
@@ -161,33 +161,7 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
         s1, s2, n = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         shift = np.full((len(subjects), len(targets)), np.nan)
         for batch in _slices(ranker._scan(columns)):
-            # ids repeat once per subject: probe the labels' hash index once per distinct id of the slice
-            ids = pc.dictionary_encode(batch.column("image_id"))
-            at = labels.positions(ids.dictionary)[ids.indices.to_numpy(zero_copy_only=False)]
-            if not (at >= 0).any():
-                continue
-            subj = pc.dictionary_encode(batch.column("subject"))
-            codes = subj.indices.to_numpy(zero_copy_only=False)
-            for code, s in enumerate(subj.dictionary.to_pylist()):
-                rows = np.flatnonzero((codes == code) & (at >= 0))
-                if not rows.size:
-                    continue
-                si = subjects.index(s)
-                member = labels.membership_at(at[rows])
-                v = ev(_batch_matrix(batch, columns, rows), s)   # labelled rows only
-                ok = np.isfinite(v)
-                if np.isnan(shift[si]).all():
-                    with np.errstate(invalid="ignore"):
-                        shift[si] = np.nan_to_num(np.nanmean(v, axis=0))
-                v -= shift[si]   # in place: one (rows, ROIs) float64 array at a time
-                if ok.all():
-                    n[si] += np.asarray(member.sum(axis=0)).reshape(-1, 1)
-                else:
-                    v[~ok] = 0.0
-                    n[si] += member.T @ ok.astype(np.float32)
-                s1[si] += member.T @ v
-                np.square(v, out=v)
-                s2[si] += member.T @ v
+            _accumulate(batch, labels, ev, columns, subjects, (s1, s2, n), shift)
         pa.default_memory_pool().release_unused()   # each ROI chunk is a scan: its row groups' pages go back
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_d = s1 / n
@@ -204,6 +178,43 @@ def label_means(ranker, labels, memory_budget_mb: float = 512.0) -> pd.DataFrame
     if not frames:
         return pd.DataFrame(columns=["roi", "subject", "label", "n", "mean", "sd"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _accumulate(batch, labels, ev, columns, subjects, sums, shift) -> None:
+    """Add one slice's labelled rows to the per-(subject, label, ROI) running sums ``(s1, s2, n)`` in place."""
+    import pyarrow.compute as pc
+
+    from screening.rank._engine import _batch_matrix
+
+    s1, s2, n = sums
+    # ids repeat once per subject: probe the labels' hash index once per distinct id of the slice
+    ids = pc.dictionary_encode(batch.column("image_id"))
+    at = labels.positions(ids.dictionary)[ids.indices.to_numpy(zero_copy_only=False)]
+    if not (at >= 0).any():
+        return
+    subj = pc.dictionary_encode(batch.column("subject"))
+    codes = subj.indices.to_numpy(zero_copy_only=False)
+    for code, s in enumerate(subj.dictionary.to_pylist()):
+        rows = np.flatnonzero((codes == code) & (at >= 0))
+        if not rows.size:
+            continue
+        si = subjects.index(s)
+        member = labels.membership_at(at[rows])
+        v = ev(_batch_matrix(batch, columns, rows), s)   # labelled rows only
+        ok = np.isfinite(v)
+        if np.isnan(shift[si]).all():
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # a column with no finite value yet
+                shift[si] = np.nan_to_num(np.nanmean(v, axis=0))
+        v -= shift[si]   # in place: one (rows, ROIs) float64 array at a time
+        if ok.all():
+            n[si] += np.asarray(member.sum(axis=0)).reshape(-1, 1)
+        else:
+            v[~ok] = 0.0
+            n[si] += member.T @ ok.astype(np.float32)
+        s1[si] += member.T @ v
+        np.square(v, out=v)
+        s2[si] += member.T @ v
 
 
 def _slices(batches):
