@@ -20,12 +20,12 @@ import copy
 import os
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 from screening.exceptions import (CheckpointError, InvalidParameterError, ModelLoadError,
-                                  ModelNotFoundError, StoreError, UnsafePickleError)
+                                  ModelNotFoundError, UnsafePickleError)
 from screening.models.registry import PUBLISHED, PUBLISHED_WIDTH, SUBJECTS, EncoderWeights, get_weights
-from screening.fs import StorageOptions, filesystem_for, is_remote, join, resolve_anonymous
+from screening.fs import StorageOptions, filesystem_for, resolve_anonymous
+from screening.store.locations import StoreLocation, location_kind
 
 __all__ = ["open_store", "ModelStore", "normalize_subject", "normalize_metadata", "load_metadata_npy",
            "filesystem_for", "StorageOptions"]
@@ -79,21 +79,16 @@ class ModelStore:
         self.location = str(location)
         self.storage_options = StorageOptions.of(storage_options)
         self.cache_dir = None if cache_dir is None else str(cache_dir)
-        scheme = urlparse(self.location).scheme.lower()
-        self.kind = "url" if scheme in ("http", "https") else ("s3" if is_remote(self.location) else "local")
+        #: what depends on where the store is (screening.store.locations)
+        self.where: StoreLocation = location_kind(self.location)
         self._url_model_id = None
-        if self.kind == "url":
-            name = os.path.basename(urlparse(self.location).path)
-            ids = [w.model_id for w in PUBLISHED.values() if w.filename == name]
-            if not ids:
-                raise InvalidParameterError(
-                    f"checkpoint URL {self.location!r} does not end in a published checkpoint filename; valid "
-                    f"filenames: {', '.join(sorted(w.filename for w in PUBLISHED.values()))}")
-            self._url_model_id = ids[0]
-        else:
-            if self.kind == "local":
-                self.location = os.path.abspath(os.path.expanduser(self.location.removeprefix("file://")))
+        self.where.prepare(self)
         self._reset()
+
+    @property
+    def kind(self) -> str:
+        """``"local"``, ``"s3"`` or ``"url"``: the name of the location kind."""
+        return self.where.name
 
     # -- pickling: configuration only ------------------------------------------------------------------
     def _reset(self):
@@ -104,7 +99,7 @@ class ModelStore:
         self._synthetic: dict[str, dict | None] = {}
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in ("location", "storage_options", "cache_dir", "kind",
+        return {k: getattr(self, k) for k in ("location", "storage_options", "cache_dir", "where",
                                               "_url_model_id")}
 
     def __setstate__(self, state):
@@ -123,39 +118,20 @@ class ModelStore:
         return self._fs, self._root
 
     def _display(self, rel: str) -> str:
-        if self.kind == "local":
-            return os.path.join(self.location, rel)
-        return join(self.location, rel)
+        return self.where.display(self, rel)
 
     def _local_file(self, rel: str, *, expected_sha256: str | None = None, progress: bool | None = None) -> Path:
         """A store-relative file as a local path: as-is for local stores, cached for remote ones."""
-        if self.kind == "local":
-            p = Path(self.location) / rel
-            if not p.is_file():
-                raise StoreError(f"model store file not found: {p}")
-            return p
-        from screening.store import _cache
+        return self.where.local_file(self, rel, expected_sha256=expected_sha256, progress=progress)
 
-        fs, root = self._filesystem()
-        path = join(root, rel)
-        url = self._display(rel)
-        try:
-            return _cache.fetch(url, cache_dir=self.cache_dir, expected_sha256=expected_sha256,
-                                source=_cache.fs_source(url, fs, path), progress=progress)
-        except StoreError as e:
-            if not _exists(fs, path):
-                raise StoreError(f"model store file not found: {url} ({_access_hint(self)})") from None
-            raise e from None
+    def access_hint(self) -> str:
+        """How requests to the store are signed (named when a remote file is missing)."""
+        return _access_hint(self)
 
     # -- contents --------------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
         """Known model ids whose folder exists in this store, sorted."""
-        if self.kind == "url":
-            return [self._url_model_id]
-        if self.kind == "local":
-            return sorted(w.model_id for w in PUBLISHED.values() if (Path(self.location) / w.store_dir).is_dir())
-        fs, root = self._filesystem()
-        return sorted(w.model_id for w in PUBLISHED.values() if _exists(fs, join(root, w.store_dir)))
+        return self.where.model_ids(self)
 
     def weights(self, model_id: str) -> EncoderWeights:
         """The registry record of ``model_id``; raises if unknown or absent from this store."""
@@ -165,31 +141,19 @@ class ModelStore:
             raise ModelNotFoundError(
                 f"Unknown model_id {model_id!r}; valid model ids: {', '.join(sorted(PUBLISHED))}; "
                 f"present in {self.location}: {', '.join(self.model_ids()) or 'none'}") from None
-        if self.kind == "url":
-            if model_id != self._url_model_id:
-                raise ModelNotFoundError(f"{self.location} is the checkpoint of {self._url_model_id!r}, "
-                                         f"not of {model_id!r}")
-        elif model_id not in self.model_ids():
-            raise ModelNotFoundError(
-                f"model_id {model_id!r} is not in the store {self.location} (looked for "
-                f"{self._display(w.store_dir)}); present: {', '.join(self.model_ids()) or 'none'}")
+        self.where.check_holds(self, model_id, w)
         return w
 
     def checkpoint_file(self, model_id: str, *, progress: bool | None = None) -> Path:
         """Local path of the checkpoint (remote files are downloaded into the cache and verified)."""
-        w = self.weights(model_id)
-        if self.kind == "url":
-            from screening.store import _cache
-
-            return _cache.fetch(self.location, cache_dir=self.cache_dir, progress=progress)
-        return self._local_file(w.checkpoint_relpath, progress=progress)
+        return self.where.checkpoint_file(self, self.weights(model_id), progress=progress)
 
     def checkpoint_sha256(self, model_id: str) -> str:
         """sha256 of the checkpoint; computed once, then read from a sidecar / memo."""
         from screening.store._cache import file_sha256, read_sidecar
 
         path = self.checkpoint_file(model_id)
-        if self.kind != "local":
+        if self.where.downloads:
             side = read_sidecar(path)
             if side:
                 return side
@@ -198,7 +162,7 @@ class ModelStore:
     def _synthetic_info(self, model_id: str) -> dict | None:
         """``synthetic_params`` (plus the note) when the store's metadata says synthetic, else None."""
         if model_id not in self._synthetic:
-            if self.kind == "url":
+            if not self.where.has_metadata_files:
                 self._synthetic[model_id] = None
             else:
                 meta = self._metadata(model_id, SUBJECTS[0])
@@ -246,15 +210,13 @@ class ModelStore:
         return model, info
 
     def _describe(self, w: EncoderWeights) -> str:
-        if self.kind == "url":
-            return self.location
-        return self._display(w.checkpoint_relpath)
+        return self.where.describe(self, w)
 
     def _metadata(self, model_id: str, subject: str) -> dict:
         key = (model_id, subject)
         if key not in self._meta:
             w = self.weights(model_id)
-            if self.kind == "url":
+            if not self.where.has_metadata_files:
                 meta = _atlas_metadata(w, subject)
             else:
                 from screening.store._unpickle import load_metadata_npy
@@ -283,15 +245,6 @@ class ModelStore:
             width = int(synthetic["width"])
         return {"model_id": model_id, "variant": w.variant, "checkpoint_sha256": self.checkpoint_sha256(model_id),
                 "synthetic": synthetic is not None, "width": width}
-
-
-def _exists(fs, path: str) -> bool:
-    try:
-        return bool(fs.exists(path))
-    except (OSError, ValueError) as e:
-        raise StoreError(f"could not list {path}: {type(e).__name__}: {e}") from None
-    except Exception as e:  # noqa: BLE001 — botocore raises its own types (NoCredentialsError, ...)
-        raise StoreError(f"could not list {path}: {type(e).__name__}: {e}") from None
 
 
 def _access_hint(store: ModelStore) -> str:
@@ -339,17 +292,8 @@ def open_store(location: str | os.PathLike, *, storage_options: StorageOptions |
         A URL that does not name a published checkpoint file, or an unsupported scheme.
     """
     loc = os.fspath(location)
-    scheme = urlparse(loc).scheme.lower()
-    if scheme in ("http", "https"):
-        from screening.store._cache import check_http_url
-
-        check_http_url(loc)
-    elif scheme not in ("s3", "s3a") and is_remote(loc):
-        raise InvalidParameterError(
-            f"unsupported store location {loc!r}; valid forms: a local directory, s3://bucket[/prefix], "
-            "https://…/<checkpoint>.pth")
+    location_kind(loc).check_openable(loc)
     options = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
     store = ModelStore(loc, storage_options=options, cache_dir=cache_dir)
-    if store.kind == "local" and not Path(store.location).is_dir():
-        raise StoreError(f"model store directory not found: {store.location}")
+    store.where.check_opened(store)
     return store
