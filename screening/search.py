@@ -570,6 +570,7 @@ def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
     """One contact sheet per query, stacked: the results' images read from the run's recorded sources."""
     from PIL import Image
 
+    from screening.labels import file_names   # a tar member's own name, not its archive's
     from screening.report.contact_sheet import make_contact_sheet
     from screening.sources import read_image
 
@@ -585,7 +586,7 @@ def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
         png = f"{out_png}.{n}.png"
         short = name if not name.startswith("like:") else "like: " + os.path.basename(name[len("like:"):])
         make_contact_sheet(g.assign(score=g.similarity), None, images, title=f"{short} (score = similarity)",
-                           out_png=png, labels={i: os.path.basename(str(s)) for i, s in zip(g.image_id, g.source)})
+                           out_png=png, labels=dict(zip(g.image_id, file_names(g.source.to_numpy()))))
         parts.append(Image.open(png).convert("RGB"))
     w = max(p.width for p in parts)
     sheet = Image.new("RGB", (w, sum(p.height for p in parts)), "white")

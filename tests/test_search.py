@@ -156,6 +156,26 @@ def test_report_is_the_contact_sheet_flag_too():
     assert p.parse_args(["run", "--like", "x", "--report", "s.png"]).sheet == "s.png"
 
 
+def test_contact_sheet_names_a_tar_member_by_its_own_name(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import screening.report.contact_sheet as contact_sheet
+    from screening.search import _sheet
+
+    seen = {}
+
+    def fake_sheet(frame, values, images, *, title, out_png, labels):
+        seen.update(labels)
+        Image.new("RGB", (4, 4)).save(out_png)
+
+    monkeypatch.setattr(contact_sheet, "make_contact_sheet", fake_sheet)
+    table = pd.DataFrame({"query": ["like:img001"] * 2, "rank": [1, 2], "image_id": ["a", "b"],
+                          "similarity": [0.9, 0.8],
+                          "source": ["tar://photos/cat.jpg::/gone/shard-000.tar", "/data/dog.png"]})
+    _sheet(tmp_path, table, str(tmp_path / "sheet.png"), None)
+    assert seen == {"a": "cat.jpg", "b": "dog.png"}
+
+
 # -- the edges: constant and NaN columns, flat profiles, several queries (issue: wrong answers at the edges) ---------
 def _write(tmp, x, names, ids):
     import os

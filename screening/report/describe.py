@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import posixpath
 import re
 from functools import lru_cache
 
 from screening import atlas
+from screening.labels import file_name
 
 _GROUP_RE = re.compile(r"^group_(\d{2})$")
 
@@ -100,15 +100,11 @@ def describe_roi(name: str, members, config: dict | None = None, n_vertices: dic
 
 
 def short_name(source) -> str | None:
-    """The file name of a ``source`` (``photos/cat.jpg`` -> ``cat.jpg``; ``tar://a/b.png::x.tar`` -> ``b.png``)."""
+    """The file name of a ``source`` (``photos/cat.jpg`` -> ``cat.jpg``; ``tar://a/b.png::x.tar`` -> ``b.png``),
+    as :func:`screening.labels.file_name` reads every recorded source; None for no source."""
     if not source:
         return None
-    s = str(source)
-    if s.startswith("tar://") and "::" in s:  # ingest's tar member URL: tar://<member>::<archive>
-        s = s[len("tar://"):].split("::", 1)[0]
-    s = s.split("#", 1)[0].rstrip("/")
-    s = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", s)
-    return posixpath.basename(s.replace("\\", "/")) or str(source)
+    return file_name(str(source)) or str(source)
 
 
 def legend(meta: dict) -> list[tuple[str, str]]:
