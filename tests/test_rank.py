@@ -485,3 +485,43 @@ def test_rank_config_is_checked_when_built_and_frozen():
         RankConfig(top_k=0)
     with pytest.raises(InvalidParameterError, match=r"contrast_by='p' is not valid; valid: 'z', 'response'"):
         RankConfig.of(contrast_by="p")
+
+
+# -- one field per rank option -------------------------------------------------------------------------------------
+def test_a_rank_option_added_as_one_field_is_on_the_cli_in_the_doc_and_in_the_metadata(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import inspect
+
+    import screening.rank as rank_module
+    from screening.cli import main
+    from screening.rank import rank_with_labels, read_rankings_metadata
+    from screening.rank.config import RankConfig, option, parameters_doc, signature
+
+    @dataclasses.dataclass(frozen=True)
+    class Planted(RankConfig):
+        planted_level: int = option(3, flag="--planted-level", cli={"type": int}, check=lambda n, v, c: int(v),
+                                    help="a planted option's help", doc="""int, default=3
+        A planted option's documented entry.""")
+
+    monkeypatch.setattr(rank_module, "RankConfig", Planted)
+    with pytest.raises(SystemExit) as e:
+        main(["rank", "--help"])
+    assert e.value.code == 0
+    assert "--planted-level" in capsys.readouterr().out
+    assert "planted_level : int, default=3\n        A planted option's documented entry." in parameters_doc(Planted)
+    assert signature(Planted).parameters["planted_level"].default == 3
+
+    responses = tmp_path / "responses.parquet"
+    _table(30, ["sub-01"], np.random.default_rng(0), ["L_V1"]).to_parquet(responses)
+    assert main(["rank", str(responses), str(tmp_path / "cli"), "--planted-level", "5", "--null-draws", "0",
+                 "--n-null", "20", "--no-selectivity"]) == 0
+    assert read_rankings_metadata(tmp_path / "cli")["planted_level"] == 5
+    rank_with_labels(str(responses), tmp_path / "api", planted_level=7, null_draws=0, n_null=20, selectivity=False)
+    assert read_rankings_metadata(tmp_path / "api")["planted_level"] == 7
+    # and the real function documents and takes every field of the real config, with its default
+    monkeypatch.undo()
+    sig = inspect.signature(rank_with_labels)
+    for f in dataclasses.fields(RankConfig):
+        assert f"\n    {f.name} : " in rank_with_labels.__doc__ and sig.parameters[f.name].default == f.default
+    with pytest.raises(TypeError, match="planted_level"):
+        rank_with_labels(str(responses), planted_level=7)

@@ -167,6 +167,7 @@ def test_short_name():
     assert short_name("tar://photos/x/y.jpg::/data/archive.tar") == "y.jpg"
     assert short_name("shard-0.parquet#row=3") == "shard-0.parquet"
     assert short_name(None) is None and short_name("") is None
+    assert short_name("tar://member.png::s3://bucket/shard-000.tar") == "member.png"   # the member, not the archive
 
 
 # -- histogram thresholds ---------------------------------------------------------------------------------
@@ -353,6 +354,29 @@ def test_report_shows_skipped_selectivity(tmp_path):
     assert "ranking: selectivity skipped: nothing to compare against" in page
     assert "No selectivity list: selectivity skipped" in page
     assert "HCP-MMP1.0 area FFC, both hemispheres (L_FFC ∪ R_FFC), screened as one ROI" in page
+
+
+def test_a_ranking_kind_registered_once_gets_its_table_in_each_roi_section(tmp_path, monkeypatch):
+    """A kind with a report table, registered in screening.rank.kinds only: its rows are shown on the page."""
+    from screening.rank import RANKINGS_FILE, rank
+    from screening.rank.kinds import KINDS, RankingKind, ReportTable
+
+    run = _make_run(tmp_path, n=12)
+    rank(str(run / "responses"), str(run / "rankings"), rois=["V1"], top_k=3, n_null=20, null_draws=0)
+    path = run / "rankings" / RANKINGS_FILE
+    table = pq.read_table(path)
+    rows = table.to_pandas()
+    planted = rows[(rows.kind == "topk") & (rows.roi == "V1") & (rows.subject == "mean")].assign(kind="planted")
+    pq.write_table(pa.Table.from_pandas(pd.concat([rows, planted]), schema=table.schema, preserve_index=False), path)
+
+    def page():
+        return open(write_report(run, rois=["V1"], top_k=3, bottom_k=3, flatmaps=False), encoding="utf-8").read()
+
+    assert "planted list" not in page()   # unregistered: its rows are not shown
+    monkeypatch.setitem(KINDS, "planted", RankingKind("planted", "planted for this test", table=ReportTable(
+        "planted list", "score = a planted note", ("rank", "file", "image_id", "score"))))
+    shown = page()
+    assert "planted list" in shown and "score = a planted note" in shown
 
 
 def test_report_records_flatmap_unavailable(tmp_path, monkeypatch):

@@ -21,16 +21,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from screening.exceptions import InvalidParameterError
-from screening.fs import StorageOptions, add_storage_arguments, filesystem_for
+from screening.fs import StorageOptions, filesystem_for
+from screening.rank import config as _config
 from screening.rank._engine import (
-    CONSENSUS_SUBJECT,
     RANKINGS_SCHEMA,
     scan_row_groups,
     RankingNote,
     SETS_SCHEMA,
-    RankConfig,
     Ranker,
 )
+from screening.rank.config import RankConfig
+from screening.rank.kinds import BOTTOMK, TOPK, documented as _documented_kinds
 from screening.rank._enrichment import ENRICHMENT_FILE, LABEL_MEANS_FILE, best_labels, enrichment, label_means
 from screening.rank._diverse import DIVERSE_POOL, diversify, unit_vectors
 from screening.rank._io import find_manifest, open_responses, run_features, run_sources, write_table
@@ -105,19 +106,13 @@ def rank_with_sets(responses, out=None, **options):
     return result.rankings, result.sets
 
 
-def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=None, top_k=25, bottom_k=None, contrasts=(),
-                     contrast_by="z", selectivity=True, comparison=None, consensus=True, n_null=10_000,
-                     null_draws=10_000, null_quantile=0.95, seed=0, composites=None, roi_config=None, manifest=None,
-                     batch_size=65_536, memory_budget_mb=512.0, storage_options=None, endpoint_url=None,
-                     anonymous=None, progress=None) -> RankResult:
-    """:func:`rank`, and with ``labels`` what the ranked images are (a :class:`RankResult`).
-
-    ``labels`` is a label spec (``folder``, ``name:REGEX``, ``column:NAME`` or a CSV / Parquet table; see
-    :mod:`screening.labels`) resolved against the run's recorded sources, or a :class:`screening.labels.Labels`.
-    With ``out``, ``enrichment.parquet`` and ``label_means.parquet`` are written beside the rankings
-    (docs/rank-report.md). ``diverse=RHO`` lists no image whose embedding (the run's ``features/``) has a cosine
-    above RHO with one listed before it (:mod:`screening.rank._diverse`); skipped images stay in the rankings.
-    """
+def rank_with_labels(responses, out=None, *, labels=None, diverse=None, composites=None, roi_config=None,
+                     manifest=None, storage_options=None, endpoint_url=None, anonymous=None, progress=None,
+                     **options) -> RankResult:
+    # the ranking options are RankConfig's fields: the signature and the Parameters below are made from them
+    unknown = sorted(set(options) - set(RankConfig.names()))
+    if unknown:
+        raise TypeError(f"rank_with_labels() got an unexpected keyword argument {unknown[0]!r}")
     storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
     dataset, fs, path = _as_dataset(responses, storage)
     if manifest is None and fs is not None:
@@ -132,11 +127,10 @@ def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=Non
         composites = {**DEFAULT_COMPOSITES, **load_roi_config(roi_config)}
     elif composites is not None:
         composites = validate_composites(composites)
-    rho, k_listed, (top_k, bottom_k) = _diverse_pool(diverse, top_k, bottom_k)
-    cfg = RankConfig.of(rois=rois, top_k=top_k, bottom_k=bottom_k, contrasts=contrasts, contrast_by=contrast_by,
-                        selectivity=selectivity, comparison=comparison, consensus=consensus, n_null=n_null,
-                        null_draws=null_draws, null_quantile=null_quantile, seed=seed, batch_size=batch_size,
-                        memory_budget_mb=memory_budget_mb)
+    options = {**RankConfig.defaults(), **options}
+    rho, k_listed, (options["top_k"], options["bottom_k"]) = _diverse_pool(diverse, options["top_k"],
+                                                                           options["bottom_k"])
+    cfg = RankConfig.of(**options)
     ranker = Ranker(dataset, cfg, composites=composites, manifest=manifest, progress=progress)
     rows, sets = ranker.run()
     if k_listed is not None:
@@ -146,13 +140,12 @@ def rank_with_labels(responses, out=None, *, labels=None, diverse=None, rois=Non
     result = RankResult(rows, sets)
     if labels is not None:
         result.labels = _labels_of(labels, ranker, fs, path, storage, manifest)
-        result.label_means = label_means(ranker, result.labels, memory_budget_mb=memory_budget_mb)
+        result.label_means = label_means(ranker, result.labels, memory_budget_mb=cfg.memory_budget_mb)
         result.enrichment = enrichment(rows, result.labels, sets=sets, means=result.label_means)
     if out is not None:
         ofs, opath = filesystem_for(out, storage)
         meta = {"screening.rank": json.dumps({
-            **cfg.record(), "contrasts": [c[0] for c in ranker.contrast_pairs], "selectivity": ranker.selectivity,
-            "n_rows": ranker.n_rows,
+            **cfg.record(ranker), "n_rows": ranker.n_rows,
             "n_images": len(ranker.image_ids), "subjects": ranker.subjects,
             # what was left out and why (e.g. selectivity without a comparison set); the report shows these
             "notes": ranker.notes,
@@ -184,9 +177,9 @@ def _diverse_pool(diverse, top_k, bottom_k):
     rho = check_finite_number("diverse", diverse, allow_none=False)
     if not -1.0 < rho < 1.0:
         raise InvalidParameterError(f"diverse must be a cosine bound in (-1, 1), e.g. 0.95; got {diverse!r}")
-    k_listed = {"topk": top_k, "bottomk": top_k if bottom_k is None else bottom_k}
-    if isinstance(top_k, int) and not isinstance(top_k, bool) and isinstance(k_listed["bottomk"], int):
-        return rho, k_listed, (top_k * DIVERSE_POOL, k_listed["bottomk"] * DIVERSE_POOL)
+    k_listed = {TOPK.name: top_k, BOTTOMK.name: top_k if bottom_k is None else bottom_k}
+    if isinstance(top_k, int) and not isinstance(top_k, bool) and isinstance(k_listed[BOTTOMK.name], int):
+        return rho, k_listed, (top_k * DIVERSE_POOL, k_listed[BOTTOMK.name] * DIVERSE_POOL)
     return rho, k_listed, (top_k, bottom_k)   # RankConfig refuses them, naming the value
 
 
@@ -239,63 +232,14 @@ def rank(responses, out=None, **options) -> pd.DataFrame:
 
     Parameters
     ----------
-    responses : str, os.PathLike, pyarrow.Table, pyarrow.dataset.Dataset or pandas.DataFrame
-        The responses table (``image_id``, ``subject``, one float column per ROI); a path is a
-        directory of Parquet files or one file, local or ``s3://``. A pipeline run's ``RUN/responses``
-        (``RUN/_committed/`` exists) is read as its committed files only.
-    out : str or os.PathLike, optional
-        Directory to write ``rankings.parquet`` and ``_sets.parquet`` into (local or ``s3://``).
-    rois : list of str, optional
-        ROIs to rank: table columns (``L_FFC``, ``group_04``), bilateral areas (``FFC``), composites
-        (``faces``) and their hemisphere versions (``L_faces``). Default: every column, every
-        bilateral area and every composite that resolves.
-    top_k : int, default=25
-        Images kept per list (RNC keeps 25).
-    bottom_k : int, optional
-        Lowest-response images kept per ROI and subject; default ``top_k``; 0 disables.
-    contrasts : sequence of str or (str, str), default=()
-        ``"A:B"`` ranks images by ROI A minus ROI B (rows named ``A>B``); for names without
-        hemisphere prefix the ``L_`` and ``R_`` versions are ranked too.
-    contrast_by : {"z", "response"}, default="z"
-        Contrast score: ``z_A - z_B`` (default) or ``response_A - response_B``.
-    selectivity : bool, default=True
-        Rank every ROI by ``z_roi - mean(z of the comparison set)``.
-    comparison : list of str, optional
-        Comparison set for selectivity; default every area column, minus those overlapping the ROI.
-    consensus : bool, default=True
-        Rank by the mean z over subjects (rows with ``subject="consensus"``).
-    n_null : int, default=10_000
-        Images drawn (seeded, without replacement) from the screened set for the single-image null.
-    null_draws : int, default=10_000
-        Random k-image sets drawn for the set-level null (the ``_sets`` table); 0 disables.
-    null_quantile : float, default=0.95
-        Quantile of the null that ``margin`` is measured from.
-    seed : int, default=0
-        Seeds every random draw; equal inputs and seed give equal outputs.
-    composites : dict of str to list of str, optional
-        Named composite ROIs (replaces the defaults); or ``roi_config`` (a YAML/TOML/JSON file,
-        merged over the defaults).
-    roi_config : str or os.PathLike, optional
-    manifest : dict or str, optional
-        The run manifest (for per-subject vertex counts); default: ``manifest.json`` beside the
-        responses directory when ``responses`` is a path.
-    batch_size : int, default=65_536
-        Rows per streamed record batch.
-    memory_budget_mb : float, default=512
-        Bound on the consensus accumulators (9 bytes per image and ROI); above it the ROIs are
-        processed in chunks, one column-projected scan each.
-    storage_options : screening.fs.StorageOptions or dict, optional
-        S3 endpoint and credentials mode for ``s3://`` paths (``screening.fs``); ``endpoint_url=`` /
-        ``anonymous=`` may be given instead.
-    progress : callable, optional
-        Called with a short message after each scan.
+    <parameters>
 
     Returns
     -------
     pandas.DataFrame
         The rankings table: ``roi, subject, rank, image_id, response, z, margin, p_null, kind,
-        score, n_subjects_topk`` (see ``docs/rank-report.md``). ``rank`` 1 is best; ``kind`` is one
-        of ``topk``, ``bottomk`` (rank 1 = lowest), ``contrast``, ``selectivity``, ``consensus``.
+        score, n_subjects_topk, duplicate_of`` (see ``docs/rank-report.md``). ``rank`` 1 is best;
+        ``kind`` is one of <kinds>.
 
     Raises
     ------
@@ -314,6 +258,34 @@ def rank(responses, out=None, **options) -> pd.DataFrame:
     ...                 contrasts=["FFC:PHA1-3"])  # doctest: +SKIP
     """
     return rank_with_sets(responses, out, **options)[0]
+
+
+_WITH_LABELS_DOC = """:func:`rank`, and with ``labels`` what the ranked images are (a :class:`RankResult`).
+
+    ``labels`` is resolved against the run's recorded sources; with ``out``, ``enrichment.parquet`` and
+    ``label_means.parquet`` are written beside the rankings (docs/rank-report.md). With ``diverse``, skipped
+    near-copies stay in the rankings (:mod:`screening.rank._diverse`).
+
+    Parameters
+    ----------
+    <parameters>
+
+    Returns
+    -------
+    RankResult
+        The rankings and set table (as :func:`rank_with_sets`), and with ``labels`` the enrichment, the label
+        means and the resolved labels.
+    """
+
+
+def _documented(doc: str) -> str:
+    """``doc`` with every parameter's entry (from RankConfig's fields and the call's arguments) and the kinds."""
+    return doc.replace("    <parameters>", _config.parameters_doc()).replace("<kinds>", _documented_kinds())
+
+
+rank_with_labels.__signature__ = _config.signature()
+rank_with_labels.__doc__ = _documented(_WITH_LABELS_DOC)
+rank.__doc__ = _documented(rank.__doc__)
 
 
 def read_rankings(path, *, storage_options=None, endpoint_url=None, anonymous=None) -> pd.DataFrame:
@@ -373,42 +345,8 @@ def roi_values(responses, roi: str, subject: str, *, manifest=None, members=None
 
 # -- CLI -------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add ``screening rank`` arguments."""
-    parser.add_argument("responses", help="responses table: directory of Parquet files or a file (local or s3://); "
-                             "a pipeline run's RUN/responses is read as its committed files only")
-    parser.add_argument("out", help="output directory for rankings.parquet and _sets.parquet (local or s3://)")
-    parser.add_argument("--roi", action="append", dest="rois", metavar="NAME",
-                        help="ROI to rank (repeatable): L_FFC, FFC (bilateral), group_04, faces, L_faces ...; "
-                             "default all")
-    parser.add_argument("--parcellation", metavar="FILE",
-                        help="rank the ROI columns of this parcellation of your own (the file the run was screened "
-                             "with; with --roi, those too)")
-    parser.add_argument("--parcellation-prefix", default=None, help="its column prefix (default: the file stem)")
-    parser.add_argument("--top-k", type=int, default=25, help="images per list (default 25)")
-    parser.add_argument("--bottom-k", type=int, default=None, help="lowest images per ROI (default = top-k; 0 = off)")
-    parser.add_argument("--contrast", action="append", default=[], metavar="A:B",
-                        help="rank by ROI A minus ROI B, e.g. FFC:PHA1-3 (repeatable)")
-    parser.add_argument("--contrast-by", choices=("z", "response"), default="z",
-                        help="contrast score: difference of z (default) or of responses")
-    parser.add_argument("--no-selectivity", action="store_true", help="skip the selectivity lists")
-    parser.add_argument("--comparison", action="append", metavar="NAME",
-                        help="selectivity comparison ROI (repeatable; default all area columns)")
-    parser.add_argument("--no-consensus", action="store_true", help="skip the cross-subject consensus lists")
-    parser.add_argument("--roi-config", metavar="FILE", help="YAML/TOML/JSON file of composites, e.g. faces: [FFC, PIT]")
-    parser.add_argument("--manifest", help="manifest.json (default: beside RESPONSES)")
-    parser.add_argument("--diverse", type=float, default=None, metavar="RHO",
-                        help="no two listed images with embeddings closer than cosine RHO (e.g. 0.95): near-copies "
-                             "are skipped and recorded (kind *_skipped, duplicate_of); needs the run's features/")
-    parser.add_argument("--labels", metavar="SPEC",
-                        help="what the images are, for enrichment and tuning tables: folder (parent folder name), "
-                             "name:REGEX (first group over the file name), column:NAME (input shard column), or a "
-                             ".csv/.parquet table with label and image_id|source|file")
-    parser.add_argument("--n-null", type=int, default=10_000, help="images in the single-image null (default 10000)")
-    parser.add_argument("--null-draws", type=int, default=10_000, help="random k-sets in the set null (default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    parser.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed batch")
-    parser.add_argument("--memory-budget-mb", type=float, default=512.0, help="bound on consensus accumulators")
-    add_storage_arguments(parser)
+    """Add ``screening rank`` arguments (one per option: :mod:`screening.rank.config`)."""
+    _config.configure_parser(parser, RankConfig)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -426,12 +364,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.rois = list(args.rois or []) + column_names(args.parcellation, prefix=args.parcellation_prefix)
     with warnings.catch_warnings(record=True) as caught:  # printed once below as plain notes
         warnings.simplefilter("always", RankingNote)
-        result = rank_with_labels(args.responses, args.out, labels=args.labels, diverse=args.diverse, rois=args.rois, top_k=args.top_k, bottom_k=args.bottom_k,
-                    contrasts=args.contrast, contrast_by=args.contrast_by, selectivity=not args.no_selectivity,
-                    comparison=args.comparison, consensus=not args.no_consensus, n_null=args.n_null,
-                    null_draws=args.null_draws, seed=args.seed, roi_config=args.roi_config, manifest=args.manifest,
-                    batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                    storage_options=StorageOptions.from_args(args), progress=progress)
+        result = rank_with_labels(**_config.from_args(args, RankConfig), progress=progress)
     for w in caught:
         if issubclass(w.category, RankingNote):
             print(f"screening rank: note: {w.message}", file=sys.stderr)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from screening.rank.kinds import KINDS, names
+
 DIVERSE_POOL = 4
-DIVERSE_KINDS = ("topk", "bottomk")
+DIVERSE_KINDS = tuple(names(diverse=True))
 
 
 def diversify(rows: pd.DataFrame, vectors: dict, rho: float, k: dict) -> tuple[pd.DataFrame, list]:
@@ -37,7 +39,7 @@ def diversify(rows: pd.DataFrame, vectors: dict, rho: float, k: dict) -> tuple[p
                 sims = np.stack(mats) @ v
                 j = int(np.argmax(sims))
                 if sims[j] > rho:
-                    skipped.append(row._replace(kind=f"{kind}_skipped", duplicate_of=ids[j]))
+                    skipped.append(row._replace(kind=KINDS[kind].skipped().name, duplicate_of=ids[j]))
                     continue
             chosen.append(row._replace(rank=len(chosen) + 1))
             if v is not None:

@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from screening.validation import CheckedOnce, check_bool
 from screening.exceptions import InvalidParameterError
 from screening.rank._rois import CONTRAST_JOIN, RoiResolver, Target, parse_contrast
+from screening.rank.config import RankConfig
+from screening.rank.kinds import BOTTOMK, CONSENSUS, CONTRAST, SELECTIVITY, TOPK
 from screening.rank._stream import RunningStats, TopK
 
 KEY_COLUMNS = ("image_id", "subject")
 MEAN_SUBJECT = "mean"
-CONSENSUS_SUBJECT = "consensus"
 #: columns decoded per read of a Parquet row group (see ``Ranker._scan_row_groups``)
 SCAN_COLUMN_GROUP = 64
 SCAN_THREADS = True
@@ -62,66 +62,6 @@ SETS_SCHEMA = pa.schema([
     ("n_null", pa.int64()),
     ("null_draws", pa.int32()),
 ])
-
-
-@dataclass(frozen=True)
-class RankConfig(CheckedOnce):
-    """Every option of one ranking, checked once, when it is built; each bad value names itself and the valid ones."""
-
-    rois: list | None = None
-    top_k: int = 25
-    bottom_k: int = 25
-    contrasts: tuple = ()
-    contrast_by: str = "z"
-    selectivity: bool = True
-    comparison: list | None = None
-    consensus: bool = True
-    n_null: int = 10_000
-    null_draws: int = 10_000
-    null_quantile: float = 0.95
-    seed: int = 0
-    batch_size: int = 65_536
-    memory_budget_mb: float = 512.0
-
-    def _normalised(self) -> dict:
-        return _checked(self)
-
-    @classmethod
-    def of(cls, *, rois=None, top_k=25, bottom_k=None, contrasts=(), comparison=None, **options) -> "RankConfig":
-        """From ``rank``'s keyword arguments (``bottom_k=None``: as many as ``top_k``)."""
-        return cls(rois=list(rois) if rois is not None and not isinstance(rois, str) else rois, top_k=top_k,
-                   bottom_k=top_k if bottom_k is None else bottom_k,
-                   contrasts=tuple(contrasts) if not isinstance(contrasts, str) else (contrasts,),
-                   comparison=list(comparison) if comparison else None, **options)
-
-    def record(self) -> dict:
-        """The options as the rankings file's metadata records them."""
-        return {"top_k": self.top_k, "bottom_k": self.bottom_k, "contrast_by": self.contrast_by,
-                "comparison": self.comparison, "consensus": self.consensus, "n_null": self.n_null,
-                "null_draws": self.null_draws, "null_quantile": self.null_quantile, "seed": self.seed}
-
-
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InvalidParameterError(f"{name} must be an integer >= {lo}; got {value!r}")
-    return int(value)
-
-
-def _checked(cfg: RankConfig) -> dict:
-    """The normalised value of every option that needs one; raises on the first bad one."""
-    if cfg.contrast_by not in ("z", "response"):
-        raise InvalidParameterError(f"contrast_by={cfg.contrast_by!r} is not valid; valid: 'z', 'response'")
-    if not 0.5 < float(cfg.null_quantile) < 1.0:
-        raise InvalidParameterError(f"null_quantile must be in (0.5, 1); got {cfg.null_quantile!r}")
-    if not float(cfg.memory_budget_mb) > 0:
-        raise InvalidParameterError(f"memory_budget_mb must be > 0; got {cfg.memory_budget_mb!r}")
-    return {"top_k": _check_int("top_k", cfg.top_k, 1), "bottom_k": _check_int("bottom_k", cfg.bottom_k, 0),
-            "n_null": _check_int("n_null", cfg.n_null, 1), "null_draws": _check_int("null_draws", cfg.null_draws, 0),
-            "seed": _check_int("seed", cfg.seed, 0), "batch_size": _check_int("batch_size", cfg.batch_size, 1),
-            "selectivity": check_bool("selectivity", cfg.selectivity),
-            "consensus": check_bool("consensus", cfg.consensus),
-            "rois": [cfg.rois] if isinstance(cfg.rois, str) else cfg.rois,
-            "contrasts": (cfg.contrasts,) if isinstance(cfg.contrasts, str) else cfg.contrasts}
 
 
 class RankingNote(UserWarning):
@@ -595,7 +535,7 @@ class Ranker:
             for buf in (p1.top[s], p1.bottom[s]):
                 if buf.k == 0:
                     continue
-                kind = "topk" if buf.sign > 0 else "bottomk"
+                kind = (TOPK if buf.sign > 0 else BOTTOMK).name
                 self._emit_list(out, kind, names, s, buf, null, stats,
                                 lambda j, v, pl, s=s: (v, p1.z(s, v, self.ranked[j])))
 
@@ -711,7 +651,7 @@ class Ranker:
             else:
                 null = p1.null_t[s][:, ia].astype(np.float64) - p1.null_t[s][:, ib].astype(np.float64)
             st = stats[s]
-            self._emit_list(out, "contrast", [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+            self._emit_list(out, CONTRAST.name, [p[0] for p in pairs], s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
 
     def _emit_selectivity(self, p1: _Pass1, out: _Output, tops, stats):
@@ -734,7 +674,7 @@ class Ranker:
                     null[:, j] = zr[:, j] - np.where(c_ > 0, s_ / c_, np.nan)
             del zf, fin
             st = stats[s]
-            self._emit_list(out, "selectivity", self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
+            self._emit_list(out, SELECTIVITY.name, self.ranked_names, s, tops[s], null, (st.n, st.mean_or_nan, st.std),
                             payload)
 
     def _emit_consensus(self, p1: _Pass1, out: _Output, chunk, acc_z, acc_r, acc_n, image_index):
@@ -776,4 +716,4 @@ class Ranker:
             return pl[:, 0], v
 
         names = [self.targets[ti].name for ti in tis]
-        self._emit_list(out, "consensus", names, CONSENSUS_SUBJECT, buf, null_cons, stats, payload, n_topk)
+        self._emit_list(out, CONSENSUS.name, names, CONSENSUS.subject, buf, null_cons, stats, payload, n_topk)

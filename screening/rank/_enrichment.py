@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from screening.rank.kinds import TOPK, names
+
 ENRICHMENT_FILE = "enrichment.parquet"
 LABEL_MEANS_FILE = "label_means.parquet"
-SIDES = ("topk", "bottomk")
+SIDES = tuple(names(labelled=True))   # the lists whose labels are counted
 SLICE_ROWS = 8192
 
 
@@ -134,7 +136,7 @@ def odds_ratio(a, b, c, d) -> np.ndarray:
     return np.where(empty, np.nan, ratio)
 
 
-def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = "topk") -> pd.DataFrame:
+def best_labels(table: pd.DataFrame, subject: str = "mean", kind: str = TOPK.name) -> pd.DataFrame:
     """Per ROI, its most enriched label (lowest p, then highest fold) in the ``subject``'s ``kind`` list."""
     t = table[(table.subject == subject) & (table.kind == kind)]
     if not len(t):

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 
 from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
+from screening.rank.kinds import CONSENSUS_SUBJECT, TOPK, RankingKind, names, shown_in_roi_sections
 from screening.report import html as H
 from screening.report.contact_sheet import fetch_image_records, image_extension, write_thumbnail
 from screening.report.describe import short_name
@@ -97,9 +98,12 @@ class Inputs:
     def n_images(self):
         return self.meta.get("n_images") or (self.manifest.get("counts") or {}).get("images")
 
-    def ranked(self, kind: str, roi: str, subject: str, k=None) -> pd.DataFrame:
-        r = self.rankings
-        r = r[(r.kind == kind) & (r.roi == roi) & (r.subject == subject)].sort_values("rank")
+    def ranked(self, kind: RankingKind, roi: str, subject: str | None = None, k=None) -> pd.DataFrame:
+        """One list, best first: ``kind``'s rows of ``roi`` for ``subject`` (default: the kind's own subject, else
+        the subject shown)."""
+        r = kind.rows(self.rankings)
+        subject = subject or kind.subject or self.subject
+        r = r[(r.roi == roi) & (r.subject == subject)].sort_values("rank")
         return r.head(k) if k is not None else r
 
 
@@ -155,8 +159,8 @@ def run_outputs(run: Path):
 def _choose_subject(rankings: pd.DataFrame, subject):
     subjects = list(dict.fromkeys(rankings.subject))
     if subject is None:
-        return "mean" if "mean" in subjects else next((s for s in subjects if s != "consensus"), None)
-    if subject not in subjects and subject not in ("mean", "consensus"):
+        return "mean" if "mean" in subjects else next((s for s in subjects if s != CONSENSUS_SUBJECT), None)
+    if subject not in subjects and subject not in ("mean", CONSENSUS_SUBJECT):
         named = parse_subjects(subject, name="subject")  # any spelling of one subject: 1, "01", "subj01", ...
         if len(named) != 1:
             raise InvalidParameterError(f"subject={subject!r} names {len(named)} subjects; the page shows one")
@@ -167,7 +171,7 @@ def _choose_subject(rankings: pd.DataFrame, subject):
 
 
 def _choose_rois(rankings: pd.DataFrame, rois) -> list:
-    ranked_rois = list(dict.fromkeys(rankings[rankings.kind == "topk"].roi))
+    ranked_rois = list(dict.fromkeys(TOPK.rows(rankings).roi))
     if rois is None:
         return [r for r in DEFAULT_ROIS if r in ranked_rois] or ranked_rois[:4]
     rois = [rois] if isinstance(rois, str) else list(rois)
@@ -227,8 +231,8 @@ def fetch_shown_images(inputs: Inputs, plans: list) -> Images:
     con = contrast_rows(inputs)
     table_ids = set(con[con["rank"] <= table_k].image_id)
     for roi in inputs.rois:
-        for kind, subj in (("consensus", "consensus"), ("selectivity", inputs.subject)):
-            table_ids |= set(inputs.ranked(kind, roi, subj, table_k).image_id)
+        for kind in shown_in_roi_sections():
+            table_ids |= set(inputs.ranked(kind, roi, k=table_k).image_id)
     records, shards_note = _image_records(inputs.manifest, thumb_ids, table_ids - thumb_ids)
     missing = (thumb_ids | table_ids) - set(records)
     if missing:  # images read straight from files or tars: the run's sources table says where each one is
@@ -243,7 +247,7 @@ def fetch_shown_images(inputs: Inputs, plans: list) -> Images:
 
 def contrast_rows(inputs: Inputs) -> pd.DataFrame:
     r = inputs.rankings
-    return r[(r.kind == "contrast") & (r.subject == inputs.subject)]
+    return r[r.kind.isin(names(contrast=True)) & (r.subject == inputs.subject)]
 
 
 def ranking_note():
@@ -257,7 +261,8 @@ def n_finite(values, sets, roi, subject, n_images):
     if values is not None:
         return int(values.size)
     if sets is not None:
-        row = sets[(sets.roi == roi) & (sets.subject == subject) & (sets.kind == "topk")]
+        row = TOPK.rows(sets)
+        row = row[(row.roi == roi) & (row.subject == subject)]
         if len(row):
             return int(row.n_images.iloc[0])
     return int(n_images) if n_images is not None else None

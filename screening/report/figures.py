@@ -7,6 +7,7 @@ import numpy as np
 
 from screening import atlas
 from screening.exceptions import InvalidParameterError
+from screening.rank.kinds import TOPK
 from screening.report.contact_sheet import make_contact_sheet
 from screening.report.data import Images, Inputs
 from screening.report.flatmap import draw_flatmap, roi_grayordinate_mask
@@ -167,7 +168,8 @@ def draw_labels(inputs: Inputs, p: dict) -> dict:
     roi, subject = p["roi"], inputs.subject
     e = inputs.enrichment
     if e is not None:
-        rows = e[(e.roi == roi) & (e.subject == subject) & (e.kind == "topk")]
+        rows = TOPK.rows(e)
+        rows = rows[(rows.roi == roi) & (rows.subject == subject)]
         if len(rows):
             out["labels_fig"] = _label_shares(rows, inputs, p)
     t = inputs.label_means

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from screening.rank.kinds import BOTTOMK, TOPK, shown_in_roi_sections
 from screening.report import html as H
 from screening.report.data import (Images, Inputs, check_run_dir, contrast_rows, fetch_shown_images,
                                    n_finite, read_errors, read_inputs, roi_column_values, slug, vertex_counts)
@@ -74,7 +75,7 @@ def _plan_lists(inputs: Inputs, roi: str, top_k, bottom_k) -> dict:
         except Exception as exc:  # noqa: BLE001 - optional figure; the reason goes on the page
             p["hist_error"] = f"{type(exc).__name__}: {exc}"
     n = n_finite(p["values"], inputs.sets, roi, subject, inputs.n_images)
-    ranked_top, ranked_bottom = inputs.ranked("topk", roi, subject), inputs.ranked("bottomk", roi, subject)
+    ranked_top, ranked_bottom = inputs.ranked(TOPK, roi, subject), inputs.ranked(BOTTOMK, roi, subject)
     kt = len(ranked_top) if top_k is None else min(top_k, len(ranked_top))
     kb = len(ranked_bottom) if bottom_k is None else min(bottom_k, len(ranked_bottom))
     if n is not None and kt and kb and kt + kb > n:
@@ -107,33 +108,27 @@ def _roi_section(inputs: Inputs, images: Images, p: dict, flatmapper) -> dict:
     r.update(draw_histogram(inputs, p))
     r.update(draw_labels(inputs, p))
     r.update(flatmapper(p) if flatmapper is not None else {"flatmap": None, "flatmap_error": None})
-    lists = [{"title": f"top-{len(top)}", "note": None, "table": images.table(top, _LIST_COLUMNS)}]
+    lists = [{"title": TOPK.title.format(k=len(top)), "note": None, "table": images.table(top, _LIST_COLUMNS)}]
     if len(bottom):
-        lists.append({"title": f"bottom-{len(bottom)} (rank 1 = lowest)", "note": None,
+        lists.append({"title": BOTTOMK.title.format(k=len(bottom)), "note": None,
                       "table": images.table(bottom, _LIST_COLUMNS)})
-    extra = _consensus_and_selectivity(inputs, images, roi, len(top) or None, r["notes"])
+    extra = _kind_tables(inputs, images, roi, len(top) or None, r["notes"])
     sets = _sets_table(inputs, roi, p)
     r["tables"] = [lists] + ([extra] if extra else []) + ([sets] if sets else [])
     return r
 
 
-def _consensus_and_selectivity(inputs: Inputs, images: Images, roi: str, k, notes: list) -> list:
+def _kind_tables(inputs: Inputs, images: Images, roi: str, k, notes: list) -> list:
+    """The tables of every kind the registry shows in an ROI's section (consensus, selectivity, ...)."""
     extra = []
-    cons = inputs.ranked("consensus", roi, "consensus", k)
-    if len(cons):
-        extra.append({"title": "consensus over subjects", "note": "score = the image's mean z over the "
-                      "subjects; n_subjects_topk = subjects with it in their own top-k",
-                      "table": images.table(cons, ["rank", "file", "image_id", "score", "n_subjects_topk",
-                                                   "margin", "p_null"])})
-    sel = inputs.ranked("selectivity", roi, inputs.subject, k)
-    if len(sel):
-        extra.append({"title": "most selective", "note": "score = z of this ROI minus the mean z of the "
-                      "comparison areas (every area column not overlapping it, unless --comparison was given)",
-                      "table": images.table(sel, ["rank", "file", "image_id", "score", "response", "z",
-                                                  "margin", "p_null"])})
-    elif inputs.meta and not inputs.meta.get("selectivity", True):
-        notes.append("No selectivity list: " + next(
-            (n for n in inputs.meta.get("notes") or [] if n.startswith("selectivity")), "ranked without selectivity"))
+    for kind in shown_in_roi_sections():
+        rows = inputs.ranked(kind, roi, k=k)
+        if len(rows):
+            extra.append({"title": kind.table.title, "note": kind.table.note,
+                          "table": images.table(rows, list(kind.table.columns))})
+        elif kind.explain_absence and inputs.meta and not inputs.meta.get(kind.name, True):
+            notes.append(f"No {kind.name} list: " + next(
+                (n for n in inputs.meta.get("notes") or [] if n.startswith(kind.name)), f"ranked without {kind.name}"))
     return extra
 
 
