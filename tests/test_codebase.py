@@ -279,3 +279,78 @@ def test_boundary_check_catches_planted_cycles_and_private_imports(tmp_path):
     assert "plant.a.four imports the private plant.b._hidden.X of another package" in problems
     assert "plant.a.four imports the private plant.b.three._z of another package" in problems
     assert not [p for p in problems if p.startswith("plant.b.three")]
+
+
+# --------------------------------------------------------------------------- kinds are objects, asked, not compared
+
+#: Where each kind's names may be spelled out: the registry of ranking kinds, the module of store locations.
+KIND_HOMES = {"ranking": "screening/rank/kinds.py", "store": "screening/store/locations.py"}
+
+
+def _kind_names() -> dict[str, set[str]]:
+    from screening.rank.kinds import KINDS
+    from screening.store.locations import LOCATIONS
+
+    return {"ranking": set(KINDS), "store": {k.name for k in LOCATIONS}}
+
+
+def _strings(node) -> list[str]:
+    """The string constants of a constant or of a tuple / list / set of them."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [n.value for n in items if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _names_kind(node) -> bool:
+    """``kind`` or ``<anything>.kind``: what a store location's kind was called."""
+    return (isinstance(node, ast.Name) and node.id == "kind") or (isinstance(node, ast.Attribute) and node.attr == "kind")
+
+
+def kind_comparisons(root: Path, package: str, kinds: dict[str, set[str]], homes: dict[str, str]) -> list[str]:
+    """``path:line: ...`` of every comparison of a value with a ranking kind's name (``== "topk"``,
+    ``in ("topk", ...)``, ``.isin(["topk"])``) or of a ``kind`` with a store kind's name (``kind == "url"``),
+    outside the kind's own module."""
+    problems = []
+    for path in sorted((root / package).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                pairs = [(sides[i], sides[i + 1]) for i in range(len(node.ops))]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "isin":
+                pairs = [(node.func.value, a) for a in node.args]
+            else:
+                continue
+            for a, b in pairs:
+                for this, other in ((a, b), (b, a)):
+                    named = set(_strings(this))
+                    if named & kinds["ranking"] and rel != homes["ranking"]:
+                        problems.append(f"{rel}:{node.lineno}: compares with ranking kind(s) "
+                                        f"{sorted(named & kinds['ranking'])}: ask screening.rank.kinds")
+                    if named & kinds["store"] and _names_kind(other) and rel != homes["store"]:
+                        problems.append(f"{rel}:{node.lineno}: compares a kind with store kind(s) "
+                                        f"{sorted(named & kinds['store'])}: ask screening.store.locations")
+    return sorted(set(problems))
+
+
+def test_no_string_comparison_with_a_ranking_or_store_kind_outside_its_module():
+    problems = kind_comparisons(ROOT, "screening", _kind_names(), KIND_HOMES)
+    assert not problems, "\n".join(problems)
+
+
+def test_kind_check_catches_planted_comparisons(tmp_path):
+    pkg = tmp_path / "plant"
+    (pkg / "kinds").mkdir(parents=True)
+    (pkg / "uses.py").write_text(
+        "def f(r, store, kind, subject):\n"
+        "    a = r[r.kind == 'topk']\n"
+        "    b = kind in ('bottomk', 'other')\n"
+        "    c = r[r.kind.isin(['consensus'])]\n"
+        "    d = store.kind != 'url'\n"
+        "    e = 'local' == kind\n"
+        "    f = subject == 'local'\n"           # not a kind: a store kind's name compared with something else
+        "    return a, b, c, d, e, f\n")
+    (pkg / "kinds" / "home.py").write_text("def g(kind):\n    return kind == 'topk' or kind == 'url'\n")
+    kinds = {"ranking": {"topk", "bottomk", "consensus"}, "store": {"url", "local"}}
+    got = kind_comparisons(tmp_path, "plant", kinds, {"ranking": "plant/kinds/home.py", "store": "plant/kinds/home.py"})
+    assert [p.split(":")[1] for p in got] == ["2", "3", "4", "5", "6"], got
+    assert "['topk']" in got[0] and "['url']" in got[3]
