@@ -20,7 +20,8 @@ COMMANDS = {
     "encode": ("screening._encode_cli", "encode a folder of images and print/write ROI means"),
     "make-store": ("screening.store.synthetic", "write a synthetic-weights BERG-layout model store"),
     "ingest": ("screening.ingest", "turn images (folder, .tar, list of paths/URIs) into Parquet shards"),
-    "run": ("screening.pipeline.cli", "screen Parquet image shards on Ray into ROI response tables"),
+    "run": ("screening.pipeline.cli", "screen images (Parquet shards, folders, .tar / WebDataset, HDF5, lists of "
+                                    "paths or URIs) on Ray into ROI response tables"),
     "rank": ("screening.rank", "rank stimuli per ROI from a responses table"),
     "search": ("screening.search", "find the screened images whose brain profile is most like an image or a target"),
     "contrast": ("screening.contrast", "in silico localizer contrasts, ROIs and their AP against real ROIs, from "
