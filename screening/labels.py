@@ -217,6 +217,11 @@ def _match(rx, name: str):
 
 
 def _table_labels(path: str, sources: pd.DataFrame, storage) -> pd.DataFrame:
+    return join_label_table(read_label_table(path, storage), sources)
+
+
+def read_label_table(path: str, storage=None) -> pd.DataFrame:
+    """A label table's ``(key, label)`` rows; its key column (``image_id``, ``source`` or ``file``) keeps its name."""
     from screening.fs import filesystem_for
 
     fs, p = filesystem_for(path, storage)
@@ -228,11 +233,51 @@ def _table_labels(path: str, sources: pd.DataFrame, storage) -> pd.DataFrame:
     if "label" not in table.columns or key is None:
         raise InvalidParameterError(f"labels={path!r} needs a 'label' column and one of {', '.join(TABLE_KEYS)}; "
                                     f"its columns: {', '.join(map(str, table.columns))}")
-    table = table[[key, "label"]].dropna().astype(str)
+    return table[[key, "label"]].dropna().astype(str)
+
+
+def join_label_table(table: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
+    """``(image_id, label)`` of ``sources`` (image_id, source) through a table of :func:`read_label_table`."""
+    key = table.columns[0]
     if key == "image_id":
         return table
-    keyed = sources.assign(key=sources.source if key == "source" else [file_name(s) for s in sources.source])
+    keyed = sources.assign(key=sources.source if key == "source" else file_names(sources.source.to_numpy()))
     return keyed.merge(table.rename(columns={key: "key"}), on="key")[["image_id", "label"]]
+
+
+class Labeler:
+    """Labels of images as they stream past (``screening run --vertex-stats SPEC``): ``folder``, ``name:REGEX`` or a
+    table, resolved per batch from each image's id and source, the table read once. ``column:NAME`` needs the input
+    shards' column, which the encoders never see: refused."""
+
+    def __init__(self, spec: str, storage=None):
+        if not isinstance(spec, str) or not spec or spec.startswith("column:") or not (
+                spec == "folder" or spec.startswith("name:") or spec.lower().endswith((".csv", ".parquet"))):
+            raise InvalidParameterError(
+                f"vertex_stats={spec!r} is not a streaming label spec; valid: folder, name:REGEX, a .csv or .parquet "
+                f"table (label + image_id|source|file). column:NAME works for rank --labels, not here: write the "
+                f"column to a table first")
+        self.spec = spec
+        self.table = read_label_table(spec, storage) if spec.lower().endswith((".csv", ".parquet")) else None
+        if spec.startswith("name:"):
+            _regex(spec)   # refused now, not in an encoder
+
+    def pairs(self, ids, sources) -> pd.DataFrame:
+        """``(image_id, label)`` rows of one batch (several per image for a multi-label table)."""
+        batch = pd.DataFrame({"image_id": id_strings(ids), "source": id_strings(sources)})
+        if self.table is not None:
+            return join_label_table(self.table, batch)
+        if self.spec == "folder":
+            found = batch.assign(label=parent_folders(batch.source.to_numpy()))
+        else:
+            rx = _regex(self.spec)
+            found = batch.assign(label=[_match(rx, n) for n in file_names(batch.source.to_numpy())])
+        found = found[["image_id", "label"]].dropna()
+        return found[found.label != ""]
+
+    def labels_of_sources(self, sources) -> list[str]:
+        """Every label of ``sources`` (paths known at planning: a folder input), for the memory check."""
+        return sorted(set(self.pairs(np.asarray(sources, dtype=object), sources).label))
 
 
 def _column_labels(name: str, shards, id_column: str, image_column: str, storage) -> pd.DataFrame:

@@ -117,8 +117,9 @@ class VertexStats:
         return grown
 
     # -- storage: one folder of .npy files (memory-mapped on read) and a JSON header --------------------------------
-    def save(self, folder: str) -> None:
-        """Write atomically: a temporary folder renamed over ``folder``."""
+    def save(self, folder: str, extra: dict | None = None) -> None:
+        """Write atomically: a temporary folder renamed over ``folder``; ``extra`` joins the header (a run records
+        the units merged)."""
         import shutil
         import tempfile
 
@@ -129,7 +130,8 @@ class VertexStats:
             np.save(os.path.join(tmp, f"{name}.npy"), getattr(self, name))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"format": FORMAT, "labels": self.labels, "subjects": self.subjects, "variant": self.variant,
-                       "model_id": self.model_id, "n_vertices": self.n_vertices, "images": self.images}, f)
+                       "model_id": self.model_id, "n_vertices": self.n_vertices, "images": self.images,
+                       **(extra or {})}, f)
         old = None
         if os.path.exists(folder):
             old = tempfile.mkdtemp(prefix=".vertex-stats-old-", dir=parent)
@@ -159,3 +161,68 @@ class VertexStats:
 def bytes_needed(n_labels: int, n_subjects: int, n_vertices: int) -> int:
     """Memory (and disk) of the statistics of ``n_labels`` labels."""
     return n_labels * (n_subjects * n_vertices * BYTES_PER_LABEL_VERTEX + 8)
+
+
+# -- computing them: the full readout of a batch's core output, label by label -----------------------------------
+VERTEX_CHUNK = 8192   # vertices per readout step: (N, C, chunk) pooled values, ~100 MB at N = 8
+
+
+def vertex_values(heads: dict, subjects, feats, precision: str = "fp32", chunk: int = VERTEX_CHUNK):
+    """Yield ``(subject index, vertex slice, float32 (N, chunk) responses)`` of core output ``feats`` (N, C, H, W)
+    through each subject's full readout (``FactorizedReadout``), in vertex chunks so memory stays bounded. Under
+    bf16 the readout's matmuls run in bf16 (as the core does; its agreement with fp32 is measured in
+    benchmarks/README.md), else in fp32, the published maths."""
+    import torch
+
+    for si, s in enumerate(subjects):
+        head = heads[s]
+        for lo in range(0, head.n_vertices, chunk):
+            rows = slice(lo, min(lo + chunk, head.n_vertices))
+            with torch.inference_mode(), torch.autocast(feats.device.type, dtype=torch.bfloat16,
+                                                        enabled=precision == "bf16"):
+                y = head(feats, rows=rows)
+            yield si, rows, y.float().cpu().numpy()
+
+
+def batch_stats(heads: dict, subjects, feats, memberships: np.ndarray, labels, precision: str = "fp32",
+                **meta) -> "VertexStats":
+    """:class:`VertexStats` of one batch: ``memberships`` (N, L) 0/1 over ``labels``; rows without a label are
+    read through nothing (only labelled rows are passed to the readout)."""
+    m = np.asarray(memberships, dtype=np.float64)
+    keep = np.flatnonzero(m.sum(axis=1) > 0)
+    n_vertices = next(iter(heads.values())).n_vertices
+    out = VertexStats.empty(labels, subjects, n_vertices, images=int(m.shape[0]), **meta)
+    out.n = m.sum(axis=0).astype(np.int64)
+    if not keep.size:
+        return out
+    m = m[keep]
+    present = np.flatnonzero(out.n)
+    for si, rows, y in vertex_values(heads, subjects, feats[keep], precision):
+        y = y.astype(np.float64)
+        out.sum[:, si, rows] = m.T @ y
+        for li in present:
+            d = y[m[:, li] > 0] - out.sum[li, si, rows] / out.n[li]
+            out.m2[li, si, rows] = np.einsum("ij,ij->j", d, d)
+    return out
+
+
+def save_partial(fs, path: str, stats: "VertexStats") -> None:
+    """One batch's statistics of one unit as a single ``.npz`` (through ``fs``: local or object storage)."""
+    import io
+    import posixpath
+
+    buf = io.BytesIO()
+    np.savez(buf, labels=np.array(stats.labels, dtype=str), subjects=np.array(stats.subjects, dtype=str),
+             n=stats.n, sum=stats.sum, m2=stats.m2, images=np.int64(stats.images))
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_partial(fs, path: str, **meta) -> "VertexStats":
+    import io
+
+    with fs.open(path, "rb") as f:
+        d = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        return VertexStats([str(x) for x in d["labels"]], [str(x) for x in d["subjects"]], d["n"], d["sum"], d["m2"],
+                           images=int(d["images"]), **meta)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from screening.exceptions import IntegrityError
-from screening.pipeline.outputs import ERRORS, FEATURES, RESPONSES, SOURCES, OutputLayout, utcnow
+from screening.pipeline.outputs import ERRORS, FEATURES, RESPONSES, SOURCES, VSTATS, OutputLayout, utcnow
 from screening.pipeline.parts import describe_rows
 
 
@@ -62,7 +62,8 @@ class UnitLedger:
     def add(self, receipts) -> int:
         n = 0
         cols = {k: receipts.column(k).to_pylist() for k in ("unit", "responses", "errors", "sources", "features",
-                                                              "n_ok", "n_err", "n_read", "responses_rows", "failure")}
+                                                              "vstats", "n_ok", "n_err", "n_read", "responses_rows",
+                                                              "failure")}
         rows = receipts.column("rows").to_pylist()
         for i, unit in enumerate(cols["unit"]):
             st = self.units.get(unit)
@@ -96,7 +97,8 @@ class UnitLedger:
         st.read_errors += r["n_read"]
         st.responses_rows += r["responses_rows"]
         st.parts.append({RESPONSES: r["responses"], ERRORS: r["errors"], SOURCES: r["sources"],
-                         FEATURES: r["features"], "rows": int(idx.size), "responses_rows": r["responses_rows"]})
+                         FEATURES: r["features"], VSTATS: r["vstats"], "rows": int(idx.size),
+                         "responses_rows": r["responses_rows"]})
 
     def _decide(self, st: UnitState) -> None:
         missing = np.flatnonzero(st.seen == 0)
@@ -139,6 +141,9 @@ class UnitLedger:
                  ERRORS: [p[ERRORS] for p in st.parts if p[ERRORS]],
                  SOURCES: [p[SOURCES] for p in st.parts if p[SOURCES]],
                  FEATURES: [p[FEATURES] for p in st.parts if p.get(FEATURES)]}
+        vstats = sorted({v for p in st.parts for v in (p.get(VSTATS) or "").split("\n") if v})
+        if vstats:   # partial statistics (by first row), merged into vertex_stats/ once committed (UnitSink)
+            files[VSTATS] = vstats
         if compacted and "file" in compacted:
             files[RESPONSES] = [compacted["file"]]
         marker = {

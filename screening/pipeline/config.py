@@ -46,6 +46,23 @@ def _not(v):
     return not v
 
 
+def _vertex_stats(c) -> str | None:
+    """A streaming label spec, for a local output, without --redo-changed (a merged unit cannot be unmerged)."""
+    if c.vertex_stats is None:
+        return None
+    from screening.labels import Labeler
+
+    Labeler(c.vertex_stats, c.storage)   # a bad spec, regex or table is refused here, not in an encoder
+    out = os.fspath(c.out)
+    if "://" in out and not out.startswith("file://"):
+        raise InvalidParameterError(f"--vertex-stats writes its statistics beside a local output; out={out!r} is "
+                                    f"object storage: screen into a local or shared-filesystem folder")
+    if c.redo_changed:
+        raise InvalidParameterError("--vertex-stats with --redo-changed: a unit's statistics are already merged and "
+                                    "cannot be taken out again; screen changed inputs into a new output")
+    return c.vertex_stats
+
+
 @dataclass(frozen=True)
 class RunConfig(CheckedOnce):
     """Every option of a screening run, each defined once (its doc, CLI flag, record and key: :func:`option`).
@@ -172,6 +189,17 @@ class RunConfig(CheckedOnce):
         Keep each image's embedding, the core output's spatial mean (384 values, float16), in ``features/`` parts
         under the same exactly-once commit as the responses (``screening search --space features``, ``rank
         --diverse``). An output keeps what it was first screened with.""")
+    vertex_stats: str | None = option(None, flag="--vertex-stats", cli={"metavar": "LABELS"},
+                                      key=lambda c: {"vertex_stats": c.vertex_stats} if c.vertex_stats else None,
+                                      help="LABELS (folder, name:REGEX or a label table): also accumulate each "
+                                           "label's per-vertex n, sum and sum of squares (vertex_stats/, for "
+                                           "screening contrast)",
+                                      doc="""str, optional
+        A label spec (``folder``, ``name:REGEX``, a ``.csv`` / ``.parquet`` table of ``label`` and ``image_id``,
+        ``source`` or ``file``; an image may carry several labels). The encoders then also read every labelled
+        image through the full readout (57,051 vertices x 8 subjects) and accumulate, per label, subject and vertex,
+        n, the sum and the centred sum of squares (float64, Chan merges); each unit's partials commit with it and
+        are merged into ``OUT/vertex_stats/`` in unit order (``screening.vertex_stats``). Local outputs only.""")
     progress: bool = option(True, flag="--no-progress", cli={"action": "store_true"}, from_cli=_not, record=False,
                             help="no progress bar", doc="""bool, default=True
         A progress bar of committed-ready images on stderr.""")
@@ -313,6 +341,7 @@ def _checked(c: RunConfig) -> dict:
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
             "fast_decode": check_bool("fast_decode", c.fast_decode) and not mode.full_size,
+            "vertex_stats": _vertex_stats(c),
             "progress": check_bool("progress", c.progress), "features": check_bool("features", c.features), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),

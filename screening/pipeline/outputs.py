@@ -31,6 +31,8 @@ MANIFEST = "manifest.json"
 LOCK = "_lock.json"
 FEATURES = "features"   # (image_id, f000..) the core output's spatial mean per image, float16
 KINDS = (RESPONSES, ERRORS, SOURCES, FEATURES)
+VSTATS = "vstats"   # --vertex-stats partials of a unit (.npz): merged into vertex_stats/ once the unit commits
+VERTEX_STATS = "vertex_stats"   # the merged per-label vertex statistics (screening.vertex_stats format)
 
 
 def utcnow() -> str:

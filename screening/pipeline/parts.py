@@ -30,7 +30,7 @@ from screening.pipeline.tables import (PARQUET_OPTIONS, STAGE_OK, error_table, f
 
 WRITE_ATTEMPTS = 3
 RECEIPT_SCHEMA = pa.schema([("unit", pa.string()), ("responses", pa.string()), ("errors", pa.string()),
-                            ("sources", pa.string()), ("features", pa.string()),
+                            ("sources", pa.string()), ("features", pa.string()), ("vstats", pa.string()),
                             ("rows", pa.binary()), ("n_ok", pa.int64()), ("n_err", pa.int64()), ("n_read", pa.int64()),
                             ("responses_rows", pa.int64()), ("failure", pa.string())])
 
@@ -118,8 +118,10 @@ def write_parts(batch: dict, *, layout, labels, roi_names, config_key: str) -> p
                                 np.asarray(batch["error"], dtype=object)[bad])
             err_rel = layout.rel_part("errors", unit, name)
             failure = _write_with_retries(fs, layout.join(err_rel), table, meta)
+        vstats = ("\n".join(dict.fromkeys(p for p in np.asarray(batch["vstats"], dtype=object)[ok] if p))
+                  if "vstats" in batch else "")
         receipts.append({"unit": unit, "responses": resp_rel, "errors": err_rel, "sources": src_rel,
-                         "features": feat_rel,
+                         "features": feat_rel, "vstats": vstats,
                          "rows": idx.astype(np.int32).tobytes(), "n_ok": int(ok.sum()), "n_err": int(bad.sum()),
                          "n_read": int((sel & (stage == "read")).sum()),
                          "responses_rows": n_resp, "failure": failure or ""})

@@ -164,6 +164,12 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
                                     f"{type(config).__name__}")
     store = resolve_store(config.store, storage=config.storage)
     model_id = resolve_model_id(store, config.model_id)
+    if config.vertex_stats:
+        from screening.models.registry import get_weights
+        from screening.pipeline.vertex_sink import check_request
+
+        check_request(config.vertex_stats, config.images, config.storage, len(config.subjects),
+                      get_weights(model_id).n_vertices)
     fingerprint = dict(store.fingerprint(model_id))
     roi_set, reliability, nv = resolve_rois(store, model_id, fingerprint, config)
     layout = OutputLayout(config.out, storage=config.storage)

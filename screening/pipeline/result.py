@@ -51,6 +51,16 @@ class ScreeningResult:
 
         return self.outputs.table(FEATURES, pa.table({"image_id": pa.array([], pa.string())})).to_pandas()
 
+    def vertex_stats(self):
+        """The merged per-label vertex statistics of a ``vertex_stats=`` run (:class:`screening.vertex_stats.VertexStats`:
+        ``.mean(label)``, ``.var(label)``; what ``screening contrast`` reads)."""
+        import os
+
+        from screening.pipeline.outputs import VERTEX_STATS
+        from screening.vertex_stats import VertexStats
+
+        return VertexStats.load(os.path.join(str(self.out).removeprefix("file://"), VERTEX_STATS))
+
     def errors(self):
         """All committed error rows (``image_id``, ``source``, ``stage``, ``error``) as a DataFrame."""
         return self.outputs.table(ERRORS, ERROR_SCHEMA.empty_table()).to_pandas()

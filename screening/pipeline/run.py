@@ -27,6 +27,7 @@ from screening.pipeline.outputs import OutputLayout, check_compatible, utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
 from screening.pipeline.result import ScreeningResult
 from screening.pipeline.sink import UnitSink, write_task
+from screening.pipeline.timeline import mark, setup_log_dir, step
 
 
 # A decode task's measured working set: its input block (a whole shard's bytes: Ray Data merges read_units' chunks
@@ -72,7 +73,9 @@ _ensure_ray = ensure_ray   # the one name execute() calls (tests replace it to p
 
 def screen_config(config: RunConfig) -> ScreeningResult:
     """Run a :class:`RunConfig` (built by ``RunConfig.of`` / ``RunConfig.from_args``): plan, then execute."""
-    return execute(build_plan(config))
+    with step("plan"):
+        plan = build_plan(config)
+    return execute(plan)
 
 
 
@@ -99,11 +102,13 @@ PRECISION_PROBE_TIMEOUT_S = 300.0
 def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
     """``(plan, resources)`` once Ray is up: the pool checked against the cluster, and precision="auto" resolved once,
     on a node of the encoders' kind, for the whole output."""
-    ray = _ensure_ray()
+    with step("ray start"):
+        ray = _ensure_ray()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     res = check_resources(plan, ray.cluster_resources(), nodes)
     if plan.precision is None:
-        plan = plan.with_precision(*_resolve_precision(plan, res))
+        with step("precision auto"):
+            plan = plan.with_precision(*_resolve_precision(plan, res))
         check_compatible(layout.markers(), plan.config_key, plan.out)
         res = check_resources(plan, ray.cluster_resources(), nodes)   # the pool sized for the precision it runs
     return plan, res
@@ -177,7 +182,8 @@ def build_dataset(plan: ScreeningPlan, pending, res):
                                    "checkpoint_sha256": plan.fingerprint.get("checkpoint_sha256"),
                                    "throttle_s": opts.throttle_s, "decode": opts.decode,
                                    "fast_decode": opts.fast_decode, "decode_threads": res.decode_threads,
-                                   "image_column": plan.spec.image_column},
+                                   "image_column": plan.spec.image_column, "setup_log": setup_log_dir(plan.out),
+                                   **({"vertex_stats": vertex_stage_args(plan)} if opts.vertex_stats else {})},
             # A killed or preempted encoder is restarted and its in-flight batches rerun (max_task_retries=-1, Ray
             # Data's default), but at most ENCODER_MAX_RESTARTS times (Ray Data's default is forever): an encoder the
             # OOM killer takes each time it starts would loop. Past that the stream raises, and _run_pending fails
@@ -190,6 +196,14 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     ds = ds.map_batches(write, batch_format="numpy", batch_size=res.write_batch_size, fn_kwargs=write_kwargs,
                         **write_resources)
     return ds
+
+
+def vertex_stage_args(plan: ScreeningPlan) -> dict:
+    """What an encoder's ``VertexStage`` needs: the label spec, where partials go, the model's identity."""
+    from screening.models.registry import get_weights
+
+    return {"labels": plan.options.vertex_stats, "layout": plan.layout, "storage": plan.options.storage,
+            "model_id": plan.model_id, "variant": get_weights(plan.model_id).variant}
 
 
 @contextlib.contextmanager
@@ -391,8 +405,13 @@ def _run_pending(plan: ScreeningPlan, pending, res, sink: UnitSink):
             # prefetch_batches=0: a receipt is handed over as soon as it exists (with 1, each waited for the next one, so
             # every unit committed one write batch late; no driver CPU difference measured)
             try:
+                mark("dataset start")
+                first = True
                 with _stall_watch(plan, res) as stall:
                     for receipts in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                        if first:
+                            mark("first batch written")
+                            first = False
                         stall.beat()
                         _take(receipts, plan, sink, ledger, bar)
             except ray.exceptions.RayError as exc:   # the stream gave up: units with every row committed, the rest failed

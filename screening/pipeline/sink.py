@@ -21,6 +21,7 @@ from screening.pipeline.lock import RunLock
 from screening.pipeline.outputs import MANIFEST, RunOutputs, build_manifest
 from screening.pipeline.result import ScreeningResult
 from screening.pipeline.tables import MEAN_SUBJECT
+from screening.pipeline.timeline import setup_record
 
 # A write task's working set: its input batch (up to 8192 images x 9 x 379 float32 = 112 MiB), the Arrow table and
 # the Parquet encoder's buffers.
@@ -112,7 +113,22 @@ class UnitSink:
         self.markers = self.layout.markers()
         # another run may have committed some since the plan was made
         self.pending = [s for s in self.plan.pending if s.unit not in self.markers]
+        self.vertex = self._vertex_merger()
         return self
+
+    def _vertex_merger(self):
+        """``--vertex-stats``: the merger of committed units' partials (leftover partials of pending units go)."""
+        if not self.plan.options.vertex_stats:
+            return None
+        from screening.models.registry import get_weights
+        from screening.pipeline.vertex_sink import VertexStatsMerger, remove_partials
+
+        weights = get_weights(self.plan.model_id)
+        remove_partials(self.layout, [s.unit for s in self.pending])
+        merger = VertexStatsMerger(self.layout, [s.unit for s in self.plan.shards], list(self.plan.subjects),
+                                   weights.n_vertices, model_id=self.plan.model_id, variant=weights.variant)
+        merger.resume(self.markers)
+        return merger
 
     def on_write_start(self, plan) -> None:
         """``plan``: the one the run executes (its precision resolved on the cluster)."""
@@ -131,7 +147,7 @@ class UnitSink:
         # Compacted files have row groups of at least 8192 images (73,728 rows with 8 subjects + mean)
         compactor = _RayCompactor(self.layout, max(8192, write_batch_size) * labels)
         return UnitLedger(self.layout, self.pending, self.plan.config_key, labels=labels, run_id=self.lock.run_id,
-                          compactor=compactor)
+                          compactor=compactor, on_commit=self.vertex.add if self.vertex is not None else None)
 
     # -- Datasink's on_write_complete -------------------------------------------------------------
     def on_write_complete(self, stats, seconds: float, nodes_lost=()) -> ScreeningResult:
@@ -149,7 +165,8 @@ class UnitSink:
                     "units_skipped": len(plan.shards) - len(plan.pending),
                     "nodes_lost": list(nodes_lost),
                     "seconds": round(seconds, 3),
-                    "images_per_s": round(images_run / seconds, 2) if images_run else 0.0}
+                    "images_per_s": round(images_run / seconds, 2) if images_run else 0.0,
+                    "setup": setup_record(plan.out)}
         manifest = self._manifest(markers, run_info)
         manifest_note = ""
         try:

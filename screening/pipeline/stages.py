@@ -144,8 +144,11 @@ class EncoderActor:
                  num_threads: int | None = None, throttle_s: float = 0.0, decode: str = "cpu",
                  image_column: str = "image", forward_chunk: int | None = None,
                  checkpoint_sha256: str | None = None, fast_decode: bool = True, decode_threads: int = 1,
-                 precision_rule: str | None = None, features: bool = False):
+                 precision_rule: str | None = None, features: bool = False, setup_log: str | None = None,
+                 vertex_stats: dict | None = None):
         import torch
+
+        started = time.time()
 
         from screening.models.collapsed import collapse_key
         from screening.models.encoder import RoiEncoder
@@ -171,6 +174,7 @@ class EncoderActor:
         if self.precision_notice:
             print(self.precision_notice, file=sys.stderr, flush=True)
         model, _info = store.load_model(model_id)
+        loaded = time.time()
         # Arrays arrive read-only (zero-copy from the object store); per-subject (reliability-filtered) mappings too.
         rois = {k: (np.array(v) if isinstance(v, np.ndarray) else {s: np.array(c) for s, c in v.items()})
                 for k, v in rois.items()}
@@ -178,7 +182,13 @@ class EncoderActor:
         key = collapse_key(checkpoint_sha256, list(subjects), rois) if checkpoint_sha256 else None
         self.encoder = RoiEncoder.from_model(model, list(subjects), rois, precision=precision, device=device,
                                              cache_key=key, cache_dir=getattr(store, "cache_dir", None),
-                                             release_heads=True)
+                                             release_heads=not vertex_stats)
+        # --vertex-stats: the full heads stay (file-backed pages of the checkpoint) for the per-label vertex sums
+        self.vertex = VertexStage(model, list(subjects), precision, **vertex_stats) if vertex_stats else None
+        self.setup = {"started_at": started, "checkpoint_load_s": round(loaded - started, 2),
+                      "collapse_s": round(time.time() - loaded, 2), "collapse_source": self.encoder.collapse_source,
+                      "ready_at": time.time()}
+        self.setup_log = setup_log
         self.forward_chunk = forward_chunk
         self.features = features
         self.n_features = model.core.width
@@ -215,7 +225,14 @@ class EncoderActor:
         if self.mode.in_actor:   # outside the model lock: overlaps the other call's forward
             batch = self.actor_decode(batch)
         with self._model_lock:
-            return self._encode_batch(batch)
+            out = self._encode_batch(batch)
+            if self.setup_log is not None:   # the first batch ends this encoder's setup
+                from screening.pipeline.timeline import write_encoder_setup
+
+                write_encoder_setup(self.setup_log, {**self.setup, "first_batch_done_at": time.time(),
+                                                     "first_batch_images": len(out["stage"])})
+                self.setup_log = None
+            return out
 
     def _encode_batch(self, batch: dict) -> dict:
         if self.throttle_s:
@@ -229,6 +246,16 @@ class EncoderActor:
         roi = np.full((n, self.n_subjects + 1, self.n_rois), np.nan, dtype=np.float32)
         feats = np.full((n, self.n_features), np.nan, dtype=np.float16) if self.features else None
         ok = np.flatnonzero(stage == STAGE_OK)
+        vstats = np.full(n, "", dtype=object)
+        if ok.size and self.vertex is not None:   # one forward: ROI means, embedding and the vertex statistics
+            try:
+                roi[ok], f, vstats[ok] = self.vertex.encode(self.encoder, np.asarray(batch["pixels"])[ok], batch, ok)
+                if feats is not None:
+                    feats[ok] = f
+                ok = ok[:0]
+            except Exception as exc:  # noqa: BLE001 - the batch's rows are errors, named; the run goes on
+                stage[ok], error[ok] = "encode", f"vertex statistics: {type(exc).__name__}: {exc}"
+                ok = ok[:0]
         if ok.size:
             pixels = batch["pixels"] if self.mode.on_device else np.asarray(batch["pixels"])
             try:
@@ -248,7 +275,53 @@ class EncoderActor:
         out.update(stage=stage, error=error, roi=roi)
         if feats is not None:
             out["features"] = feats
+        if self.vertex is not None:
+            out["vstats"] = vstats
         return out
+
+
+class VertexStage:
+    """An encoder's ``--vertex-stats`` work: per batch and unit, the full readout of the labelled images and their
+    per-label n / sum / centred sum of squares (``screening.vertex_stats``), written as one partial file whose path
+    every row of the unit in the batch carries; the driver commits it with the unit and merges it (UnitSink)."""
+
+    def __init__(self, model, subjects, precision, *, labels: str, layout, storage=None, model_id: str = "",
+                 variant: str = "all"):
+        from screening.labels import Labeler
+
+        self.heads = {s: model.head(s) for s in subjects}
+        self.subjects, self.precision = subjects, precision
+        self.labeler = Labeler(labels, storage)
+        self.layout, self.meta = layout, {"model_id": model_id, "variant": variant}
+
+    def encode(self, encoder, pixels, batch, ok):
+        """``(ROI means (k, S+1, R), embeddings (k, C), partial path per row)`` of the rows ``ok``."""
+        import uuid
+
+        from screening.vertex_stats import batch_stats, save_partial
+
+        roi, core = encoder.encode_with_core(pixels)
+        roi = roi.cpu().numpy()
+        mean = roi.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
+        embedding = core.mean(dim=(2, 3)).cpu().numpy()
+        ids = np.asarray(batch["image_id"], dtype=object)[ok]
+        units = np.asarray(batch["unit"], dtype=object)[ok]
+        pairs = self.labeler.pairs(ids, np.asarray(batch["source"], dtype=object)[ok])
+        paths = np.full(len(ok), "", dtype=object)
+        for unit in dict.fromkeys(units.tolist()):
+            rows = np.flatnonzero(units == unit)
+            mine = pairs[pairs.image_id.isin(set(ids[rows].tolist()))]
+            labels = sorted(set(mine.label))
+            member = np.zeros((rows.size, len(labels)))
+            at = {i: r for r, i in enumerate(ids[rows].tolist())}
+            for i, lab in zip(mine.image_id, mine.label):
+                member[at[i], labels.index(lab)] = 1.0
+            stats = batch_stats(self.heads, self.subjects, core[rows], member, labels, self.precision, **self.meta)
+            first = int(np.asarray(batch["row"])[ok][rows].min())   # named by first row: merged in row order
+            rel = self.layout.rel_part("vstats", unit, f"part-{first:09d}-{uuid.uuid4().hex[:12]}.npz")
+            save_partial(self.layout.fs, self.layout.join(rel), stats)
+            paths[rows] = rel
+        return np.concatenate([roi, mean], axis=1), embedding, paths
 
 
 class NullEncoderActor:

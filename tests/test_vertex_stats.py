@@ -1,0 +1,172 @@
+"""``screening run --vertex-stats``: per-label vertex statistics streamed from the encoders' full readout, committed
+with their units, merged in unit order; equal to numpy over the API's vertex outputs, the same after a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from screening.exceptions import InvalidParameterError
+
+SUBJECTS = ["sub-01", "sub-02"]
+
+
+def _folder(root, per_class=(3, 1, 2), seed=0):
+    """Real JPEG/PNG photos in class folders (the last class alone in a second shard-sized group)."""
+    from tests.image_corpus import encode, photo_like
+
+    files = []
+    for c, n in enumerate(per_class):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            p = d / f"img{i}.{'jpg' if i % 2 == 0 else 'png'}"
+            p.write_bytes(encode(photo_like(120 + 9 * i + 5 * c, 100 + 7 * c, seed=seed + 10 * c + i),
+                                 "JPEG" if i % 2 == 0 else "PNG"))
+            files.append(p)
+    return files
+
+
+def _shards(root, n_shards=3, per_shard=4):
+    """Real JPEGs in Parquet shards (a unit each); ids and bytes in order."""
+    from tests.test_pipeline import _jpegs, write_shard
+
+    ids, data = [], []
+    for k in range(n_shards):
+        sid = [f"v{k}-{i}" for i in range(per_shard)]
+        jpegs = _jpegs(per_shard, 50 + k, size=(96 + 8 * k, 72))
+        write_shard(root / f"part-{k:03d}.parquet", sid, jpegs)
+        ids += sid
+        data += jpegs
+    return ids, data
+
+
+def _api_vertices(store, data):
+    """fp32 full vertex outputs of the API, per subject: (N, S, V)."""
+    from screening.api import BERG
+    from screening.preprocess import preprocess_bytes
+
+    berg = BERG(str(store))
+    model = berg.get_encoding_model(berg.store.model_ids()[0], subject=[1, 2], precision="fp32")
+    out = berg.encode(model, np.stack([preprocess_bytes(b) for b in data]))[model.weights.dataset]
+    return np.stack([out[s] for s in SUBJECTS], axis=1).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory, visual_store):
+    """One uninterrupted run over 3 units; a multi-label table: even/odd, 'any' on two images (two labels each),
+    'solo' on one image only."""
+    from screening.pipeline import screen
+
+    root = tmp_path_factory.mktemp("vs")
+    ids, data = _shards(root / "shards")
+    table = pd.DataFrame({"image_id": ids, "label": ["even" if i % 2 == 0 else "odd" for i in range(len(ids))]})
+    table = pd.concat([table, pd.DataFrame({"image_id": [ids[0], ids[5], ids[7]], "label": ["any", "any", "solo"]})])
+    table.to_csv(root / "labels.csv", index=False)
+    res = screen(str(root / "shards"), str(visual_store), str(root / "out"), subjects=SUBJECTS, rois=["V1", "V2"],
+                 precision="fp32", vertex_stats=str(root / "labels.csv"), progress=False, batch_size=2,
+                 write_batch_size=2)
+    return root, ids, data, table, res
+
+
+def test_streamed_label_stats_equal_numpy_over_the_api_vertex_outputs(labelled_run, visual_store):
+    root, ids, data, table, res = labelled_run
+    stats = res.vertex_stats()
+    values = _api_vertices(visual_store, data)
+    index = {i: k for k, i in enumerate(ids)}
+    assert sorted(stats.labels) == ["any", "even", "odd", "solo"] and stats.subjects == SUBJECTS
+    for label, g in table.groupby("label"):
+        rows = [index[i] for i in g.image_id]
+        assert stats.n[stats.index(label)] == len(rows)
+        np.testing.assert_allclose(stats.mean(label), values[rows].mean(axis=0), rtol=1e-5, atol=1e-6)
+        if len(rows) > 1:
+            np.testing.assert_allclose(stats.var(label), values[rows].var(axis=0, ddof=1), rtol=1e-4, atol=1e-9)
+        else:   # 'solo' has one image: a mean, no variance
+            assert np.isnan(stats.var(label)).all()
+    meta = json.loads((root / "out" / "vertex_stats" / "meta.json").read_text())
+    assert len(meta["units"]) == 3 == len(json.loads((root / "out" / "manifest.json").read_text())["shards"])
+    assert not list((root / "out").glob("vstats/*/*.npz"))   # merged partials are gone: O(labels x vertices) on disk
+
+
+def test_an_interrupted_run_resumes_to_the_same_statistics(labelled_run, visual_store, tmp_path):
+    root, ids, data, table, res = labelled_run
+    out = tmp_path / "out"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "screening"), "run", str(root / "shards"), "--store",
+           str(visual_store), "--out", str(out), "--subjects", ",".join(SUBJECTS), "--rois", "V1,V2",
+           "--precision", "fp32", "--vertex-stats", str(root / "labels.csv"), "--batch-size", "2",
+           "--write-batch-size", "2", "--no-progress"]
+    import tempfile
+
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rv", dir="/tmp")}   # a short socket path
+    proc = subprocess.Popen(cmd + ["--test-throttle-s", "1.5"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 150
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("_committed/*.json")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    n_before = len(list(out.glob("_committed/*.json")))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole, resumed = res.vertex_stats(), _load(out)
+    total = len(json.loads((out / "manifest.json").read_text())["shards"])
+    assert 1 <= n_before < total   # it was interrupted between units
+    assert resumed.labels == whole.labels and np.array_equal(resumed.n, whole.n)
+    np.testing.assert_allclose(resumed.sum, whole.sum, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(resumed.m2, whole.m2, rtol=1e-9, atol=1e-12)
+
+
+def _load(out):
+    from screening.vertex_stats import VertexStats
+
+    return VertexStats.load(str(out / "vertex_stats"))
+
+
+def test_requests_that_cannot_work_are_refused_with_the_numbers(tmp_path, visual_store, monkeypatch, capsys):
+    from screening.cli import main
+    from screening.pipeline import vertex_sink
+
+    _folder(tmp_path / "imgs", per_class=(1, 1))
+    base = ["run", str(tmp_path / "imgs"), "--store", str(visual_store), "--out", str(tmp_path / "o")]
+    assert main(base + ["--vertex-stats", "column:label"]) == 2
+    assert "column:NAME works for rank --labels, not here" in capsys.readouterr().err
+    assert main(base[:-1] + ["s3://bucket/o", "--vertex-stats", "folder"]) == 2
+    assert "local" in capsys.readouterr().err
+    monkeypatch.setattr(vertex_sink, "max_bytes", lambda: int(1.5 * 2**20))   # room for one label
+    assert main(base + ["--vertex-stats", "folder"]) == 2
+    err = capsys.readouterr().err
+    assert "2 labels x 8 subjects x 7831 vertices need 1.9 MiB" in err and len(err.strip().splitlines()) <= 2
+    with pytest.raises(InvalidParameterError, match="--redo-changed"):
+        from screening.pipeline.config import RunConfig
+
+        RunConfig.of(str(tmp_path / "imgs"), str(visual_store), str(tmp_path / "o"), vertex_stats="folder",
+                     redo_changed=True)
+
+
+def test_chan_merges_of_batch_statistics_equal_one_pass_in_any_grouping():
+    from screening.vertex_stats import VertexStats
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(3, 2, size=(40, 2, 30))
+    member = (rng.random((40, 3)) < 0.4).astype(float)
+    member[:, 2] = 0
+    member[7, 2] = 1   # a label with one image
+    whole = VertexStats.of_values(values, member, ["a", "b", "c"], SUBJECTS)
+    for cuts in ([0, 5, 40], [0, 1, 2, 3, 17, 39, 40]):
+        parts = [VertexStats.of_values(values[a:b], member[a:b], ["a", "b", "c"], SUBJECTS)
+                 for a, b in zip(cuts, cuts[1:])]
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = acc.merge(p)
+        np.testing.assert_allclose(acc.sum, whole.sum, rtol=1e-12)
+        np.testing.assert_allclose(acc.m2, whole.m2, rtol=1e-10)
+        assert np.array_equal(acc.n, whole.n) and acc.images == 40
