@@ -240,7 +240,7 @@ def join_label_table(table: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame
     """``(image_id, label)`` of ``sources`` (image_id, source) through a table of :func:`read_label_table`."""
     key = table.columns[0]
     if key == "image_id":
-        return table
+        return table[isin(table.image_id.to_numpy(), sources.image_id.to_numpy())]
     keyed = sources.assign(key=sources.source if key == "source" else file_names(sources.source.to_numpy()))
     return keyed.merge(table.rename(columns={key: "key"}), on="key")[["image_id", "label"]]
 

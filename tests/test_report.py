@@ -407,12 +407,19 @@ def test_report_flatmap_needs_no_model(tmp_path):
 def test_report_renders_in_headless_chromium(tmp_path):
     from pathlib import Path
 
+    from screening.contrast import contrast
+    from screening.vertex_stats import VertexStats
+
     run = _make_run(tmp_path, n=12)  # a small set: rank's k = 25 > 12 / 2
+    rng = np.random.default_rng(2)   # a vertex contrast of screening contrast: its mean flatmap is on the page
+    contrast(VertexStats.of_values(rng.normal(size=(8, 2, 7831)), np.repeat(np.eye(2), 4, axis=0), ["a", "b"],
+                                   ["sub-01", "sub-02"], variant="visual"), "a>b", out=str(run / "contrasts"))
     index = Path(write_report(run, rois=["FFC", "V1"]))
 
     dom = _chromium_dom(index)
     n_imgs = len(re.findall(r"<img ", index.read_text(encoding="utf-8")))
-    assert n_imgs == 2 * (2 + 6 + 6)  # histogram, flatmap, 6 + 6 thumbnails per ROI
+    assert n_imgs == 2 * (2 + 6 + 6) + 1  # histogram, flatmap, 6 + 6 thumbnails per ROI; the contrast's flatmap
+    assert 'src="vertex_contrast_a_vs_b_mean_t.png"' in dom or re.search(r'src="vertex_contrast_[^"]*_mean_t.png"', dom)
     m = re.search(r'data-images="(\d+)" data-broken-images="(\d+)"', dom)
     assert m, dom[:500]
     assert int(m.group(1)) == n_imgs and m.group(2) == "0", re.findall(r'data-broken-src="[^"]*"', dom)
@@ -470,3 +477,17 @@ def test_fetch_reads_image_bytes_only_of_the_row_groups_it_needs(tmp_path):
     assert fetch_image_records([str(path)], [ids[0]], filesystem=CountingFS(), with_bytes=False)[ids[0]] == {
         "bytes": None, "source": "/x/0.jpg"}
     assert sum(read) < 200_000, sum(read)  # footers and ids only: not even one image row group
+
+
+def test_a_vertex_contrast_map_of_the_run_is_shown_on_the_page(tmp_path):
+    from screening.contrast import contrast
+    from screening.vertex_stats import VertexStats
+
+    run = _make_run(tmp_path, n=12)
+    rng = np.random.default_rng(2)
+    contrast(VertexStats.of_values(rng.normal(size=(8, 2, 7831)), np.repeat(np.eye(2), 4, axis=0), ["a", "b"],
+                                   ["sub-01", "sub-02"], variant="visual"), "a>b", out=str(run / "contrasts"))
+    page = open(write_report(run, rois=["V1"], top_k=2, bottom_k=0), encoding="utf-8").read()
+    shown = re.findall(r'<img src="(vertex_contrast_[^"]+_mean_t\.png)"', page)
+    assert len(shown) == 1 and (run / "report" / shown[0]).stat().st_size > 1000
+    assert 'id="vertex-contrasts"' in page

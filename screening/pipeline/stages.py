@@ -249,7 +249,8 @@ class EncoderActor:
         vstats = np.full(n, "", dtype=object)
         if ok.size and self.vertex is not None:   # one forward: ROI means, embedding and the vertex statistics
             try:
-                roi[ok], f, vstats[ok] = self.vertex.encode(self.encoder, np.asarray(batch["pixels"])[ok], batch, ok)
+                roi[ok], f, vstats[ok] = self.vertex.encode(self.encoder, np.asarray(batch["pixels"])[ok], batch, ok,
+                                                            self.forward_chunk)
                 if feats is not None:
                     feats[ok] = f
                 ok = ok[:0]
@@ -294,34 +295,49 @@ class VertexStage:
         self.labeler = Labeler(labels, storage)
         self.layout, self.meta = layout, {"model_id": model_id, "variant": variant}
 
-    def encode(self, encoder, pixels, batch, ok):
-        """``(ROI means (k, S+1, R), embeddings (k, C), partial path per row)`` of the rows ``ok``."""
+    def encode(self, encoder, pixels, batch, ok, step: int | None = None):
+        """``(ROI means (k, S+1, R), embeddings (k, C), partial path per row)`` of the rows ``ok``; the core runs
+        ``step`` images at a time (the encoder's forward chunk: its activations, not the whole batch's)."""
         import uuid
 
-        from screening.vertex_stats import batch_stats, save_partial
+        from screening.vertex_stats import save_partial
 
-        roi, core = encoder.encode_with_core(pixels)
-        roi = roi.cpu().numpy()
-        mean = roi.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
-        embedding = core.mean(dim=(2, 3)).cpu().numpy()
         ids = np.asarray(batch["image_id"], dtype=object)[ok]
         units = np.asarray(batch["unit"], dtype=object)[ok]
         pairs = self.labeler.pairs(ids, np.asarray(batch["source"], dtype=object)[ok])
+        labels = sorted(set(pairs.label))
+        member = np.zeros((len(ok), len(labels)))
+        at = {i: r for r, i in enumerate(ids.tolist())}
+        for i, lab in zip(pairs.image_id, pairs.label):
+            member[at[i], labels.index(lab)] = 1.0
+        roi, embedding, stats = self._forward(encoder, pixels, units, member, labels, step or len(ok))
         paths = np.full(len(ok), "", dtype=object)
         for unit in dict.fromkeys(units.tolist()):
             rows = np.flatnonzero(units == unit)
-            mine = pairs[pairs.image_id.isin(set(ids[rows].tolist()))]
-            labels = sorted(set(mine.label))
-            member = np.zeros((rows.size, len(labels)))
-            at = {i: r for r, i in enumerate(ids[rows].tolist())}
-            for i, lab in zip(mine.image_id, mine.label):
-                member[at[i], labels.index(lab)] = 1.0
-            stats = batch_stats(self.heads, self.subjects, core[rows], member, labels, self.precision, **self.meta)
             first = int(np.asarray(batch["row"])[ok][rows].min())   # named by first row: merged in row order
             rel = self.layout.rel_part("vstats", unit, f"part-{first:09d}-{uuid.uuid4().hex[:12]}.npz")
-            save_partial(self.layout.fs, self.layout.join(rel), stats)
+            save_partial(self.layout.fs, self.layout.join(rel), stats[unit])
             paths[rows] = rel
+        mean = roi.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]
         return np.concatenate([roi, mean], axis=1), embedding, paths
+
+    def _forward(self, encoder, pixels, units, member, labels, step):
+        """ROI means, embeddings and each unit's statistics (only the labels its rows carry), ``step`` images at a
+        time; a unit's chunks are combined by Chan's merge."""
+        from screening.vertex_stats import batch_stats
+
+        roi, emb, stats = [], [], {}
+        for lo in range(0, len(units), step):
+            r, core = encoder.encode_with_core(pixels[lo:lo + step])
+            roi.append(r.cpu().numpy())
+            emb.append(core.mean(dim=(2, 3)).cpu().numpy())
+            for unit in dict.fromkeys(units[lo:lo + step].tolist()):
+                rows = lo + np.flatnonzero(units[lo:lo + step] == unit)
+                have = np.flatnonzero(member[rows].sum(axis=0))
+                part = batch_stats(self.heads, self.subjects, core[rows - lo], member[rows][:, have],
+                                   [labels[j] for j in have], self.precision, **self.meta)
+                stats[unit] = part if unit not in stats else stats[unit].merge(part)
+        return np.concatenate(roi), np.concatenate(emb), stats
 
 
 class NullEncoderActor:

@@ -178,9 +178,23 @@ def _page_context(inputs: Inputs, images: Images, roi_ctx: list, max_error_rows:
         "synthetic": inputs.synthetic, "summary": _summary_items(inputs.manifest, inputs.rankings, subject,
                                                                  inputs.meta),
         "notes": notes, "legend": legend(inputs.meta), "definitions": dict(legend(inputs.meta)),
-        "subject": subject, "rois": roi_ctx, "contrasts": _contrast_sections(inputs, images), "n_errors": n_errors,
+        "subject": subject, "rois": roi_ctx, "contrasts": _contrast_sections(inputs, images),
+        "vertex_contrasts": _vertex_contrast_maps(inputs), "n_errors": n_errors,
         "errors": H.table(errors, list(errors.columns) if errors is not None else [], max_rows=max_error_rows),
     }
+
+
+def _vertex_contrast_maps(inputs: Inputs) -> list:
+    """The across-subject flatmaps ``screening contrast`` wrote into ``RUN/contrasts/``, copied beside the page."""
+    import shutil
+
+    found = sorted((inputs.run / "contrasts").glob("*_mean_*.png")) if (inputs.run / "contrasts").is_dir() else []
+    maps = []
+    for png in found:
+        name = f"vertex_contrast_{png.name}"
+        shutil.copyfile(png, inputs.out / name)
+        maps.append({"name": png.stem.replace("_mean_", " (mean of subjects, ") + ")", "png": name})
+    return maps
 
 
 def _small_n_note(meta: dict, n_images) -> str | None:
