@@ -16,7 +16,9 @@ setup() {
     "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
       || "$VENV/bin/python" -m pip install -q "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
   fi
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,demo]"
+  # the build backend's notices go to a log (printed if the install fails): a first run prints only our lines
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,demo]" 2>"$VENV/pip-install.log" \
+    || { cat "$VENV/pip-install.log" >&2; exit 1; }
   touch "$VENV/.screening-ready"
 }
 

@@ -4,11 +4,6 @@ with their units, merged in unit order; equal to numpy over the API's vertex out
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -96,33 +91,47 @@ def test_streamed_label_stats_equal_numpy_over_the_api_vertex_outputs(labelled_r
     assert not list((root / "out").glob("vstats/*/*.npz"))   # merged partials are gone: O(labels x vertices) on disk
 
 
-def test_an_interrupted_run_resumes_to_the_same_statistics(labelled_run, visual_store, tmp_path):
-    root, ids, data, table, res = labelled_run
-    out = tmp_path / "out"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "screening"), "run", str(root / "shards"), "--store",
-           str(visual_store), "--out", str(out), "--subjects", ",".join(SUBJECTS), "--rois", "V1,V2",
-           "--precision", "fp32", "--vertex-stats", str(root / "labels.csv"), "--batch-size", "2",
-           "--write-batch-size", "2", "--no-progress"]
-    import tempfile
+def test_a_resumed_run_merges_to_the_same_statistics(labelled_run, visual_store, tmp_path, monkeypatch):
+    """Two ways a run stops between units: (a) it had screened only some units (here: the inputs had 2 of the 3 shards,
+    the third is screened by the rerun); (b) it stopped after a unit's commit marker and before that unit's merge
+    (its partials stay on disk; the rerun merges them and screens nothing). Both end with the uninterrupted run's
+    statistics: the same partials merged in the same unit order."""
+    import shutil
 
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rv", dir="/tmp")}   # a short socket path
-    proc = subprocess.Popen(cmd + ["--test-throttle-s", "1.5"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 150
-    while time.time() < deadline and proc.poll() is None and not list(out.glob("_committed/*.json")):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    n_before = len(list(out.glob("_committed/*.json")))
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    whole, resumed = res.vertex_stats(), _load(out)
-    total = len(json.loads((out / "manifest.json").read_text())["shards"])
-    assert 1 <= n_before < total   # it was interrupted between units
-    assert resumed.labels == whole.labels and np.array_equal(resumed.n, whole.n)
-    np.testing.assert_allclose(resumed.sum, whole.sum, rtol=1e-12, atol=0)
-    np.testing.assert_allclose(resumed.m2, whole.m2, rtol=1e-9, atol=1e-12)
+    from screening.pipeline import screen, vertex_sink
+
+    root, ids, data, table, res = labelled_run
+    whole = res.vertex_stats()
+    kw = dict(subjects=SUBJECTS, rois=["V1", "V2"], precision="fp32", vertex_stats=str(root / "labels.csv"),
+              progress=False, batch_size=2, write_batch_size=2)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for f in sorted((root / "shards").glob("*.parquet"))[:2]:
+        shutil.copy(f, shards / f.name)
+    screen(str(shards), str(visual_store), str(tmp_path / "a"), **kw)                 # (a) 2 of 3 units
+    shutil.copy(sorted((root / "shards").glob("*.parquet"))[2], shards)
+    again = screen(str(shards), str(visual_store), str(tmp_path / "a"), **kw)
+    assert again.units_skipped == 2 and again.units_run == 1
+    _assert_same(again.vertex_stats(), whole)
+
+    real = vertex_sink.VertexStatsMerger.add
+    last = sorted(json.loads((root / "out" / "manifest.json").read_text())["shards"], key=lambda s: s["path"])[-1]
+    monkeypatch.setattr(vertex_sink.VertexStatsMerger, "add",     # (b) the process ends before the last merge
+                        lambda self, marker: None if marker["unit"] == last["unit"] else real(self, marker))
+    screen(str(root / "shards"), str(visual_store), str(tmp_path / "b"), **kw)
+    meta = json.loads((tmp_path / "b" / "vertex_stats" / "meta.json").read_text())
+    assert last["unit"] not in meta["units"] and list((tmp_path / "b" / "vstats" / last["unit"]).glob("*.npz"))
+    monkeypatch.setattr(vertex_sink.VertexStatsMerger, "add", real)
+    rerun = screen(str(root / "shards"), str(visual_store), str(tmp_path / "b"), **kw)
+    assert rerun.units_run == 0
+    _assert_same(rerun.vertex_stats(), whole)
+    assert not list((tmp_path / "b").glob("vstats/*/*.npz"))
+
+
+def _assert_same(got, want):
+    assert got.labels == want.labels and np.array_equal(got.n, want.n)
+    np.testing.assert_allclose(got.sum, want.sum, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-9, atol=1e-12)
 
 
 def _load(out):
