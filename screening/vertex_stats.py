@@ -164,7 +164,8 @@ def bytes_needed(n_labels: int, n_subjects: int, n_vertices: int) -> int:
 
 
 # -- computing them: the full readout of a batch's core output, label by label -----------------------------------
-VERTEX_CHUNK = 8192   # vertices per readout step: (N, C, chunk) pooled values, ~100 MB at N = 8
+VERTEX_CHUNK = 8192   # vertices per readout step at most; fewer for many images: (chunk, N, C) pooled values
+POOLED_BYTES = 256 * 2**20   # ... held under this
 
 
 def vertex_values(heads: dict, subjects, feats, precision: str = "fp32", chunk: int = VERTEX_CHUNK):
@@ -178,9 +179,12 @@ def vertex_values(heads: dict, subjects, feats, precision: str = "fp32", chunk: 
     else in fp32."""
     import torch
 
+    from screening.models.pages import release_file_pages
+
     n, c = feats.shape[0], feats.shape[1]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     x = feats.reshape(n * c, -1).to(dtype)                         # (N·C, HW)
+    chunk = int(max(256, min(chunk, POOLED_BYTES // max(1, n * c * x.element_size()))))
     for si, s in enumerate(subjects):
         head = heads[s]
         for lo in range(0, head.n_vertices, chunk):
@@ -191,6 +195,9 @@ def vertex_values(heads: dict, subjects, feats, precision: str = "fp32", chunk: 
                 pooled = (s_hat @ x.T).view(-1, n, c)                         # (v, N, C)
                 y = torch.bmm(pooled, f.unsqueeze(2)).squeeze(2).T.float() + head.bias[rows].float()
             yield si, rows, y.numpy()
+        # one subject's head resident at a time (240 MB of the memory-mapped checkpoint, not all 1.9 GB); the next
+        # batch faults its pages in again from the page cache
+        release_file_pages([head._features, head.spatial, head.bias])
 
 
 def batch_stats(heads: dict, subjects, feats, memberships: np.ndarray, labels, precision: str = "fp32",
@@ -205,13 +212,16 @@ def batch_stats(heads: dict, subjects, feats, memberships: np.ndarray, labels, p
     if not keep.size:
         return out
     m = m[keep]
-    present = np.flatnonzero(out.n)
+    n = np.maximum(out.n, 1)[:, None]
     for si, rows, y in vertex_values(heads, subjects, feats[keep], precision):
         y = y.astype(np.float64)
-        out.sum[:, si, rows] = m.T @ y
-        for li in present:
-            d = y[m[:, li] > 0] - out.sum[li, si, rows] / out.n[li]
-            out.m2[li, si, rows] = np.einsum("ij,ij->j", d, d)
+        # centred on the batch's own mean over its labelled rows, then per label: sum of squares about the label's
+        # mean from two products (float64; the shift keeps the subtraction far from cancelling)
+        shift = y.mean(axis=0)
+        d = y - shift
+        s1 = m.T @ d
+        out.sum[:, si, rows] = s1 + out.n[:, None] * shift
+        out.m2[:, si, rows] = np.maximum(m.T @ (d * d) - s1 * s1 / n, 0.0)
     return out
 
 

@@ -326,17 +326,21 @@ class VertexStage:
         time; a unit's chunks are combined by Chan's merge."""
         from screening.vertex_stats import batch_stats
 
-        roi, emb, stats = [], [], {}
-        for lo in range(0, len(units), step):
+        import torch
+
+        roi, emb, cores = [], [], []
+        for lo in range(0, len(units), step):   # the core per chunk (its activations); its output is 1 MB an image
             r, core = encoder.encode_with_core(pixels[lo:lo + step])
             roi.append(r.cpu().numpy())
             emb.append(core.mean(dim=(2, 3)).cpu().numpy())
-            for unit in dict.fromkeys(units[lo:lo + step].tolist()):
-                rows = lo + np.flatnonzero(units[lo:lo + step] == unit)
-                have = np.flatnonzero(member[rows].sum(axis=0))
-                part = batch_stats(self.heads, self.subjects, core[rows - lo], member[rows][:, have],
-                                   [labels[j] for j in have], self.precision, **self.meta)
-                stats[unit] = part if unit not in stats else stats[unit].merge(part)
+            cores.append(core)
+        core = torch.cat(cores)
+        stats = {}
+        for unit in dict.fromkeys(units.tolist()):   # the heads read once a batch (their pages are dropped after)
+            rows = np.flatnonzero(units == unit)
+            have = np.flatnonzero(member[rows].sum(axis=0))
+            stats[unit] = batch_stats(self.heads, self.subjects, core[rows], member[rows][:, have],
+                                      [labels[j] for j in have], self.precision, **self.meta)
         return np.concatenate(roi), np.concatenate(emb), stats
 
 
