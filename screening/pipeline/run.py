@@ -39,7 +39,8 @@ ENCODER_MAX_RESTARTS = 4   # per encoder actor: enough for preemptions and a los
 
 
 def screen(images, store, out, **options) -> ScreeningResult:
-    """Screen Parquet image shards with the MOSAIC CNN8 encoder on Ray Data.
+    """Screen images (a folder, Parquet or tar shards, an HDF5 file, a list of paths or URIs) with the MOSAIC CNN8
+    encoder on Ray Data.
 
     Parameters
     ----------
