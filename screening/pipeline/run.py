@@ -237,7 +237,36 @@ def stream_failure(exc: BaseException) -> str:
     return f"the run's stream failed ({type(exc).__name__}: {first}); rerun to redo the open units"
 
 
-class _NodeWatch:
+class _Watcher:
+    """A daemon thread that calls ``look()`` every ``every_s`` while the run streams (use as a context manager);
+    ``final_look``: once more when it stops."""
+
+    thread_name = "screening-watch"
+    final_look = False
+
+    def _start_thread(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=self.thread_name, daemon=True)
+
+    def look(self) -> None:
+        raise NotImplementedError
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.look()
+        if self.final_look:
+            self.look()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+
+
+class _NodeWatch(_Watcher):
     """Says, once per node, when a node leaves the cluster mid-run; ``lost`` is what the manifest records.
 
     Ray restarts the encoders that were on it and rebuilds the blocks it held by rerunning their tasks; that needs a
@@ -250,18 +279,15 @@ class _NodeWatch:
         self.ray, self.every_s = ray, every_s
         self.watching = self._alive()   # nodes not yet reported lost
         self.lost: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="screening-node-watch", daemon=True)
+        self._start_thread()
+
+    thread_name = "screening-node-watch"
+    final_look = True   # a node that died just before the run finished is still reported
 
     def _alive(self) -> dict:
         return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._look()
-        self._look()   # once more at the end: a node that died just before the run finished is still reported
-
-    def _look(self) -> None:
+    def look(self) -> None:
         from tqdm.auto import tqdm   # prints above a progress bar, if there is one
 
         try:
@@ -275,15 +301,6 @@ class _NodeWatch:
                        f"Ray restarts its encoders and reruns the tasks whose blocks it held, which needs a free "
                        f"CPU on a remaining node. If progress stops, add a node, or stop (Ctrl-C) and rerun: "
                        f"committed units are kept.", file=sys.stderr)
-
-    def __enter__(self) -> "_NodeWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every_s + 5)
-
 
 STALL_MIN_S = 180.0   # no image written for this long (or 4 encoder batches, if longer): say what waits on what
 
@@ -315,7 +332,7 @@ def stall_message(idle_s: float, res, free_cpus: float, total_cpus: float, log: 
             f"(memory, a node, the object store): see {where}.")
 
 
-class StallWatch:
+class StallWatch(_Watcher):
     """Says so on stderr when no image has been written for ``after_s`` (once per such stretch): one clock read per
     ``every_s``, one Ray call only when stalled."""
 
@@ -324,8 +341,9 @@ class StallWatch:
         self.every_s = every_s if every_s is not None else min(10.0, after_s / 4)
         self.last = self.clock()
         self.said: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="screening-stall-watch", daemon=True)
+        self._start_thread()
+
+    thread_name = "screening-stall-watch"
 
     def beat(self) -> None:
         self.last = self.clock()
@@ -345,17 +363,8 @@ class StallWatch:
         tqdm.write(msg, file=sys.stderr)
         return msg
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.check()
-
-    def __enter__(self) -> "StallWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every_s + 5)
+    def look(self) -> None:
+        self.check()
 
 
 def _stall_watch(plan: ScreeningPlan, res) -> StallWatch:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 
 from screening.exceptions import InvalidParameterError
 from screening.pipeline.outputs import VERTEX_STATS, VSTATS
@@ -112,9 +111,6 @@ class VertexStatsMerger:
                 if self.layout.fs.exists(d):
                     self.layout.fs.rm(d, recursive=True)
 
-    def pending_units(self) -> list:
-        return [u for u in self.order if u not in self.done]
-
 
 def remove_partials(layout, units) -> None:
     """Partials of units about to be redone (leftovers of an interrupted run): never merged, so simply deleted."""
@@ -123,6 +119,3 @@ def remove_partials(layout, units) -> None:
         if layout.fs.exists(d):
             layout.fs.rm(d, recursive=True)
 
-
-def partials_dir(layout, unit: str) -> str:
-    return posixpath.join(VSTATS, unit)
