@@ -59,7 +59,7 @@ def isin(values, among) -> np.ndarray:
 @dataclass(frozen=True)
 class Labels:
     """``pairs``: one row per (image_id, label); ``images``: every screened image id (labelled or not). Every join
-    on ids is a hash join (``pandas.Index``): linear in the number of images."""
+    on ids is a hash join (Arrow ``is_in``, a cached ``pandas.Index``): linear in the number of images."""
 
     spec: str
     pairs: pd.DataFrame
@@ -82,8 +82,9 @@ class Labels:
         """(index of labelled ids, CSR matrix labelled ids x labels)."""
         from scipy import sparse
 
-        ids = pd.Index(pd.unique(id_strings(self.pairs.image_id.to_numpy())), dtype=object)
-        rows = ids.get_indexer(pd.Index(id_strings(self.pairs.image_id.to_numpy()), dtype=object))
+        keys = pd.Index(id_strings(self.pairs.image_id.to_numpy()), dtype=object)
+        ids = pd.Index(pd.unique(keys), dtype=object)
+        rows = ids.get_indexer(keys)
         cols = pd.Index(self.names, dtype=object).get_indexer(pd.Index(self.pairs.label.to_numpy(), dtype=object))
         m = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(len(ids), len(self.names)))
         m.sum_duplicates()
