@@ -268,13 +268,15 @@ class _Scorer:
         self.flat_rows = np.zeros(self.nq, np.int64)   # rows whose profile is flat over the query's columns
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        bad = ~np.isfinite(x)
-        z = (x - self.mean) * self.inv
-        if bad.any():
+        """``x``: a batch's float64 matrix, overwritten (it becomes the z-matrix)."""
+        z = x
+        z -= self.mean
+        z *= self.inv
+        hit = None
+        if not np.isfinite(z.sum()):   # the common case has no NaN: one reduction instead of a mask
+            bad = ~np.isfinite(z)
             z[bad] = 0.0
             hit = (bad.astype(np.float64) @ self.sets.T) > 0   # (rows, sets): a NaN among the set's columns
-        else:
-            hit = None
         lin = z @ self.lin
         dot, sum_z = lin[:, :self.nq], lin[:, self.nq:]
         sum_z2 = np.square(z, out=z) @ self.sets.T
