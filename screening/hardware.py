@@ -17,7 +17,6 @@ capability does not lie.
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -159,7 +158,7 @@ class PrecisionChoice:
 
 
 def probe_bf16_gain(threads: int | None = None, repeats: int = 3) -> dict:
-    """Median time of one core layer in fp32 and in bf16 (autocast, channels_last: the encoder's own path)."""
+    """Fastest time of one core layer in fp32 and in bf16 (autocast, channels_last: the encoder's own path)."""
     import torch
     from torch import nn
 
@@ -183,16 +182,18 @@ def probe_bf16_gain(threads: int | None = None, repeats: int = 3) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 conv_cl(x_cl)
 
-        times = {}
+        # Interleaved, and the fastest of each: another process's burst slows a call but never speeds one up, so
+        # the minima compare the two paths even on a busy machine (timed one after the other, a busy stretch over
+        # one of them chose fp32 on a CPU where bf16 is twice as fast).
+        ts = {"fp32": [], "bf16": []}
         with torch.inference_mode():
-            for name, fn in (("fp32", fp32), ("bf16", bf16)):
-                fn()   # first call: oneDNN picks and builds its kernel
-                ts = []
-                for _ in range(repeats):
+            fp32(), bf16()   # first calls: oneDNN picks and builds its kernels
+            for _ in range(repeats):
+                for name, fn in (("fp32", fp32), ("bf16", bf16)):
                     t = time.perf_counter()
                     fn()
-                    ts.append(time.perf_counter() - t)
-                times[name] = statistics.median(ts)
+                    ts[name].append(time.perf_counter() - t)
+        times = {name: min(v) for name, v in ts.items()}
     finally:
         torch.set_num_threads(old)
     return {"fp32_ms": round(times["fp32"] * 1e3, 3), "bf16_ms": round(times["bf16"] * 1e3, 3),

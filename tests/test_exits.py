@@ -6,6 +6,7 @@ Also the stall watch's wording and timing (no Ray)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -175,6 +176,12 @@ def test_default_run_prints_only_our_lines_and_names_rays_log(visual_store, tmp_
     assert "Started a local Ray instance" in text
     assert "RayDeprecationWarning" not in text   # none of ours is raised at all (run.py: named parameters)
     assert _survivors(tree, tmpdir) == []
+    # the driver built the collapsed matrix while Ray started the encoder (pipeline.prebuild); it is built once
+    setup = json.loads((out / "manifest.json").read_text())["run"]["setup"]
+    driver = [s for s in setup["driver"] if s["step"].startswith("collapse (driver")]
+    assert len(driver) == 1 and driver[0]["outcome"] in ("built", "present"), setup
+    sources = [driver[0]["outcome"]] + [e["collapse_source"] for e in setup["encoders"]]
+    assert sources.count("built") <= 1 and all(e["collapse_source"] in ("hit", "built") for e in setup["encoders"])
 
 
 # --------------------------------------------------------------------------- the stall watch (no Ray)

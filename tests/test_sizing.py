@@ -258,3 +258,31 @@ def test_on_a_real_2_cpu_ray_an_override_finishes_or_is_refused_at_the_start(ray
         assert box["result"].images_this_run == 8
     # what the sizing decides for the tiny test model on 2 CPUs: one encoder of at most 1 CPU, or three small ones
     assert ("error" in box) == ("num_cpus_per_encoder" in override)
+
+
+def test_ensure_entry_builds_once_and_sweeps_a_killed_builders_files(small, tmp_path):
+    """The driver's build beside Ray's start (``pipeline.prebuild``) goes through ``ensure_entry``: it builds what an
+    encoder then maps bit for bit, never twice, and first deletes the temporary files of a builder that was killed."""
+    from screening.models.collapsed import cache_dir_for, ensure_entry
+    from screening.models.encoder import collapse_heads, collapsed_shape
+
+    model, subjects, rois, key = small
+    d = cache_dir_for(tmp_path)
+    d.mkdir(parents=True)
+    stale = d / f".{key}.deadbeef.f32.part"
+    stale.write_bytes(b"\0" * 64)
+    calls = []
+
+    def build(out):
+        calls.append(1)
+        return collapse_heads(model, subjects, rois, out=out)[1]
+
+    shape = collapsed_shape(model, subjects, rois)
+    assert ensure_entry(key, shape, build, cache_dir=tmp_path) == "built" and not stale.exists()
+    assert ensure_entry(key, shape, build, cache_dir=tmp_path) == "present" and len(calls) == 1
+    hit = _encoder(small, cache_key=key, cache_dir=tmp_path)
+    assert hit.collapse_source == "hit" and torch.equal(hit.roi_weights_t, _encoder(small).roi_weights_t)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(OSError):   # no silent in-memory fallback: the driver has no use for the matrix
+        ensure_entry(key, shape, build, cache_dir=blocker)

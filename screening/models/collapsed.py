@@ -11,7 +11,9 @@ its header: format, key, shape, the bias (S·R float32, hex) and the CRC-32 of t
 precision does not enter it, as the ROI matmul is fp32 under both precisions.
 
 Writes go to temporary names, the data first, then ``os.replace`` data and header: a reader sees a complete entry
-or none. Builders serialise on a per-key ``flock``: actors that start together build once. A reader checks the
+or none. Builders serialise on a per-key ``flock``: actors that start together build once (and the driver of a run
+on a local Ray builds it while Ray starts, ``screening.pipeline.prebuild``). A builder that was killed leaves its
+temporary files; the next builder of that key deletes them under the lock. A reader checks the
 header's key and shape, the file size and the CRC (about 2 s for 2.9 GiB); an entry that fails any check is refused,
 deleted and rebuilt. A cache directory that cannot be written falls back to collapsing in memory (a warning).
 """
@@ -62,8 +64,10 @@ def _crc(t: torch.Tensor) -> int:
     return crc
 
 
-def read_entry(d: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """The mapped (C·P, S·R) matrix and the bias, or why the entry is refused (a string)."""
+def read_entry(d: Path, key: str, shape: tuple[int, int], *,
+               verify: bool = True) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """The mapped (C·P, S·R) matrix and the bias, or why the entry is refused (a string). ``verify=False`` skips the
+    CRC: only for the builder, right after it computed the CRC from the very pages it wrote."""
     data, head = d / f"{key}.f32", d / f"{key}.json"
     try:
         meta = json.loads(head.read_text())
@@ -84,7 +88,7 @@ def read_entry(d: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor,
     if bias.numel() != shape[1]:
         return f"bias has {bias.numel()} values, expected {shape[1]}"
     w_t = torch.from_file(str(data), shared=False, size=n, dtype=torch.float32).view(shape)
-    if _crc(w_t) != meta.get("crc32"):
+    if verify and _crc(w_t) != meta.get("crc32"):
         return "data checksum differs (corrupt)"
     return w_t, bias
 
@@ -117,6 +121,41 @@ def _write_entry(d: Path, key: str, shape: tuple[int, int],
             p.unlink(missing_ok=True)
 
 
+def _present(d: Path, key: str, shape: tuple[int, int]) -> bool:
+    """An entry with the right header and size (the CRC is left to the reader that maps it)."""
+    try:
+        meta = json.loads((d / f"{key}.json").read_text())
+        return (isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("key") == key
+                and meta.get("shape") == list(shape) and (d / f"{key}.f32").stat().st_size == 4 * shape[0] * shape[1])
+    except (OSError, ValueError):
+        return False
+
+
+def _sweep_parts(d: Path, key: str) -> None:
+    """Delete a killed builder's temporary files of ``key`` (called under the key's lock: no builder is writing)."""
+    for p in d.glob(f".{key}.*.part"):
+        p.unlink(missing_ok=True)
+
+
+def ensure_entry(key: str, shape: tuple[int, int], build: Callable[[torch.Tensor], torch.Tensor], *,
+                 cache_dir: str | os.PathLike | None = None, on_lock: Callable[[], None] | None = None) -> str:
+    """Build the entry unless present: ``"present"`` or ``"built"``; raises OSError where the cache is not usable
+    (no in-memory fallback: the caller, unlike an encoder, has no use for the matrix). ``on_lock`` is called once
+    the key's lock is held, before any build."""
+    d = cache_dir_for(cache_dir)
+    if _present(d, key, shape):
+        return "present"
+    d.mkdir(parents=True, exist_ok=True)
+    with _key_lock(d, key):
+        if on_lock is not None:
+            on_lock()
+        if _present(d, key, shape):
+            return "present"
+        _sweep_parts(d, key)
+        _write_entry(d, key, shape, build)
+        return "built"
+
+
 def load_or_build(key: str, shape: tuple[int, int], build: Callable[[torch.Tensor], torch.Tensor], *,
                   cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(C·P, S·R) matrix, bias and how it was obtained: ``"hit"``, ``"built"`` or ``"memory"`` (no cache).
@@ -135,8 +174,9 @@ def load_or_build(key: str, shape: tuple[int, int], build: Callable[[torch.Tenso
                 if got != "absent":
                     warnings.warn(f"collapsed-matrix cache entry {d / key}.f32 refused ({got}); rebuilding it",
                                   RuntimeWarning, stacklevel=2)
+                _sweep_parts(d, key)
                 _write_entry(d, key, shape, build)
-                got = read_entry(d, key, shape)
+                got = read_entry(d, key, shape, verify=False)
                 if isinstance(got, str):
                     raise OSError(f"the entry just written was refused: {got}")
                 return got[0], got[1], "built"

@@ -249,7 +249,7 @@ class RoiEncoder(nn.Module):
         if cache_key is not None and torch.device(device).type == "cpu":
             from screening.models.collapsed import load_or_build
 
-            shape = (model.core.width * SPATIAL * SPATIAL, len(subjects) * len(rois))
+            shape = collapsed_shape(model, subjects, rois)
             w_t, b, source = load_or_build(
                 cache_key, shape,
                 lambda out: collapse_heads(model, subjects, rois, out=out, release_heads=release_heads)[1],
@@ -308,6 +308,11 @@ class RoiEncoder(nn.Module):
         """``torch.compile`` the core in place (optional: compile time dominates small runs)."""
         self.core = torch.compile(self.core, **kwargs)
         return self
+
+
+def collapsed_shape(model: CNN8Multihead, subjects: Sequence[str], rois: Mapping) -> tuple[int, int]:
+    """(C·P, S·R): the collapsed matrix as ``RoiEncoder`` holds it (``roi_weights_t``) and the node cache stores it."""
+    return model.core.width * SPATIAL * SPATIAL, len(subjects) * len(rois)
 
 
 def collapse_heads(heads: CNN8Multihead | Mapping[str, FactorizedReadout], subjects: Sequence[str],

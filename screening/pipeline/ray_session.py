@@ -38,13 +38,13 @@ def ensure_ray(*, address: str | None = None, dashboard: bool = False):
         for sig, handler in handlers.items():   # Ray's core worker replaces a handler set before init (the CLI's)
             if callable(handler):
                 signal.signal(sig, handler)
-        if _owns_local_instance(ray):
+        if owns_local_instance(ray):
             _remember()
         quiet_worker_lines()
     return ray
 
 
-def _owns_local_instance(ray) -> bool:
+def owns_local_instance(ray) -> bool:
     node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
     return bool(getattr(node, "all_processes", None))   # a driver that only connected started no process
 

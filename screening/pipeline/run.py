@@ -22,6 +22,7 @@ import warnings
 from screening.exceptions import InvalidParameterError, RunLockedError
 from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
+from screening.pipeline.prebuild import CollapsePrebuild
 from screening.pipeline.ray_session import ensure_ray
 from screening.pipeline.outputs import OutputLayout, check_compatible, utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
@@ -87,20 +88,21 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
     with UnitSink(plan) as sink:
         stats, lost = None, []
         if sink.pending:
-            plan, res = _plan_on_cluster(plan, sink.layout)
-            if notice := driver_notice(plan, res):
-                print(notice, file=sys.stderr)
-            sink.on_write_start(plan)
-            with _NodeWatch() as watch:
-                stats = _run_pending(plan, sink.pending, res, sink)
-            lost = watch.lost
+            with CollapsePrebuild(plan) as prebuild:   # a local Ray's CPU encoders map a matrix built meanwhile
+                plan, res = _plan_on_cluster(plan, sink.layout, prebuild)
+                if notice := driver_notice(plan, res):
+                    print(notice, file=sys.stderr)
+                sink.on_write_start(plan)
+                with _NodeWatch() as watch:
+                    stats = _run_pending(plan, sink.pending, res, sink)
+                lost = watch.lost
         return sink.on_write_complete(stats, time.perf_counter() - t0, lost)
 
 
 PRECISION_PROBE_TIMEOUT_S = 300.0
 
 
-def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
+def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout, prebuild: CollapsePrebuild | None = None):
     """``(plan, resources)`` once Ray is up: the pool checked against the cluster, and precision="auto" resolved once,
     on a node of the encoders' kind, for the whole output."""
     with step("ray start"):
@@ -112,6 +114,8 @@ def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
             plan = plan.with_precision(*_resolve_precision(plan, res))
         check_compatible(layout.markers(), plan.config_key, plan.out)
         res = check_resources(plan, ray.cluster_resources(), nodes)   # the pool sized for the precision it runs
+    if prebuild is not None:
+        prebuild.go()
     return plan, res
 
 

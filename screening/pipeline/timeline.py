@@ -37,12 +37,13 @@ _T0 = process_start()
 
 @contextlib.contextmanager
 def step(name: str):
-    """Time one driver step (appended when it ends, also when it raises)."""
-    start = time.time()
+    """Time one driver step (appended when it ends, also when it raises); what the body puts in the yielded dict
+    is recorded with it."""
+    start, extra = time.time(), {}
     try:
-        yield
+        yield extra
     finally:
-        _STEPS.append({"step": name, "at_s": round(start - _T0, 2), "s": round(time.time() - start, 2)})
+        _STEPS.append({"step": name, "at_s": round(start - _T0, 2), "s": round(time.time() - start, 2), **extra})
 
 
 def mark(name: str) -> None:
