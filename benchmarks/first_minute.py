@@ -12,7 +12,8 @@ crops of scikit-image's photographs):
 - ``run warm``: the same command into a new output, the cache built by the cold run (a rerun, a second job on the
   node).
 The run's own setup steps come from its manifest (``run.setup``: driver steps and each encoder's load, collapse and
-first batch, offsets from process start). ``--before-tree`` runs the cold/warm commands from another checkout
+first batch, offsets from process start), and the machine's busy CPU-seconds during each command (all of Ray's
+processes included: on 2 cores the run's extra CPU work, not its waits, sets its wall time). ``--before-tree`` runs the cold/warm commands from another checkout
 (``git worktree add /tmp/before REV``), by its ``screening.cli.main``.
 """
 
@@ -53,9 +54,22 @@ def photos(folder: str, n: int) -> str:
     return folder
 
 
+def _busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy (user, nice, system, irq, softirq; not iowait or idle)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+BUSY: dict = {}   # command (as a tuple) -> busy CPU-seconds of the machine while it ran (the last one timed)
+
+
 def timed(cmd: list, env: dict) -> float:
-    t = time.perf_counter()
+    """Wall seconds; the machine's busy CPU-seconds meanwhile go to BUSY (on an idle machine: the run's own, Ray's
+    processes included, which a process's own rusage would miss)."""
+    b, t = _busy_cpu_s(), time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    BUSY[tuple(cmd)] = round(_busy_cpu_s() - b, 1)
     return time.perf_counter() - t
 
 
@@ -86,12 +100,15 @@ def main() -> None:
             folder = photos(os.path.join(a.work, f"photos{n}"), n)
             cache = tempfile.mkdtemp(prefix="fm-cache-", dir=a.work)
             e = {**env, "SCREENING_CACHE_DIR": cache}
-            api = timed([sys.executable, "-c", API, a.store, folder], e)
-            row = {"tree": name, "images": n, "api_s": round(api, 1)}
+            api_cmd = [sys.executable, "-c", API, a.store, folder]
+            api = timed(api_cmd, e)
+            row = {"tree": name, "images": n, "api_s": round(api, 1), "api_busy_cpu_s": BUSY[tuple(api_cmd)]}
             for kind in ("cold", "warm"):
                 out = os.path.join(a.work, f"out-{name}-{n}-{kind}")
                 shutil.rmtree(out, ignore_errors=True)
-                row[f"run_{kind}_s"] = round(timed(run_cmd(tree, folder, a.store, out), e), 1)
+                cmd = run_cmd(tree, folder, a.store, out)
+                row[f"run_{kind}_s"] = round(timed(cmd, e), 1)
+                row[f"run_{kind}_busy_cpu_s"] = BUSY[tuple(cmd)]
                 row[f"ratio_{kind}"] = round(api / row[f"run_{kind}_s"], 2)   # run speed / API speed
                 row[f"setup_{kind}"] = setup_of(out)
             shutil.rmtree(cache, ignore_errors=True)
