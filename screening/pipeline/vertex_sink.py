@@ -42,10 +42,13 @@ def _size(n: int) -> str:
 
 def check_request(spec: str, images, storage, n_subjects: int, n_vertices: int) -> None:
     """Refuse at planning a request whose labels are known and do not fit: a table's labels, or a local folder's
-    (its files listed as the run lists them). Other inputs' labels appear as they stream; the merger checks them."""
+    (its files listed as the run lists them). Other inputs' labels (an input column's values too) appear as they
+    stream; the merger checks them."""
     from screening.labels import Labeler
 
     labeler = Labeler(spec, storage)
+    if labeler.column is not None:   # the input's column: its values are seen as the rows stream
+        return
     if labeler.table is not None:
         n = labeler.table.label.nunique()
     elif os.path.isdir(str(images)):
