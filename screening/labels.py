@@ -17,7 +17,6 @@ An image without a label is counted as unlabelled, never dropped silently.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass
@@ -293,6 +292,7 @@ class Labeler:
 def _column_labels(name: str, shards, id_column: str, image_column: str, storage) -> pd.DataFrame:
     from screening.fs import arrow_filesystem, filesystem_for
     from screening.sources.base import derived_id
+    from screening.sources.parquet import class_names
 
     if not name:
         raise InvalidParameterError("labels='column:' names no column; e.g. column:label")
@@ -322,16 +322,3 @@ def _column_labels(name: str, shards, id_column: str, image_column: str, storage
                 values = [classes[v] if isinstance(v, int) and 0 <= v < len(classes) else v for v in values]
             frames.append(pd.DataFrame({"image_id": ids, "label": values}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "label"])
-
-
-def class_names(schema: pa.Schema, column: str) -> list | None:
-    """Hugging Face ``datasets`` class names of an integer column (``ClassLabel`` in the schema metadata)."""
-    raw = (schema.metadata or {}).get(b"huggingface")
-    if not raw:
-        return None
-    try:
-        features = json.loads(raw.decode())["info"]["features"]
-        names = features[column].get("names")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return list(names) if isinstance(names, list) else None

@@ -12,6 +12,7 @@ struct's ``path``, else the shard path. Row counts come from the footers, read o
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -79,8 +80,6 @@ class ParquetSource(Source):
         with f:
             classes = None
             if spec.label_column:
-                from screening.labels import class_names
-
                 classes = class_names(pf.schema_arrow, spec.label_column)
             start = 0
             for g in range(pf.num_row_groups):
@@ -189,3 +188,16 @@ def extract_rows(table: pa.Table, spec: ColumnSpec, default_source: str = ""):
         if v is None:
             ids[i] = derived_id(d) if d is not None else "sha256-null:" + derived_id(str(sources[i]).encode())
     return ids, [str(s) for s in sources], datas
+
+
+def class_names(schema: pa.Schema, column: str) -> list | None:
+    """Hugging Face ``datasets`` class names of an integer column (``ClassLabel`` in the schema metadata)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        features = json.loads(raw.decode())["info"]["features"]
+        names = features[column].get("names")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None
