@@ -201,14 +201,20 @@ def test_column_labels_travel_with_parquet_rows_to_the_encoders(tmp_path, visual
     assert len(res.responses().image_id.unique()) == 6   # every row screened, labelled or not
 
 
-def test_a_missing_label_column_is_refused_naming_the_columns(tmp_path, visual_store, capsys):
+def test_a_missing_label_column_is_refused_naming_the_columns(tmp_path, visual_store, capsys, monkeypatch):
     import pickle
 
     from screening.cli import main
+    from screening.pipeline import vertex_sink
     from screening.pipeline.config import RunConfig
     from screening.pipeline.plan import build_plan
 
     _labelled_shards(tmp_path / "shards")
+    with monkeypatch.context() as m:   # room for one label: the column's 2 ClassLabel names are refused at planning
+        m.setattr(vertex_sink, "max_bytes", lambda: int(1.5 * 2**20))
+        assert main(["run", str(tmp_path / "shards"), "--store", str(visual_store), "--out", str(tmp_path / "o"),
+                     "--vertex-stats", "column:label"]) == 2
+        assert "2 labels x 8 subjects x 7831 vertices need 1.9 MiB" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "shards"), "--store", str(visual_store), "--out", str(tmp_path / "o"),
                  "--vertex-stats", "column:category"]) == 2
     err = capsys.readouterr().err.strip()
