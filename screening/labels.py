@@ -17,7 +17,6 @@ An image without a label is counted as unlabelled, never dropped silently.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass
@@ -248,27 +247,36 @@ def join_label_table(table: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame
 
 class Labeler:
     """Labels of images as they stream past (``screening run --vertex-stats SPEC``): ``folder``, ``name:REGEX`` or a
-    table, resolved per batch from each image's id and source, the table read once. ``column:NAME`` needs the input
-    shards' column, which the encoders never see: refused."""
+    table, resolved per batch from each image's id and source, the table read once; ``column:NAME``, each row's value
+    of that input column, which the read stage carries with the row (``sources.base.LABEL``; Parquet shards only,
+    checked when the run is planned)."""
 
     def __init__(self, spec: str, storage=None):
-        if not isinstance(spec, str) or not spec or spec.startswith("column:") or not (
-                spec == "folder" or spec.startswith("name:") or spec.lower().endswith((".csv", ".parquet"))):
+        if not isinstance(spec, str) or not spec or not (spec == "folder" or spec.startswith(("name:", "column:"))
+                                                         or spec.lower().endswith((".csv", ".parquet"))):
             raise InvalidParameterError(
-                f"vertex_stats={spec!r} is not a streaming label spec; valid: folder, name:REGEX, a .csv or .parquet "
-                f"table (label + image_id|source|file). column:NAME works for rank --labels, not here: write the "
-                f"column to a table first")
+                f"vertex_stats={spec!r} is not a streaming label spec; valid: folder, name:REGEX, column:NAME (a "
+                f"column of the input Parquet shards), a .csv or .parquet table (label + image_id|source|file)")
         self.spec = spec
+        self.column = spec[len("column:"):] if spec.startswith("column:") else None
+        if self.column == "":
+            raise InvalidParameterError(f"vertex_stats={spec!r} names no column; e.g. column:label")
         self.table = read_label_table(spec, storage) if spec.lower().endswith((".csv", ".parquet")) else None
         if spec.startswith("name:"):
             _regex(spec)   # refused now, not in an encoder
 
-    def pairs(self, ids, sources) -> pd.DataFrame:
-        """``(image_id, label)`` rows of one batch (several per image for a multi-label table)."""
+    def pairs(self, ids, sources, values=None) -> pd.DataFrame:
+        """``(image_id, label)`` rows of one batch (several per image for a multi-label table); ``values``: each
+        row's value of the label column (``column:NAME``; None or "" is unlabelled)."""
         batch = pd.DataFrame({"image_id": id_strings(ids), "source": id_strings(sources)})
         if self.table is not None:
             return join_label_table(self.table, batch)
-        if self.spec == "folder":
+        if self.column is not None:
+            if values is None:
+                raise InvalidParameterError(f"vertex_stats={self.spec!r}: the rows carry no {self.column!r} values "
+                                            f"(only Parquet input shards have columns)")
+            found = batch.assign(label=[None if v is None else str(v) for v in values])
+        elif self.spec == "folder":
             found = batch.assign(label=parent_folders(batch.source.to_numpy()))
         else:
             rx = _regex(self.spec)
@@ -284,6 +292,7 @@ class Labeler:
 def _column_labels(name: str, shards, id_column: str, image_column: str, storage) -> pd.DataFrame:
     from screening.fs import arrow_filesystem, filesystem_for
     from screening.sources.base import derived_id
+    from screening.sources.parquet import class_names
 
     if not name:
         raise InvalidParameterError("labels='column:' names no column; e.g. column:label")
@@ -298,7 +307,7 @@ def _column_labels(name: str, shards, id_column: str, image_column: str, storage
         if name not in names:
             raise InvalidParameterError(f"labels='column:{name}': {uri!r} has no column {name!r}; its columns: "
                                         f"{', '.join(names)}")
-        classes = _class_names(dataset.schema, name)
+        classes = class_names(dataset.schema, name)
         by_id = id_column in names
         for batch in dataset.to_batches(columns=[id_column if by_id else image_column, name]):
             if by_id:
@@ -313,16 +322,3 @@ def _column_labels(name: str, shards, id_column: str, image_column: str, storage
                 values = [classes[v] if isinstance(v, int) and 0 <= v < len(classes) else v for v in values]
             frames.append(pd.DataFrame({"image_id": ids, "label": values}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "label"])
-
-
-def _class_names(schema: pa.Schema, column: str) -> list | None:
-    """Hugging Face ``datasets`` class names of an integer column (``ClassLabel`` in the schema metadata)."""
-    raw = (schema.metadata or {}).get(b"huggingface")
-    if not raw:
-        return None
-    try:
-        features = json.loads(raw.decode())["info"]["features"]
-        names = features[column].get("names")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return list(names) if isinstance(names, list) else None

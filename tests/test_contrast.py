@@ -297,3 +297,129 @@ def test_rest_is_every_other_label_and_names_are_file_safe():
         parse_contrast("food>rest,faces", ["food", "faces"])
     with pytest.raises(InvalidParameterError, match="food on both sides"):
         parse_contrast("food>faces,food", ["food", "faces"])
+
+
+# --------------------------------------------------------------------------- a selectivity planted in the model itself
+
+RED_GAIN = 4.0        # block1's red channel: RED_GAIN * ((R - (G + B) / 2) / 255 - RED_THRESHOLD), then ReLU
+RED_THRESHOLD = 0.1
+PLANT_GAIN = 2.0      # the planted vertices' readout weight on that channel (0 for every other vertex)
+
+
+def plant_red_channel(store_root, planted_cols, *, width: int):
+    """Rewrite a synthetic store's checkpoint (published format, same 72 keys) so that core channel 0 carries the red
+    excess ``ReLU(R - (G + B) / 2 - threshold)`` of every pixel through all eight blocks and four pools, while every
+    other channel is colour-blind (its block1 kernel sees R + G + B only, and no channel reads channel 0); the
+    vertices ``planted_cols`` of every subject's readout load on channel 0, no other vertex does. BN statistics of
+    the other channels are calibrated again for the new kernels."""
+    import os
+
+    import torch
+
+    from screening.models.core import STAGE_ORDER
+    from screening.models.encoder import CNN8Multihead, Normalize
+    from screening.models.registry import (IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, save_checkpoint,
+                                           weights_for_variant)
+    from screening.store.synthetic import calibration_images
+
+    w = weights_for_variant("visual")
+    ckpt = store_root / w.store_dir / "encoding_models_weights" / w.filename
+    sd, _ = load_checkpoint(str(ckpt))
+    model = CNN8Multihead(w.n_vertices, width=width)
+    model.load_state_dict(sd)
+    del sd
+    model.eval().requires_grad_(False)
+    core, std, mean = model.core, torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
+    alpha = torch.tensor([1.0, -0.5, -0.5])
+    w1 = core.block1[0].weight                                   # (C, 3, 5, 5) on normalised input
+    w1[1:] = w1[1:].mean(dim=1, keepdim=True) * (std / std.mean()).view(1, 3, 1, 1)   # R + G + B in pixel units
+    w1[0] = 0
+    w1[0, :, 2, 2] = RED_GAIN * alpha * std                       # RED_GAIN * ((R - (G+B)/2) / 255 - alpha . mean)
+    for b in range(2, 9):
+        conv = getattr(core, f"block{b}")[0].weight
+        conv[0], conv[1:, 0] = 0, 0                               # channel 0 reads only itself; nobody reads it
+        k = conv.shape[-1] // 2
+        conv[0, 0, k, k] = 1.0
+    x = Normalize()(calibration_images(4, 224, torch.Generator().manual_seed(11)))
+    for name in STAGE_ORDER:                                      # BN of channels 1.. calibrated again
+        mod = getattr(core, name)
+        if name.startswith("block"):
+            conv, bn, relu = mod
+            y = conv(x)
+            bn.running_mean[1:] = y[:, 1:].mean(dim=(0, 2, 3))
+            bn.running_var[1:] = y[:, 1:].var(dim=(0, 2, 3), unbiased=False).clamp_min(1e-4)
+            bn.running_mean[0], bn.running_var[0], bn.weight[0], bn.bias[0] = 0.0, 1.0, 1.0, 0.0
+            if name == "block1":                                  # the threshold, and the normalisation's offset
+                bn.running_mean[0] = RED_GAIN * (RED_THRESHOLD - float((alpha * mean).sum()))
+            x = relu(bn(y))
+        else:
+            x = mod(x)
+    for s in model.subject_readouts.values():
+        s._features[:, 0] = 0.0
+        s._features[planted_cols, 0] = PLANT_GAIN
+    tmp = str(ckpt) + ".tmp"
+    save_checkpoint(model.state_dict(), tmp)
+    os.replace(tmp, ckpt)
+
+
+def _tinted_jpeg(seed: int, tint: str) -> bytes:
+    """A grey photo-like texture, tinted at constant R + G + B (what the colour-blind channels see is unchanged)."""
+    from PIL import Image
+
+    from tests.image_corpus import encode, photo_like
+
+    lum = 60.0 + 100.0 * np.asarray(photo_like(160, 160, seed=seed).convert("L"), np.float64) / 255.0
+    shift = {"grey": (0, 0, 0), "red": (60, -30, -30), "green": (-30, 60, -30), "blue": (-30, -30, 60)}[tint]
+    rgb = lum[..., None] + np.asarray(shift, np.float64)
+    return encode(Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8)), "JPEG", quality=92)
+
+
+def test_a_selectivity_planted_in_the_model_is_found_by_run_and_contrast(tmp_path, capsys):
+    """A width-8 synthetic model whose readout makes a random 5% of the vertices respond to red (channel 0 of the core
+    carries the red excess through every layer): ``screening run --vertex-stats`` then ``screening contrast`` rank
+    those vertices first for red > not red (AP > 0.9 against them), and a random split of the not-red images ranks
+    them at chance."""
+    import pandas as pd
+
+    from screening.cli import main
+    from screening.store.synthetic import make_store
+    from tests.test_parcellation import write_dlabel
+
+    rng = np.random.default_rng(12)
+    planted_cols = np.flatnonzero(rng.uniform(size=V_VISUAL) < 0.05)
+    store = make_store(tmp_path / "store", variant="visual", seed=3, width=8)
+    plant_red_channel(store, planted_cols, width=8)
+    imgs, rows = tmp_path / "imgs", []
+    imgs.mkdir()
+    plain = ["grey"] * 4 + ["green"] * 2 + ["blue"] * 2        # the same textures as the red images
+    for i in range(8):
+        for tint, label in (("red", "red"), (plain[i], "plain")):
+            name = f"{tint}-{i}.jpg"
+            (imgs / name).write_bytes(_tinted_jpeg(i, tint))
+            rows.append((name, label))
+            if label == "plain":
+                rows.append((name, "ctl_a" if i % 2 == 0 else "ctl_b"))   # 2 grey, 1 green, 1 blue each
+    pd.DataFrame(rows, columns=["file", "label"]).to_csv(tmp_path / "labels.csv", index=False)
+    truth = np.zeros(atlas.N_GRAYORDINATES, np.int64)
+    truth[atlas.variant_vertex_mapping("visual")[planted_cols]] = 1
+    for s in ("01", "02"):
+        write_dlabel(tmp_path / f"sub-{s}_planted.dlabel.nii", truth, {1: "red"})
+
+    run = tmp_path / "run"
+    assert main(["run", str(imgs), "--store", str(store), "--out", str(run), "--subjects", "sub-01,sub-02",
+                 "--rois", "V1",
+                 "--precision", "fp32", "--vertex-stats", str(tmp_path / "labels.csv"), "--no-progress"]) == 0
+    assert main(["contrast", str(run), "--contrast", "red>plain", "--contrast", "ctl_a>ctl_b", "--no-flatmaps",
+                 "--compare", str(tmp_path / "sub-{subject}_planted.dlabel.nii")]) == 0
+    capsys.readouterr()
+    cmp = pd.read_csv(run / "contrasts" / "compare.csv")
+    chance = planted_cols.size / V_VISUAL
+    assert np.allclose(cmp.chance, chance) and len(cmp) == 4
+    red, ctl = cmp[cmp.contrast == "red_vs_plain"], cmp[cmp.contrast == "ctl_a_vs_ctl_b"]
+    assert (red.ap > 0.9).all(), red
+    assert (ctl.ap < chance + 0.1).all(), ctl
+    table = pd.read_parquet(run / "contrasts" / "contrasts.parquet")
+    for s in SUBJECTS:
+        t = table[(table.contrast == "red_vs_plain") & (table.subject == s)].sort_values("t", ascending=False)
+        top = t.vertex.to_numpy()[:planted_cols.size]
+        assert np.isin(top, planted_cols).mean() > 0.9

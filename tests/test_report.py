@@ -401,6 +401,45 @@ def test_report_flatmap_needs_no_model(tmp_path):
     page = open(write_report(run, rois=["V1"], top_k=4, bottom_k=0), encoding="utf-8").read()
     assert "flatmap unavailable" not in page, re.findall(r"flatmap unavailable[^<]*", page)
     assert (run / "report" / "flatmap_V1.png").stat().st_size > 1000
+    assert "ROI means: each screened ROI painted" in page   # the map says what it is
+    # asked for vertex maps, an unreachable store leaves the ROI-mean map, and the page says why
+    page = open(write_report(run, rois=["V1"], top_k=4, bottom_k=0, vertex_maps=True), encoding="utf-8").read()
+    assert "ROI means: vertex maps unavailable (" in page and "flatmap unavailable" not in page
+    assert (run / "report" / "flatmap_V1.png").stat().st_size > 1000
+
+
+def test_report_vertex_maps_paint_the_api_vertex_outputs_of_the_shown_image(tmp_path, visual_store, monkeypatch):
+    """``--vertex-maps``: the array each flatmap is drawn from is the run's model's vertex output for that ROI's
+    top image (``BERG.encode``; subject ``mean``: the mean over the run's subjects), NaN off the model's vertices."""
+    import screening.report.figures as figures
+    from screening.api import BERG
+    from screening.preprocess import preprocess_bytes
+
+    berg = BERG(str(visual_store))
+    model_id = berg.store.model_ids()[0]
+    run = _make_run(tmp_path, n=12, store=visual_store, model_id=model_id)
+    drawn, real = {}, figures.draw_flatmap
+
+    def spy(values, **kw):
+        drawn[kw["out_png"].name] = np.array(values, dtype=np.float64)
+        return real(values, **kw)
+
+    monkeypatch.setattr(figures, "draw_flatmap", spy)
+    page = open(write_report(run, rois=["V1", "FFC"], top_k=2, bottom_k=0, vertex_maps=True),
+                encoding="utf-8").read()
+    assert "vertex responses: all 7,831 vertices of the run&#39;s model" in page and "ROI means" not in page
+    data = {i: b for f in sorted((tmp_path / "images").glob("*.parquet"))
+            for i, b in zip(*pq.read_table(f, columns=["image_id", "image"]).to_pydict().values())}
+    model = berg.get_encoding_model(model_id, subject=[1, 2], precision="fp32")
+    mapping = model.vertex_mapping
+    for roi in ("V1", "FFC"):
+        best = read_rankings_top(run, roi)
+        out = berg.encode(model, preprocess_bytes(data[best])[None])["NaturalScenesDataset"]
+        want = np.mean([out["sub-01"][0], out["sub-02"][0]], axis=0, dtype=np.float64)
+        got = drawn[f"flatmap_{roi}.png"]
+        assert np.isfinite(got).sum() == mapping.size == 7831 and np.isfinite(got[mapping]).all()
+        # float32 outputs of O(1): the report encodes its images in one batch, here one at a time (rounding only)
+        np.testing.assert_allclose(got[mapping], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")

@@ -146,8 +146,9 @@ def test_requests_that_cannot_work_are_refused_with_the_numbers(tmp_path, visual
 
     _folder(tmp_path / "imgs", per_class=(1, 1))
     base = ["run", str(tmp_path / "imgs"), "--store", str(visual_store), "--out", str(tmp_path / "o")]
-    assert main(base + ["--vertex-stats", "column:label"]) == 2
-    assert "column:NAME works for rank --labels, not here" in capsys.readouterr().err
+    assert main(base + ["--vertex-stats", "column:label"]) == 2   # a folder has no columns
+    err = capsys.readouterr().err
+    assert "column:label reads labels from a column of Parquet input shards" in err and "files input" in err
     assert main(base[:-1] + ["s3://bucket/o", "--vertex-stats", "folder"]) == 2
     assert "local" in capsys.readouterr().err
     monkeypatch.setattr(vertex_sink, "max_bytes", lambda: int(1.5 * 2**20))   # room for one label
@@ -159,6 +160,72 @@ def test_requests_that_cannot_work_are_refused_with_the_numbers(tmp_path, visual
 
         RunConfig.of(str(tmp_path / "imgs"), str(visual_store), str(tmp_path / "o"), vertex_stats="folder",
                      redo_changed=True)
+
+
+def _labelled_shards(root):
+    """2 Parquet shards of real JPEGs with a Hugging Face style integer ``label`` column (ClassLabel names in the
+    schema metadata) and no id column; one row unlabelled (null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_pipeline import _jpegs
+
+    meta = {b"huggingface": json.dumps({"info": {"features": {"label": {"names": ["cat", "dog"]}}}}).encode()}
+    classes = [[0, 1, 0], [None, 1, 1]]
+    data = []
+    for k, labels in enumerate(classes):
+        jpegs = _jpegs(len(labels), 70 + k, size=(80, 64 + 8 * k))
+        table = pa.table({"image": pa.array([{"bytes": b, "path": f"img{k}{i}.jpg"} for i, b in enumerate(jpegs)]),
+                          "label": pa.array(labels, pa.int64())})
+        root.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata(meta), root / f"train-{k:05d}.parquet")
+        data += jpegs
+    return data, [v for labels in classes for v in labels]
+
+
+def test_column_labels_travel_with_parquet_rows_to_the_encoders(tmp_path, visual_store):
+    """``--vertex-stats column:label``: each row's value of the input column reaches the encoder's vertex stage; the
+    per-label means are numpy's over the API's vertex outputs of those rows (class ids named from the metadata)."""
+    from screening.pipeline import screen
+
+    data, labels = _labelled_shards(tmp_path / "shards")
+    res = screen(str(tmp_path / "shards"), str(visual_store), str(tmp_path / "out"), subjects=SUBJECTS, rois=["V1"],
+                 precision="fp32", vertex_stats="column:label", progress=False, batch_size=2, write_batch_size=2)
+    stats = res.vertex_stats()
+    values = _api_vertices(visual_store, data)
+    assert sorted(stats.labels) == ["cat", "dog"] and stats.images == 6 and stats.n.sum() == 5   # null: unlabelled
+    for name, cls in (("cat", 0), ("dog", 1)):
+        rows = [i for i, v in enumerate(labels) if v == cls]
+        assert stats.n[stats.index(name)] == len(rows)
+        np.testing.assert_allclose(stats.mean(name), values[rows].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert len(res.responses().image_id.unique()) == 6   # every row screened, labelled or not
+
+
+def test_a_missing_label_column_is_refused_naming_the_columns(tmp_path, visual_store, capsys, monkeypatch):
+    import pickle
+
+    from screening.cli import main
+    from screening.pipeline import vertex_sink
+    from screening.pipeline.config import RunConfig
+    from screening.pipeline.plan import build_plan
+
+    _labelled_shards(tmp_path / "shards")
+    with monkeypatch.context() as m:   # room for one label: the column's 2 ClassLabel names are refused at planning
+        m.setattr(vertex_sink, "max_bytes", lambda: int(1.5 * 2**20))
+        assert main(["run", str(tmp_path / "shards"), "--store", str(visual_store), "--out", str(tmp_path / "o"),
+                     "--vertex-stats", "column:label"]) == 2
+        assert "2 labels x 8 subjects x 7831 vertices need 1.9 MiB" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "shards"), "--store", str(visual_store), "--out", str(tmp_path / "o"),
+                 "--vertex-stats", "column:category"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "column:category (the labels) is not a column of the input shards; their columns: image, label" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(InvalidParameterError) as got:
+        build_plan(RunConfig.of(str(tmp_path / "shards"), str(visual_store), str(tmp_path / "o"),
+                                vertex_stats="column:category"))
+    assert str(pickle.loads(pickle.dumps(got.value))) == str(got.value)
+    with pytest.raises(InvalidParameterError, match="names no column"):
+        RunConfig.of(str(tmp_path / "shards"), str(visual_store), str(tmp_path / "o"), vertex_stats="column:")
 
 
 def test_chan_merges_of_batch_statistics_equal_one_pass_in_any_grouping():

@@ -191,15 +191,17 @@ class RunConfig(CheckedOnce):
         --diverse``). An output keeps what it was first screened with.""")
     vertex_stats: str | None = option(None, flag="--vertex-stats", cli={"metavar": "LABELS"},
                                       key=lambda c: {"vertex_stats": c.vertex_stats} if c.vertex_stats else None,
-                                      help="LABELS (folder, name:REGEX or a label table): also accumulate each "
-                                           "label's per-vertex n, sum and sum of squares (vertex_stats/, for "
-                                           "screening contrast)",
+                                      help="LABELS (folder, name:REGEX, column:NAME of Parquet input or a label "
+                                           "table): also accumulate each label's per-vertex n, sum and sum of "
+                                           "squares (vertex_stats/, for screening contrast)",
                                       doc="""str, optional
-        A label spec (``folder``, ``name:REGEX``, a ``.csv`` / ``.parquet`` table of ``label`` and ``image_id``,
-        ``source`` or ``file``; an image may carry several labels). The encoders then also read every labelled
-        image through the full readout (57,051 vertices x 8 subjects) and accumulate, per label, subject and vertex,
-        n, the sum and the centred sum of squares (float64, Chan merges); each unit's partials commit with it and
-        are merged into ``OUT/vertex_stats/`` in unit order (``screening.vertex_stats``). Local outputs only.""")
+        A label spec (``folder``, ``name:REGEX``, ``column:NAME``: a column of the input Parquet shards, read with
+        each image, integer class ids named from Hugging Face metadata; a ``.csv`` / ``.parquet`` table of ``label``
+        and ``image_id``, ``source`` or ``file``, where an image may carry several labels). The encoders then also
+        read every labelled image through the full readout (57,051 vertices x 8 subjects) and accumulate, per label,
+        subject and vertex, n, the sum and the centred sum of squares (float64, Chan merges); each unit's partials
+        commit with it and are merged into ``OUT/vertex_stats/`` in unit order (``screening.vertex_stats``). Local
+        outputs only.""")
     progress: bool = option(True, flag="--no-progress", cli={"action": "store_true"}, from_cli=_not, record=False,
                             help="no progress bar", doc="""bool, default=True
         A progress bar of committed-ready images on stderr.""")

@@ -176,7 +176,8 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
     shards, spec, skipped = sources.plan(config.images, PlanContext(
         markers, image_column=config.image_column, id_column=config.id_column, storage=config.storage,
-        remote_map=remote_map, source_options={"hdf5_dataset": config.hdf5_dataset}))
+        remote_map=remote_map, source_options={"hdf5_dataset": config.hdf5_dataset},
+        label_column=label_column(config.vertex_stats)))
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__, "not_screened": dict(skipped)}
     key_source = _key_source(fingerprint, nv, roi_set, config)
@@ -194,6 +195,13 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
         plan = plan.with_precision(precision, {"precision": precision, "why": f"out already holds units screened in "
                                                f"{precision}: a resumed run keeps the recorded precision"})
     return plan
+
+
+def label_column(vertex_stats: str | None) -> str | None:
+    """The input column ``--vertex-stats column:NAME`` reads each image's label from (None for other specs)."""
+    if vertex_stats and vertex_stats.startswith("column:"):
+        return vertex_stats[len("column:"):]
+    return None
 
 
 def recorded_precision(markers: Mapping[str, dict], key_source: Mapping) -> str | None:

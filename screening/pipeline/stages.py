@@ -27,6 +27,7 @@ import numpy as np
 
 from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.tables import STAGE_OK
+from screening.sources.base import LABEL
 
 
 def _read_stage(datas, read_error, image_column: str):
@@ -43,9 +44,13 @@ def _read_stage(datas, read_error, image_column: str):
 
 
 def _identity(batch) -> dict:
-    return {"unit": np.asarray(batch["unit"], dtype=object), "row": np.asarray(batch["row"]),
-            "image_id": np.asarray(batch["image_id"], dtype=object),
-            "source": np.asarray(batch["source"], dtype=object)}
+    """A row's identity, and its label where the run reads one from the input (``LABEL``: column:NAME)."""
+    out = {"unit": np.asarray(batch["unit"], dtype=object), "row": np.asarray(batch["row"]),
+           "image_id": np.asarray(batch["image_id"], dtype=object),
+           "source": np.asarray(batch["source"], dtype=object)}
+    if LABEL in batch:
+        out[LABEL] = np.asarray(batch[LABEL], dtype=object)
+    return out
 
 
 def _decode_rows(datas, read_error, image_column: str, fast: bool, pool=None):
@@ -73,7 +78,7 @@ def decode_batch(table, *, image_column: str, fast: bool):
     """Rows from ``read_units`` -> the same rows with ``stage``/``error`` and uint8 ``pixels`` (3, 224, 224)."""
     stage, error, pixels = _decode_rows(table.column("data").to_pylist(), table.column("read_error").to_pylist(),
                                         image_column, fast)
-    ids = {k: table.column(k).to_pylist() for k in ("unit", "image_id", "source")}
+    ids = {k: table.column(k).to_pylist() for k in ("unit", "image_id", "source", LABEL) if k in table.column_names}
     return {**_identity({**ids, "row": table.column("row").to_numpy()}), "stage": stage, "error": error,
             "pixels": pixels}
 
@@ -272,7 +277,7 @@ class EncoderActor:
                             feats[i] = f[0]
                     except Exception as exc:  # noqa: BLE001
                         stage[i], error[i] = "encode", f"{type(exc).__name__}: {exc}"
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out = {k: v for k, v in batch.items() if k not in ("pixels", LABEL)}   # the label was the vertex stage's
         out.update(stage=stage, error=error, roi=roi)
         if feats is not None:
             out["features"] = feats
@@ -304,7 +309,8 @@ class VertexStage:
 
         ids = np.asarray(batch["image_id"], dtype=object)[ok]
         units = np.asarray(batch["unit"], dtype=object)[ok]
-        pairs = self.labeler.pairs(ids, np.asarray(batch["source"], dtype=object)[ok])
+        values = np.asarray(batch[LABEL], dtype=object)[ok] if LABEL in batch else None   # column:NAME
+        pairs = self.labeler.pairs(ids, np.asarray(batch["source"], dtype=object)[ok], values)
         labels = sorted(set(pairs.label))
         member = np.zeros((len(ok), len(labels)))
         at = {i: r for r, i in enumerate(ids.tolist())}

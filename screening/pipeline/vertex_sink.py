@@ -42,11 +42,16 @@ def _size(n: int) -> str:
 
 def check_request(spec: str, images, storage, n_subjects: int, n_vertices: int) -> None:
     """Refuse at planning a request whose labels are known and do not fit: a table's labels, or a local folder's
-    (its files listed as the run lists them). Other inputs' labels appear as they stream; the merger checks them."""
+    (its files listed as the run lists them), or the class names of a Hugging Face ``ClassLabel`` column. Other
+    inputs' labels (a plain column's values too) appear as they stream; the merger checks them."""
     from screening.labels import Labeler
 
     labeler = Labeler(spec, storage)
-    if labeler.table is not None:
+    if labeler.column is not None:   # an input column: its Hugging Face class names where it has them
+        n = column_classes(images, storage, labeler.column)
+        if n is None:   # plain values: seen as the rows stream
+            return
+    elif labeler.table is not None:
         n = labeler.table.label.nunique()
     elif os.path.isdir(str(images)):
         from screening.sources.listing import IMAGE_EXTENSIONS
@@ -57,6 +62,19 @@ def check_request(spec: str, images, storage, n_subjects: int, n_vertices: int) 
     else:
         return
     check_fits(n, n_subjects, n_vertices)
+
+
+def column_classes(images, storage, column: str) -> int | None:
+    """How many classes the input's ``column`` names (``ClassLabel`` metadata of its first Parquet shard), else None
+    (not Parquet, which the plan refuses, or a column of plain values)."""
+    from screening import sources
+    from screening.sources.parquet import class_names, read_footers
+
+    found = sources.find(images, storage=storage)
+    if found.kind != sources.ParquetSource.kind:
+        return None
+    names = class_names(read_footers(found.fs, list(found.paths[:1]))[0].schema.to_arrow_schema(), column)
+    return None if names is None else len(names)
 
 
 class VertexStatsMerger:

@@ -3,7 +3,8 @@
 The page is ``RUN_DIR/report/index.html``, rendered from ``templates/report.html`` (Jinja2, autoescaped);
 every figure, thumbnail and full-size image is a file beside it, linked by relative path, so the folder
 can be copied or served as is. The package is in rooms: ``data`` (what the run holds), ``figures`` (what is
-drawn), ``page`` (how the page is assembled); it reads the run's outputs and never runs a model.
+drawn), ``page`` (how the page is assembled); it reads the run's outputs and runs no model, except with
+``--vertex-maps`` (``vertex_maps``: the run's model on the few images the flatmaps show).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="thumbnails in the top row (default all ranked)")
     parser.add_argument("--bottom-k", type=int, help="thumbnails in the bottom row (default all ranked)")
     parser.add_argument("--no-flatmaps", action="store_true", help="draw no flatmaps")
+    parser.add_argument("--vertex-maps", action="store_true",
+                        help="paint the flatmaps' images vertex by vertex: run the run's recorded model (store, "
+                             "precision) on those few images (default: the run's ROI means, no model)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -44,7 +48,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         if k is not None and k < 0:  # head(-1) would silently drop the last image instead
             raise InvalidParameterError(f"{flag} must be 0 or more; got {k}")
     path = write_report(args.run_dir, rois=args.rois, subject=args.subject, top_k=args.top_k,
-                        bottom_k=args.bottom_k, flatmaps=not args.no_flatmaps,
+                        bottom_k=args.bottom_k, flatmaps=not args.no_flatmaps, vertex_maps=args.vertex_maps,
                         progress=lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}", file=sys.stderr))
     print(f"wrote {os.path.relpath(path)}")
     return 0

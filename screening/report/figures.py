@@ -80,15 +80,22 @@ def draw_histogram(inputs: Inputs, p: dict) -> dict:
     return {"hist": name, "hist_top": top, "hist_bottom": bottom}
 
 
-class Flatmapper:
-    """Flatmaps of each ROI's top image, painted from the run's committed responses: every response column the
-    atlas can place (an area, a bilateral area, a group, a composite) shows the image's response over its vertices,
-    coarse columns first so that the finest one wins where they overlap. After a failure every later map says the
-    same reason."""
+ROI_MEANS = ("ROI means: each screened ROI painted with the image's committed response over its vertices "
+             "(screening report --vertex-maps paints every vertex, computed for these images with the run's model)")
 
-    def __init__(self, inputs: Inputs, images: Images):
-        self.inputs, self.images = inputs, images
+
+class Flatmapper:
+    """Flatmaps of each ROI's top image. By default painted from the run's committed responses: every response
+    column the atlas can place (an area, a bilateral area, a group, a composite) shows the image's response over its
+    vertices, coarse columns first so that the finest one wins where they overlap. With ``vertex_maps``
+    (``report.vertex_maps.VertexMaps``) every vertex's response, computed now for the shown images with the run's
+    model; where that fails (store unreachable, image gone) the ROI means, and the page says why. After a failure
+    every later map says the same reason."""
+
+    def __init__(self, inputs: Inputs, images: Images, vertex_maps=None):
+        self.inputs, self.images, self.vertex_maps = inputs, images, vertex_maps
         self.error = None
+        self.vertex_error = None
         self._masks = None
 
     def masks(self) -> list:
@@ -127,23 +134,39 @@ class Flatmapper:
     def __call__(self, p: dict) -> dict:
         """``{flatmap, flatmap_error}`` of the page's ROI section."""
         if not len(p["top"]):
-            return {"flatmap": None, "flatmap_error": None}
+            return {"flatmap": None, "flatmap_error": None, "flatmap_note": None}
         roi, subject = p["roi"], self.inputs.subject
         best = str(p["top"].image_id.iloc[0])
         name = f"flatmap_{p['slug']}.png"
+        label = self.images.name_of(best) or best
+        synthetic = " — SYNTHETIC WEIGHTS" if self.inputs.synthetic else ""
+        if self.vertex_maps is not None and self.vertex_error is None:
+            try:
+                values = self.vertex_maps.values(best, subject)
+                draw_flatmap(values, outline_rois=_outline(roi), out_png=self.inputs.out / name,
+                             colorbar_label="vertex response (model output units)",
+                             title=f"responses to {label} (top-1 for {roi}, subject {subject}), every vertex"
+                                   + synthetic)
+                return {"flatmap": name, "flatmap_error": None, "flatmap_note": (
+                    f"vertex responses: all {self.vertex_maps.n_vertices:,} vertices of the run's model, computed "
+                    f"now for this image ({self.vertex_maps.precision})")}
+            except Exception as exc:  # noqa: BLE001 - the ROI means are drawn instead, and the page says why
+                self.vertex_error = f"{type(exc).__name__}: {exc}"
+        note = ROI_MEANS if self.vertex_maps is None else (
+            f"ROI means: vertex maps unavailable ({self.vertex_error}); each screened ROI painted with the image's "
+            f"committed response")
         try:
             if self.error is not None:
                 raise RuntimeError(self.error)
             values = self.values(best, subject)
-            label = self.images.name_of(best) or best
             draw_flatmap(values, outline_rois=_outline(roi), out_png=self.inputs.out / name,
                          colorbar_label="ROI response (model output units)",
                          title=f"responses to {label} (top-1 for {roi}, subject {subject}), per screened ROI"
-                               + (" — SYNTHETIC WEIGHTS" if self.inputs.synthetic else ""))
-            return {"flatmap": name, "flatmap_error": None}
+                               + synthetic)
+            return {"flatmap": name, "flatmap_error": None, "flatmap_note": note}
         except Exception as exc:  # noqa: BLE001 - optional figure; the reason goes on the page
             self.error = self.error or f"{type(exc).__name__}: {exc}"
-            return {"flatmap": None, "flatmap_error": self.error}
+            return {"flatmap": None, "flatmap_error": self.error, "flatmap_note": None}
 
 
 def _outline(roi: str) -> list:

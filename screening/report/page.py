@@ -15,7 +15,7 @@ SMALL_NULL = 1000
 
 
 def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None, flatmaps=True,
-                 max_error_rows=50, progress=None) -> str:
+                 vertex_maps=False, max_error_rows=50, progress=None) -> str:
     """Write ``RUN_DIR/report/index.html``, its PNGs and the shown images.
 
     Parameters
@@ -34,8 +34,14 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
         (the page says so).
     flatmaps : bool, default=True
         A flatmap per ROI of its top image's committed responses, each screened ROI painted over its vertices
-        (no model is run: the page shows what the run computed). Where none can be drawn the page says
-        "flatmap unavailable: <reason>".
+        (no model is run: the page shows what the run computed, and says the map is of ROI means). Where none
+        can be drawn the page says "flatmap unavailable: <reason>".
+    vertex_maps : bool, default=False
+        Paint every vertex instead: the run's model (store, model id, subjects and precision from its manifest,
+        through :class:`screening.BERG`) is run now on the few images the flatmaps show, and their full vertex
+        responses (57,051 per subject for the ``all`` model; ``mean``: the mean over the run's subjects) are
+        painted. Where the store cannot be opened or an image's bytes cannot be read again, the ROI-mean maps are
+        drawn and the page says why.
     max_error_rows : int, default=50
     progress : callable, optional
 
@@ -54,7 +60,8 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
         say(f"ROI {roi}: values")
         plans.append(_plan_lists(inputs, roi, top_k, bottom_k))
     images = fetch_shown_images(inputs, plans)
-    flatmapper = Flatmapper(inputs, images) if flatmaps else None
+    flatmapper = Flatmapper(inputs, images, _vertex_maps(inputs, images, plans) if vertex_maps else None) \
+        if flatmaps else None
     roi_ctx = []
     for p in plans:
         say(f"ROI {p['roi']}: figures")
@@ -62,6 +69,15 @@ def write_report(run_dir, *, rois=None, subject=None, top_k=None, bottom_k=None,
     index = inputs.out / "index.html"
     index.write_text(H.render(_page_context(inputs, images, roi_ctx, max_error_rows)), encoding="utf-8")
     return str(index)
+
+
+def _vertex_maps(inputs: Inputs, images: Images, plans: list):
+    """The model run of ``vertex_maps=True``: the top-1 image of each shown ROI, encoded together on first use."""
+    from screening.report.vertex_maps import VertexMaps
+
+    wanted = [str(p["top"].image_id.iloc[0]) for p in plans if len(p["top"])]
+    ranked = [s for s in dict.fromkeys(inputs.rankings.subject) if str(s).startswith("sub-")]
+    return VertexMaps(inputs.manifest, images, wanted, subjects=ranked)
 
 
 # -- the shown lists --------------------------------------------------------------------------------------------
@@ -107,7 +123,8 @@ def _roi_section(inputs: Inputs, images: Images, p: dict, flatmapper) -> dict:
          "top": images.cells(top), "bottom": images.cells(bottom), "sheet": draw_sheet(inputs, images, p)}
     r.update(draw_histogram(inputs, p))
     r.update(draw_labels(inputs, p))
-    r.update(flatmapper(p) if flatmapper is not None else {"flatmap": None, "flatmap_error": None})
+    r.update(flatmapper(p) if flatmapper is not None else {"flatmap": None, "flatmap_error": None,
+                                                            "flatmap_note": None})
     lists = [{"title": TOPK.title.format(k=len(top)), "note": None, "table": images.table(top, _LIST_COLUMNS)}]
     if len(bottom):
         lists.append({"title": BOTTOMK.title.format(k=len(bottom)), "note": None,

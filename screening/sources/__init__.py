@@ -112,6 +112,11 @@ def plan(images: str, ctx: PlanContext) -> tuple[tuple[Unit, ...], ColumnSpec, t
     """``(units, how to read their rows, what was not screened)`` from whatever ``images`` is; the last is
     (extension or kind, count) pairs of a folder's or glob's other files."""
     found = find(images, storage=ctx.storage)
+    if ctx.label_column is not None and found.kind != ParquetSource.kind:
+        raise InvalidParameterError(
+            f"column:{ctx.label_column} reads labels from a column of Parquet input shards; images={images!r} is "
+            f"{found.kind} input, which has no columns (each image has only its bytes, id and source): use folder, "
+            f"name:REGEX or a label table")
     units, spec = source(found.kind).plan(found, ctx)
     return units, spec, found.skipped
 

@@ -19,6 +19,9 @@ import pyarrow as pa
 
 #: The columns of every read task's output, whatever the input kind.
 READ_COLUMNS = ("unit", "row", "image_id", "source", "data", "read_error")
+#: The one more column a read emits when the run reads labels from the input (``--vertex-stats column:NAME``): each
+#: row's value of that column, as text (null: unlabelled); it travels with the row to the encoders.
+LABEL = "label"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -59,11 +62,12 @@ class ColumnSpec:
     image_is_struct: bool
     id_column: str | None      # None: derive the id from the bytes
     source_column: str | None
+    label_column: str | None = None   # read beside the image, carried as LABEL (--vertex-stats column:NAME)
 
     @property
     def read_columns(self) -> list[str]:
         cols = [self.image_column]
-        for c in (self.id_column, self.source_column):
+        for c in (self.id_column, self.source_column, self.label_column):
             if c and c not in cols:
                 cols.append(c)
         return cols
@@ -98,6 +102,7 @@ class PlanContext:
     storage: object = None
     remote_map: Callable[[Callable, list], list] | None = None
     source_options: Mapping = dataclasses.field(default_factory=dict)   # a kind's own options (hdf5_dataset)
+    label_column: str | None = None   # a column each row's label is read from (only Parquet shards have columns)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ struct's ``path``, else the shard path. Row counts come from the footers, read o
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (ColumnSpec, Found, PlanContext, Source, Unit, changed_since_plan,
+from screening.sources.base import (LABEL, ColumnSpec, Found, PlanContext, Source, Unit, changed_since_plan,
                                     derived_id, rows_table, stat_files, unit_names, unreadable)
 
 
@@ -35,9 +36,9 @@ class ParquetSource(Source):
         """Footers (row counts) and one column layout for every shard, checked on the driver."""
         fs, paths = found.fs, list(found.paths)
         metas = read_footers(fs, paths)
-        spec = column_spec(metas[0].schema.to_arrow_schema(), ctx.image_column, ctx.id_column)
+        spec = column_spec(metas[0].schema.to_arrow_schema(), ctx.image_column, ctx.id_column, ctx.label_column)
         for p, m in zip(paths[1:], metas[1:]):
-            other = column_spec(m.schema.to_arrow_schema(), ctx.image_column, ctx.id_column)
+            other = column_spec(m.schema.to_arrow_schema(), ctx.image_column, ctx.id_column, ctx.label_column)
             if other != spec:
                 raise InvalidParameterError(f"input shard {p!r} has a different layout ({other}) than {paths[0]!r} "
                                             f"({spec}); all shards of a run must share one layout")
@@ -52,8 +53,15 @@ class ParquetSource(Source):
 
         The shard is read only if it is still the file that was planned (same size and version); else, or if it is
         gone or its footer no longer parses, every row is an error row (stage ``read``) naming the reason. A row group
-        that fails to decode makes error rows of its unread rows, and reading goes on with the next row group.
+        that fails to decode makes error rows of its unread rows, and reading goes on with the next row group. With a
+        label column (``spec.label_column``) every table also has ``LABEL``, null on error rows.
         """
+        for table in self._read(item, spec=spec, storage=storage, chunk_rows=chunk_rows):
+            if spec.label_column and LABEL not in table.column_names:   # error rows: one schema for every block
+                table = table.append_column(LABEL, pa.nulls(table.num_rows, pa.string()))
+            yield table
+
+    def _read(self, item: dict, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256):
         from screening.fs import filesystem_for
 
         fs, path = filesystem_for(item["uri"], storage)
@@ -70,6 +78,9 @@ class ParquetSource(Source):
             yield unreadable(item, range(n), f"the shard is not readable Parquet: {type(exc).__name__}: {exc}")
             return
         with f:
+            classes = None
+            if spec.label_column:
+                classes = class_names(pf.schema_arrow, spec.label_column)
             start = 0
             for g in range(pf.num_row_groups):
                 g_rows = pf.metadata.row_group(g).num_rows
@@ -78,8 +89,11 @@ class ParquetSource(Source):
                     for rb in pf.iter_batches(batch_size=chunk_rows, row_groups=[g], columns=spec.read_columns):
                         t = pa.Table.from_batches([rb])
                         ids, sources, datas = extract_rows(t, spec, default_source=item["uri"])
-                        yield rows_table(item["unit"], list(range(done, done + t.num_rows)), ids, sources, datas,
-                                         [""] * t.num_rows)
+                        rows = rows_table(item["unit"], list(range(done, done + t.num_rows)), ids, sources, datas,
+                                          [""] * t.num_rows)
+                        if spec.label_column:
+                            rows = rows.append_column(LABEL, label_values(t.column(spec.label_column), classes))
+                        yield rows
                         done += t.num_rows
                     if done != start + g_rows:
                         raise ValueError(f"row group {g} gave {done - start} of its {g_rows} rows")
@@ -103,9 +117,19 @@ def read_footers(fs, paths: list[str], threads: int = 16) -> list[pq.FileMetaDat
         return list(pool.map(one, paths))
 
 
-def column_spec(schema: pa.Schema, image_column: str, id_column: str) -> ColumnSpec:
+def column_spec(schema: pa.Schema, image_column: str, id_column: str, label_column: str | None = None) -> ColumnSpec:
     """Check the shard schema against the requested columns; raise naming what is there."""
     names = schema.names
+    if label_column is not None:
+        if label_column not in names:
+            raise InvalidParameterError(f"column:{label_column} (the labels) is not a column of the input shards; "
+                                        f"their columns: {', '.join(names)}")
+        t = schema.field(label_column).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+                or pa.types.is_boolean(t) or pa.types.is_dictionary(t)):
+            raise InvalidParameterError(f"column:{label_column} (the labels) has type {t}; a label column holds one "
+                                        f"string or integer per image (for several labels an image, use a label "
+                                        f"table)")
     if image_column not in names:
         raise InvalidParameterError(
             f"image_column={image_column!r} is not a column of the input shards; columns: {', '.join(names)}")
@@ -127,7 +151,16 @@ def column_spec(schema: pa.Schema, image_column: str, id_column: str) -> ColumnS
                                    or pa.types.is_integer(schema.field(id_col).type)):
         raise InvalidParameterError(f"id_column={id_column!r} has type {schema.field(id_col).type}; expected string or int")
     source_col = "source" if "source" in names and "source" != image_column else None
-    return ColumnSpec(image_column, is_struct, id_col, source_col)
+    return ColumnSpec(image_column, is_struct, id_col, source_col, label_column)
+
+
+def label_values(column, classes: list | None = None) -> pa.Array:
+    """A label column's values as text (null stays null: unlabelled); integer class ids become their class names
+    where the shard's Hugging Face metadata has them (as ``rank --labels column:NAME`` maps them)."""
+    values = column.to_pylist()
+    if classes is not None:
+        values = [classes[v] if isinstance(v, int) and 0 <= v < len(classes) else v for v in values]
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
 def extract_rows(table: pa.Table, spec: ColumnSpec, default_source: str = ""):
@@ -155,3 +188,16 @@ def extract_rows(table: pa.Table, spec: ColumnSpec, default_source: str = ""):
         if v is None:
             ids[i] = derived_id(d) if d is not None else "sha256-null:" + derived_id(str(sources[i]).encode())
     return ids, [str(s) for s in sources], datas
+
+
+def class_names(schema: pa.Schema, column: str) -> list | None:
+    """Hugging Face ``datasets`` class names of an integer column (``ClassLabel`` in the schema metadata)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        features = json.loads(raw.decode())["info"]["features"]
+        names = features[column].get("names")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None
