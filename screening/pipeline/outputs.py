@@ -20,7 +20,6 @@ import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
-from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions, filesystem_for, is_local, to_uri, write_atomic
 
 RESPONSES = "responses"
@@ -150,16 +149,6 @@ class OutputLayout:
             return None
         with self.fs.open(p, "rb") as f:
             return json.loads(f.read().decode())
-
-
-def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> None:
-    """Resuming into ``out`` is only allowed with the same model, subjects, ROIs and precision."""
-    other = {m.get("config_key") for m in markers.values()} - {config_key}
-    if other:
-        raise InvalidParameterError(
-            f"out={out!r} already holds results of a different configuration (model, subjects, ROIs, precision, "
-            f"features or decode options differ: config key {sorted(other)[0]} vs {config_key}); use a new out directory, or "
-            f"delete it to start over")
 
 
 def committed_files(out, *, storage=None) -> dict[str, list[str]]:

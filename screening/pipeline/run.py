@@ -23,7 +23,7 @@ from screening.exceptions import InvalidParameterError, RunLockedError
 from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.ray_session import ensure_ray
-from screening.pipeline.outputs import OutputLayout, check_compatible, utcnow
+from screening.pipeline.outputs import utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
 from screening.pipeline.result import ScreeningResult
 from screening.pipeline.sink import UnitSink, write_task
@@ -87,7 +87,7 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
     with UnitSink(plan) as sink:
         stats, lost = None, []
         if sink.pending:
-            plan, res = _plan_on_cluster(plan, sink.layout)
+            plan, res = _plan_on_cluster(plan, sink)
             if notice := driver_notice(plan, res):
                 print(notice, file=sys.stderr)
             sink.on_write_start(plan)
@@ -100,9 +100,9 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
 PRECISION_PROBE_TIMEOUT_S = 300.0
 
 
-def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
+def _plan_on_cluster(plan: ScreeningPlan, sink: UnitSink):
     """``(plan, resources)`` once Ray is up: the pool checked against the cluster, and precision="auto" resolved once,
-    on a node of the encoders' kind, for the whole output."""
+    on a node of the encoders' kind, for the whole output (the sink refuses earlier results of another precision)."""
     with step("ray start"):
         ray = _ensure_ray()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -110,7 +110,7 @@ def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout):
     if plan.precision is None:
         with step("precision auto"):
             plan = plan.with_precision(*_resolve_precision(plan, res))
-        check_compatible(layout.markers(), plan.config_key, plan.out)
+        sink.check_compatible(plan.config_key)
         res = check_resources(plan, ray.cluster_resources(), nodes)   # the pool sized for the precision it runs
     return plan, res
 
