@@ -578,10 +578,10 @@ def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
 
     from screening.pipeline.outputs import RunOutputs
 
-    dataset = ((RunOutputs(str(run), storage=storage).manifest() or {}).get("config") or {}).get("hdf5_dataset")
+    recorded = (RunOutputs(str(run), storage=storage).manifest() or {}).get("config") or {}   # the kinds' options
     images = {}
     for i, src in zip(table.image_id, table.source):
-        if isinstance(src, str) and i not in images and (data := read_image(src, storage, hdf5_dataset=dataset)):
+        if isinstance(src, str) and i not in images and (data := read_image(src, storage, recorded)):
             images[i] = data
     parts = []
     for n, (name, g) in enumerate(table.groupby("query", sort=False)):

@@ -20,6 +20,7 @@ from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 from screening.hardware import PRECISION_CHOICES
 from screening.pipeline.decode_modes import DECODES, decode_mode
+from screening.sources import source_options
 
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 ENCODER_STAGES = ("model", "null")
@@ -166,10 +167,12 @@ class RunConfig(CheckedOnce):
         exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
         before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
         output screened with one is not resumed with the other.""")
-    hdf5_dataset: str = option("imgBrick", flag="--hdf5-dataset", help="the N x H x W x 3 uint8 dataset of HDF5 "
-                               "inputs (default imgBrick, NSD's nsd_stimuli.hdf5)", doc="""str, default="imgBrick"
-        The ``N x H x W x 3`` uint8 dataset of an HDF5 input (:mod:`screening.sources.hdf5`); a unit is a range of
-        its rows, an image's source ``FILE#index``.""")
+    source_options: Any = option(default_factory=tuple, record=lambda c: dict(c.source_options),
+                                 doc="""mapping of str to value, optional
+        The input kinds' own options, by name: each kind defines its own (``options`` of its
+        :class:`~screening.sources.base.Source`), and each is taken as an option of its own as well (listed next),
+        as a flag of ``screening run``, and recorded under its name in the manifest. Normalised to ``(name, value)``
+        pairs of every kind's options; ``config.<name>`` reads one.""")
     image_column: str = option("image", flag="--image-column", key=True, help="the image column of Parquet inputs",
                                doc="""str, default="image"
         ``image`` may be binary or the Hugging Face struct ``{bytes, path}``.""")
@@ -231,15 +234,36 @@ class RunConfig(CheckedOnce):
     def _normalised(self) -> dict:
         return _checked(self)
 
+    def __getattr__(self, name):   # a kind's own option reads as an attribute (config.hdf5_dataset)
+        for key, value in self.__dict__.get("source_options", ()):
+            if key == name:
+                return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def _option_names(cls) -> list[str]:
+        """The API's option names, in field order, each kind's own options in place of ``source_options``."""
+        names = []
+        for f in dataclasses.fields(cls):
+            if f.name == "source_options":
+                names += [o.name for o in source_options()]
+            elif f.name not in ("images", "store", "out", "storage"):
+                names.append(f.name)
+        return names
+
     @classmethod
     def of(cls, images, store, out, *, storage_options=None, endpoint_url=None, anonymous=None,
            **options) -> "RunConfig":
-        """From the API's keyword arguments; an unknown one is named with the valid ones (not a TypeError)."""
-        valid = [f.name for f in dataclasses.fields(cls) if f.name not in ("images", "store", "out", "storage")]
-        unknown = sorted(set(options) - set(valid))
+        """From the API's keyword arguments; an unknown one is named with the valid ones (not a TypeError). A
+        kind's own option (``hdf5_dataset=``) is taken by its name."""
+        valid = cls._option_names()
+        unknown = sorted(set(options) - set(valid) - {"source_options"})
         if unknown:
             raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; valid options: "
                                         f"{', '.join(valid + ['storage_options', 'endpoint_url', 'anonymous'])}")
+        own = {o.name: options.pop(o.name) for o in source_options() if o.name in options}
+        if own:
+            options["source_options"] = {**_pairs(options.get("source_options")), **own}
         storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
         return cls(images=images, store=store, out=out, storage=storage, **options)
 
@@ -254,6 +278,9 @@ class RunConfig(CheckedOnce):
             m = f.metadata
             if m["flag"] == "storage":
                 add_storage_arguments(parser)
+            elif f.name == "source_options":   # each kind's own options, a flag each
+                for o in source_options():
+                    parser.add_argument(o.flag, dest=o.name, default=o.default, help=o.help)
             elif m["flag"] == f.name:   # positional
                 parser.add_argument(f.name, help=m["help"])
             elif m["flag"]:
@@ -270,6 +297,8 @@ class RunConfig(CheckedOnce):
             m = f.metadata
             if m["flag"] == "storage":
                 values[f.name] = StorageOptions.from_args(args)
+            elif f.name == "source_options":
+                values[f.name] = {o.name: getattr(args, o.name, o.default) for o in source_options()}
             elif m["flag"]:
                 v = getattr(args, f.name)
                 values[f.name] = m["from_cli"](v) if m["from_cli"] else v
@@ -299,10 +328,14 @@ class RunConfig(CheckedOnce):
         """The numpydoc parameter entries of every option (what :func:`screening.pipeline.screen` documents)."""
         lines = []
         for f in dataclasses.fields(cls):
-            first, _, rest = f.metadata["doc"].partition("\n")
-            lines.append(f"{indent}{f.name} : {first.strip()}")
-            lines += [f"{indent}{ln.strip() and ln[4:] if ln.startswith('        ') else ln}" for ln in
-                      rest.splitlines()]
+            entries = [(f.name, f.metadata["doc"])]
+            if f.name == "source_options":
+                entries += [(o.name, o.doc) for o in source_options()]
+            for name, doc in entries:
+                first, _, rest = doc.partition("\n")
+                lines.append(f"{indent}{name} : {first.strip()}")
+                lines += [f"{indent}{ln.strip() and ln[4:] if ln.startswith('        ') else ln}" for ln in
+                          rest.splitlines()]
         return "\n".join(lines)
 
 
@@ -320,7 +353,7 @@ def _checked(c: RunConfig) -> dict:
         value = getattr(c, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise InvalidParameterError(f"{name} must be a path or an s3:// URI; got {value!r}")
-    for name in ("image_column", "id_column", "hdf5_dataset"):
+    for name in ("image_column", "id_column"):
         value = getattr(c, name)
         if not isinstance(value, str) or not value:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {value!r}")
@@ -341,11 +374,37 @@ def _checked(c: RunConfig) -> dict:
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
             "fast_decode": check_bool("fast_decode", c.fast_decode) and not mode.full_size,
-            "vertex_stats": _vertex_stats(c),
+            "vertex_stats": _vertex_stats(c), "source_options": _source_options(c.source_options),
             "progress": check_bool("progress", c.progress), "features": check_bool("features", c.features), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),
             "throttle_s": check_nonneg_number("throttle_s", c.throttle_s, allow_none=False)}
+
+
+def _pairs(v) -> dict:
+    """Source options as given: a mapping, or ``(name, value)`` pairs (the normalised form)."""
+    if v is None:
+        return {}
+    if isinstance(v, Mapping):
+        return dict(v)
+    if isinstance(v, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in v):
+        return dict(v)
+    raise InvalidParameterError(f"source_options must be a mapping of option name -> value; got {v!r}")
+
+
+def _source_options(v) -> tuple[tuple[str, Any], ...]:
+    """Every registered kind's options, checked by their own checks, as ``(name, value)`` pairs (defaults filled)."""
+    given = _pairs(v)
+    known = source_options()
+    unknown = sorted(set(given) - {o.name for o in known})
+    if unknown:
+        raise InvalidParameterError(f"unknown source option(s) {', '.join(unknown)}; the input kinds' options: "
+                                    f"{', '.join(o.name for o in known) or '(none)'}")
+    out = []
+    for o in known:
+        value = given.get(o.name, o.default)
+        out.append((o.name, o.check(o.name, value) if o.check else value))
+    return tuple(out)
 
 
 def _num_encoders(v):

@@ -177,7 +177,7 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     markers = read_markers(layout)   # committed tar units keep their recorded row counts (no recount)
     shards, spec, skipped = sources.plan(config.images, PlanContext(
         markers, image_column=config.image_column, id_column=config.id_column, storage=config.storage,
-        remote_map=remote_map, source_options={"hdf5_dataset": config.hdf5_dataset}))
+        remote_map=remote_map, source_options=dict(config.source_options)))
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__, "not_screened": dict(skipped)}
     key_source = _key_source(fingerprint, nv, roi_set, config)

@@ -153,7 +153,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     """The Ray Data plan for ``pending`` shards (lazy; nothing runs until it is iterated)."""
     import ray
 
-    from screening.sources import read_units
+    from screening.sources import read_units, readers
     from screening.pipeline import stages
     from screening.pipeline.stages import decode_batch
 
@@ -164,7 +164,8 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     items = [s.read_item() for s in pending]   # Parquet shards, tar archives or lists of image files
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_units, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
-                        fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
+                        fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS,
+                                   "kinds": readers(pending)})
     if decode_mode(opts.decode).decode_tasks:   # else the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
                             num_cpus=res.task_cpus,
