@@ -27,16 +27,24 @@ ENCODER_STAGES = ("model", "null")
 
 
 def option(default=dataclasses.MISSING, *, doc: str, help: str | None = None, flag: str | None = None,
-           cli: Mapping | None = None, from_cli=None, record=True, key=None, default_factory=dataclasses.MISSING):
+           cli: Mapping | None = None, from_cli=None, record=True, key=None, from_record=None,
+           default_factory=dataclasses.MISSING):
     """A ``RunConfig`` field with everything said about it in one place.
 
     ``doc``: its entry in the documented parameter list (first line the type, then the description);
     ``help``/``flag``/``cli``: its ``screening run`` argument (no flag: not on the command line), ``from_cli`` turning
     the parsed value into the option's; ``record`` / ``key``: kept in the manifest / part of the configuration key
-    (``True``, or a function of the config giving the fields to hold, or None)."""
+    (``True``, or a function of the config giving the fields to hold, or None); ``from_record``: the field's value
+    read back from a record (a function of the record giving ``{name: value}``; default: a field recorded as
+    itself is read under its name, any other keeps its default)."""
     meta = {"doc": doc, "help": help, "flag": flag, "cli": dict(cli or {}), "from_cli": from_cli, "record": record,
-            "key": key}
+            "key": key, "from_record": from_record}
     return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def _recorded(name: str, read=lambda v: v):
+    """``from_record`` of a field recorded under its own name (``read``: the recorded value to the option's)."""
+    return lambda r: {name: read(r[name])} if name in r else {}
 
 
 def _decode_key(c) -> dict | None:
@@ -79,7 +87,8 @@ class RunConfig(CheckedOnce):
         help="Parquet shards, a folder of images, .tar / WebDataset shards (shard-{000..009}.tar), a .csv/.txt list "
              "of paths or s3:// URIs, or a glob; local or s3://")
     store: Any = option(flag="--store", cli={"required": True}, help="model store location (path or s3://)",
-                        record=lambda c: {"store": str(getattr(c.store, "location", c.store))}, doc="""str or ModelStore
+                        record=lambda c: {"store": str(getattr(c.store, "location", c.store))},
+                        from_record=_recorded("store"), doc="""str or ModelStore
         The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.""")
     out: str = option(flag="--out", cli={"required": True}, help="output root (path or s3://)", doc="""str
         Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.""")
@@ -87,22 +96,25 @@ class RunConfig(CheckedOnce):
                                   "'all'", doc="""str, optional
         Default: the store's only model, else ``DEFAULT_MODEL_ID``.""")
     subjects: Any = option("all", flag="--subjects", help="'all' or comma-separated sub-01..sub-08",
-                           record=lambda c: {"subjects": list(c.subjects)}, key=True, doc=""""all" or list of str, default="all"
+                           record=lambda c: {"subjects": list(c.subjects)}, from_record=_recorded("subjects"),
+                           key=True, doc=""""all" or list of str, default="all"
         ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.""")
     rois: Any = option(None, flag="--rois", help="comma-separated ROI names (default: all areas + groups)",
-                       record=False, doc="""list of str or str, optional
+                       record=False, from_record=_recorded("rois"), doc="""list of str or str, optional
         ROI names as :func:`screening.rois.build_roi_set` takes them; default: all areas of the variant + its Glasser
         groups. The manifest records the resolved list (``config.rois``).""")
     composites: Mapping | None = option(None, flag="--composites", from_cli=lambda v: _json_arg(v, "--composites"),
                                         help='JSON {"name": ["FFC", ...]} or a JSON file',
                                         record=lambda c: {"composites": {k: list(x) for k, x in (c.composites or {}).items()}},
+                                        from_record=_recorded("composites", lambda v: v or None),
                                         doc="""mapping of str to list of str, optional
         Named unions of ROIs (:func:`screening.rois.build_roi_set`), screened as extra columns.""")
     custom_rois: Mapping | None = option(None, flag="--custom-rois", from_cli=lambda v: _json_arg(v, "--custom-rois"),
                                          help='JSON {"name": [grayordinate, ...]} or a JSON file',
                                          record=lambda c: {"custom_rois": sorted(c.custom_rois or {})},
                                          doc="""mapping of str to grayordinate indices, optional
-        ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`).""")
+        ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`). The manifest
+        records their names only.""")
     parcellation: str | None = option(None, flag="--parcellation", help="a parcellation of your own: .dlabel.nii or "
                                       ".npy + .tsv in the 91k grayordinate space, {subject} for one file per subject; "
                                       "each label becomes an ROI column (docs/guide.md)", doc="""str, optional
@@ -168,6 +180,8 @@ class RunConfig(CheckedOnce):
         before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
         output screened with one is not resumed with the other.""")
     source_options: Any = option(default_factory=tuple, record=lambda c: dict(c.source_options),
+                                 from_record=lambda r: {"source_options": {o.name: r[o.name] for o in
+                                                                           source_options() if o.name in r}},
                                  doc="""mapping of str to value, optional
         The input kinds' own options, by name: each kind defines its own (``options`` of its
         :class:`~screening.sources.base.Source`), and each is taken as an option of its own as well (listed next),
@@ -181,6 +195,8 @@ class RunConfig(CheckedOnce):
         A missing id column derives the id as the first 16 hex digits of sha256(image bytes).""")
     storage: StorageOptions = option(default_factory=StorageOptions, flag="storage",
                                      record=lambda c: {"endpoint_url": c.storage.endpoint_url, "anonymous": c.storage.anonymous},
+                                     from_record=lambda r: {"storage": StorageOptions(
+                                         endpoint_url=r.get("endpoint_url"), anonymous=r.get("anonymous"))},
                                      doc="""screening.fs.StorageOptions or dict, optional
         S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
         store; ``RunConfig.of`` / ``screen`` take them as ``storage_options=`` or ``endpoint_url=`` /
@@ -266,6 +282,27 @@ class RunConfig(CheckedOnce):
             options["source_options"] = {**_pairs(options.get("source_options")), **own}
         storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
         return cls(images=images, store=store, out=out, storage=storage, **options)
+
+    @classmethod
+    def from_record(cls, record: Mapping, *, storage=None) -> "RunConfig":
+        """The config a run recorded (:meth:`record`, as a manifest's ``config`` holds it with the plan's resolved
+        ``model_id``, ``rois`` and ``precision``), each field read back as its ``from_record`` says; a field that is
+        not recorded keeps its default, and ``custom_rois`` (recorded by name only) is None. ``storage``: S3 options
+        to use instead of the recorded ones."""
+        missing = [n for n in ("images", "store", "out") if not record.get(n)]
+        if missing:
+            raise InvalidParameterError(f"the run's record has no {', '.join(missing)}: it is not a screening run's "
+                                        f"configuration")
+        values = {}
+        for f in dataclasses.fields(cls):
+            read_back = f.metadata["from_record"]
+            if read_back is not None:
+                values.update(read_back(record))
+            elif f.metadata["record"] is True and f.name in record:
+                values[f.name] = record[f.name]
+        if storage is not None:
+            values["storage"] = StorageOptions.of(storage)
+        return cls(**values)
 
     @classmethod
     def configure_parser(cls, parser) -> None:

@@ -189,6 +189,18 @@ class RunOutputs:
     def manifest(self) -> dict | None:
         return self.layout.read_manifest()
 
+    def config(self, *, storage=None):
+        """The run's :class:`~screening.pipeline.config.RunConfig` as its manifest records it
+        (:meth:`RunConfig.from_record <screening.pipeline.config.RunConfig.from_record>`: the resolved model, ROIs
+        and precision; ``custom_rois`` are recorded by name only and come back as None); None where there is no
+        manifest (a plain folder of tables). ``storage``: S3 options to use instead of the recorded ones."""
+        from screening.pipeline.config import RunConfig
+
+        manifest = self.manifest()
+        if manifest is None:
+            return None
+        return RunConfig.from_record(manifest.get("config") or {}, storage=storage)
+
     def dataset(self, kind: str = RESPONSES):
         """A ``pyarrow.dataset`` over the committed ``kind`` parts, or None where there are none. A plain folder of
         tables (no ``_committed/``: written by hand or by another tool) is read whole."""
