@@ -390,7 +390,7 @@ def search(run, *, like=(), target=(), rois=None, subject: str = "mean", k: int 
         like_one = os.fspath(like_one)
         if os.path.isfile(like_one) or "://" in like_one:
             values = (encode_features(r.manifest, like_one, storage) if space == "features"
-                      else encode_profile(r.manifest, like_one, columns, subject, storage))
+                      else encode_profile(r.outputs, like_one, columns, subject, storage))
         else:
             values = None   # an image of the run: its row is read in the statistics pass
         queries.append(Query(f"like:{like_one}", columns, values, raw=True, image_id=None if values is not None
@@ -448,23 +448,20 @@ def _sources(r: _Run, ids) -> pd.DataFrame:
     return t.drop_duplicates("image_id")[["image_id", "source"]]
 
 
-def encode_profile(manifest: dict, path: str, columns, subject: str, storage=None) -> np.ndarray:
+def encode_profile(outputs, path: str, columns, subject: str, storage=None) -> np.ndarray:
     """A new image's responses over ``columns``, computed as the run computed its rows: the run's model, ROI sets,
-    subjects and precision; ``subject="mean"`` the mean of the subjects' ROI means."""
-    from screening.pipeline.config import RunConfig
+    subjects and precision (its recorded :class:`RunConfig`: ``outputs.config()``, ``outputs`` the run's
+    :class:`~screening.pipeline.outputs.RunOutputs`); ``subject="mean"`` the mean of the subjects' ROI means."""
     from screening.pipeline.plan import resolve_model_id, resolve_rois, resolve_store
 
-    cfg = manifest.get("config") or {}
+    cfg = (outputs.manifest() or {}).get("config") or {}
     if not cfg.get("store"):
         raise InvalidParameterError("encoding a new image needs the run's manifest (config.store); this output has "
                                     "none: give an image_id of the run instead")
     if cfg.get("custom_rois"):
         raise InvalidParameterError("the run has custom ROIs (recorded by name only), so a new image cannot be "
                                     "encoded as the run was: give an image_id of the run instead")
-    options = {k: cfg[k] for k in ("model_id", "subjects", "composites", "reliability_threshold", "noise_ceiling",
-                                   "parcellation", "parcellation_prefix") if cfg.get(k)}
-    config = RunConfig.of(cfg.get("images") or path, cfg["store"], cfg.get("out") or ".", rois=cfg.get("rois"),
-                          storage_options=storage, **options)
+    config = outputs.config(storage=StorageOptions.of(storage))
     store = resolve_store(config.store, storage=config.storage)
     model_id = resolve_model_id(store, config.model_id)
     roi_set = resolve_rois(store, model_id, dict(store.fingerprint(model_id)), config)[0]
@@ -479,7 +476,7 @@ def encode_profile(manifest: dict, path: str, columns, subject: str, storage=Non
     image = preprocess_bytes(fs.cat_file(p))[None]
     sets = {n: roi_set[n] for n in columns}
     union = np.unique(np.concatenate([c for v in sets.values() for c in (v.values() if isinstance(v, dict) else [v])]))
-    precision = cfg.get("precision") if cfg.get("precision") in ("fp32", "bf16", "fp16") else "fp32"
+    precision = config.precision if config.precision in ("fp32", "bf16", "fp16") else "fp32"
     berg = BERG(str(config.store), storage_options=config.storage)
     model = berg.get_encoding_model(model_id, subject=list(config.subjects), device="cpu", precision=precision,
                                     selection={"voxel_index": _mask(union, model_id)})
@@ -578,10 +575,10 @@ def _sheet(run, table: pd.DataFrame, out_png: str, storage) -> None:
 
     from screening.pipeline.outputs import RunOutputs
 
-    dataset = ((RunOutputs(str(run), storage=storage).manifest() or {}).get("config") or {}).get("hdf5_dataset")
+    recorded = (RunOutputs(str(run), storage=storage).manifest() or {}).get("config") or {}   # the kinds' options
     images = {}
     for i, src in zip(table.image_id, table.source):
-        if isinstance(src, str) and i not in images and (data := read_image(src, storage, hdf5_dataset=dataset)):
+        if isinstance(src, str) and i not in images and (data := read_image(src, storage, recorded)):
             images[i] = data
     parts = []
     for n, (name, g) in enumerate(table.groupby("query", sort=False)):

@@ -283,15 +283,22 @@ def test_boundary_check_catches_planted_cycles_and_private_imports(tmp_path):
 
 # --------------------------------------------------------------------------- kinds are objects, asked, not compared
 
-#: Where each kind's names may be spelled out: the registry of ranking kinds, the module of store locations.
-KIND_HOMES = {"ranking": "screening/rank/kinds.py", "store": "screening/store/locations.py"}
+#: Where each kind's names may be spelled out: the registry of ranking kinds, the module of store locations, the
+#: package of input kinds (a folder: each kind's module and the registry).
+KIND_HOMES = {"ranking": "screening/rank/kinds.py", "store": "screening/store/locations.py",
+              "source": "screening/sources/"}
 
 
 def _kind_names() -> dict[str, set[str]]:
     from screening.rank.kinds import KINDS
+    from screening.sources import SOURCES
     from screening.store.locations import LOCATIONS
 
-    return {"ranking": set(KINDS), "store": {k.name for k in LOCATIONS}}
+    return {"ranking": set(KINDS), "store": {k.name for k in LOCATIONS}, "source": {s.kind for s in SOURCES}}
+
+
+def _at_home(rel: str, home: str | None) -> bool:
+    return home is not None and (rel.startswith(home) if home.endswith("/") else rel == home)
 
 
 def _strings(node) -> list[str]:
@@ -307,8 +314,8 @@ def _names_kind(node) -> bool:
 
 def kind_comparisons(root: Path, package: str, kinds: dict[str, set[str]], homes: dict[str, str]) -> list[str]:
     """``path:line: ...`` of every comparison of a value with a ranking kind's name (``== "topk"``,
-    ``in ("topk", ...)``, ``.isin(["topk"])``) or of a ``kind`` with a store kind's name (``kind == "url"``),
-    outside the kind's own module."""
+    ``in ("topk", ...)``, ``.isin(["topk"])``) or of a ``kind`` with a store or source kind's name (``kind == "url"``,
+    ``found.kind != "parquet"``), outside the kind's own module (or package)."""
     problems = []
     for path in sorted((root / package).rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -329,10 +336,14 @@ def kind_comparisons(root: Path, package: str, kinds: dict[str, set[str]], homes
                     if named & kinds["store"] and _names_kind(other) and rel != homes["store"]:
                         problems.append(f"{rel}:{node.lineno}: compares a kind with store kind(s) "
                                         f"{sorted(named & kinds['store'])}: ask screening.store.locations")
+                    source_kinds = named & kinds.get("source", set())
+                    if source_kinds and _names_kind(other) and not _at_home(rel, homes.get("source")):
+                        problems.append(f"{rel}:{node.lineno}: compares a kind with source kind(s) "
+                                        f"{sorted(source_kinds)}: ask the registry (screening.sources)")
     return sorted(set(problems))
 
 
-def test_no_string_comparison_with_a_ranking_or_store_kind_outside_its_module():
+def test_no_string_comparison_with_a_ranking_store_or_source_kind_outside_its_module():
     problems = kind_comparisons(ROOT, "screening", _kind_names(), KIND_HOMES)
     assert not problems, "\n".join(problems)
 
@@ -354,3 +365,15 @@ def test_kind_check_catches_planted_comparisons(tmp_path):
     got = kind_comparisons(tmp_path, "plant", kinds, {"ranking": "plant/kinds/home.py", "store": "plant/kinds/home.py"})
     assert [p.split(":")[1] for p in got] == ["2", "3", "4", "5", "6"], got
     assert "['topk']" in got[0] and "['url']" in got[3]
+
+
+def test_kind_check_catches_a_planted_source_kind_comparison(tmp_path):
+    pkg = tmp_path / "plant"
+    (pkg / "sources").mkdir(parents=True)
+    (pkg / "report.py").write_text("def f(found, fmt):\n    a = found.kind != 'parquet'\n"
+                                   "    b = fmt == 'parquet'\n    return a, b\n")   # a format name, not a kind
+    (pkg / "sources" / "registry.py").write_text("def g(kind):\n    return kind == 'parquet'\n")
+    kinds = {"ranking": set(), "store": set(), "source": {"parquet", "hdf5"}}
+    got = kind_comparisons(tmp_path, "plant", kinds, {"ranking": "-", "store": "-", "source": "plant/sources/"})
+    assert got == ["plant/report.py:2: compares a kind with source kind(s) ['parquet']: ask the registry "
+                   "(screening.sources)"], got

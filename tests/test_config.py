@@ -108,6 +108,10 @@ def test_each_option_is_defined_once_and_everything_follows_from_its_field():
         if flag and flag not in ("storage", f.name):
             assert flags[f.name] == [flag], f.name
     assert "encoder_stage" not in flags   # benchmarks only: no flag
+    from screening.sources import source_options
+
+    for o in source_options():   # each input kind's own options: documented and flagged like the fields
+        assert f"    {o.name} : " in screen.__doc__ and flags[o.name] == [o.flag], o.name
     # a non-default value of every flagged option survives CLI -> from_args, and lands in the record or the key
     cli = _cli(["imgs/", "--store", "s/", "--out", "o/", "--model-id", "m", "--subjects", "3", "--rois", "V1",
                 "--composites", '{"c": ["V1"]}', "--custom-rois", '{"u": [1, 2]}', "--precision", "bf16",
@@ -133,3 +137,34 @@ def test_each_option_is_defined_once_and_everything_follows_from_its_field():
 
 def test_the_old_fast_decode_flag_still_means_fast_decode():
     assert _cli(["i", "--store", "s", "--out", "o", "--fast-decode"]).fast_decode is True
+
+
+def test_a_recorded_config_reads_back_as_itself():
+    """RunConfig.from_record (what RunOutputs.config() returns) inverts record(), field by field, through JSON."""
+    import json
+
+    asked = RunConfig.of("imgs/", "s/", "o/", model_id="m", subjects=["sub-03", "sub-05"], composites={"c": ["V1"]},
+                         parcellation="p/sub-{subject}.dlabel.nii", parcellation_prefix="pp", precision="bf16",
+                         batch_size=7, write_batch_size=9, num_encoders=(1, 3), num_gpus_per_encoder=0.5,
+                         num_cpus_per_encoder=3, fast_decode=False, decode="actor", hdf5_dataset="stimuli",
+                         image_column="img", id_column="uid", features=False, reliability_threshold=0.0,
+                         noise_ceiling="train_n-1", endpoint_url="http://127.0.0.1:9", anonymous=True)
+    record = json.loads(json.dumps(asked.record()))
+    assert record["hdf5_dataset"] == "stimuli"   # a kind's own option, recorded under its name
+    got = RunConfig.from_record(record)
+    assert got == asked and got.hdf5_dataset == "stimuli" and got.reliability_threshold == 0.0
+    assert RunConfig.from_record({**record, "rois": ["V1", "FFC"]}).rois == ("V1", "FFC")   # the plan's resolved list
+    assert RunConfig.from_record(record, storage={"anonymous": False}).storage == StorageOptions(anonymous=False)
+    with pytest.raises(InvalidParameterError, match="has no store"):
+        RunConfig.from_record({"images": "i", "out": "o"})
+
+
+def test_a_source_kinds_option_is_a_run_option_by_its_name():
+    c = RunConfig.of("in", "s", "o", hdf5_dataset="stimuli")
+    assert c.hdf5_dataset == "stimuli" and dict(c.source_options) == {"hdf5_dataset": "stimuli"}
+    assert _cli(["in", "--store", "s", "--out", "o", "--hdf5-dataset", "stimuli"]) == c
+    assert RunConfig.of("in", "s", "o").hdf5_dataset == "imgBrick"
+    with pytest.raises(InvalidParameterError, match="hdf5_dataset must be a non-empty string; got ''"):
+        RunConfig.of("in", "s", "o", hdf5_dataset="")
+    with pytest.raises(AttributeError, match="no attribute 'hdf6_dataset'"):
+        c.hdf6_dataset

@@ -115,10 +115,9 @@ def test_a_new_image_gets_the_profile_it_had_in_the_run(tmp_path, visual_store, 
     src = pd.read_parquet(res.outputs.files()["sources"][0])
     pid = src[src.source.str.endswith("p3.jpg")].image_id.iloc[0]
     row = df[(df.image_id == pid) & (df.subject == "mean")][["V1", "V2", "FFC", "L_V3"]].to_numpy()[0]
-    import json
+    from screening.pipeline.outputs import RunOutputs
 
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    got = encode_profile(manifest, str(folder / "p3.jpg"), ("V1", "V2", "FFC", "L_V3"), "mean")
+    got = encode_profile(RunOutputs(str(tmp_path / "run")), str(folder / "p3.jpg"), ("V1", "V2", "FFC", "L_V3"), "mean")
     np.testing.assert_allclose(got, row, rtol=1e-5, atol=1e-6)
     # the CLI: a new file finds itself first; a table and a contact sheet are written
     out, sheet = tmp_path / "hits.csv", tmp_path / "hits.png"

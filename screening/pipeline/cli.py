@@ -24,11 +24,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _committed_count(out, args) -> int:
     try:
-        from screening.pipeline.outputs import OutputLayout
-
         from screening.fs import StorageOptions
+        from screening.pipeline.outputs import OutputLayout
+        from screening.pipeline.sink import read_markers
 
-        return len(OutputLayout(out, storage=StorageOptions.from_args(args)).markers())
+        return len(read_markers(OutputLayout(out, storage=StorageOptions.from_args(args))))
     except Exception:  # noqa: BLE001 - only for the interrupt message
         return -1
 

@@ -20,22 +20,31 @@ from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions
 from screening.hardware import PRECISION_CHOICES
 from screening.pipeline.decode_modes import DECODES, decode_mode
+from screening.sources import source_options
 
 NOISE_CEILINGS = tuple(f"{part}_{kind}" for part in ("test", "train", "artificial") for kind in ("n-avg", "n-1"))
 ENCODER_STAGES = ("model", "null")
 
 
 def option(default=dataclasses.MISSING, *, doc: str, help: str | None = None, flag: str | None = None,
-           cli: Mapping | None = None, from_cli=None, record=True, key=None, default_factory=dataclasses.MISSING):
+           cli: Mapping | None = None, from_cli=None, record=True, key=None, from_record=None,
+           default_factory=dataclasses.MISSING):
     """A ``RunConfig`` field with everything said about it in one place.
 
     ``doc``: its entry in the documented parameter list (first line the type, then the description);
     ``help``/``flag``/``cli``: its ``screening run`` argument (no flag: not on the command line), ``from_cli`` turning
     the parsed value into the option's; ``record`` / ``key``: kept in the manifest / part of the configuration key
-    (``True``, or a function of the config giving the fields to hold, or None)."""
+    (``True``, or a function of the config giving the fields to hold, or None); ``from_record``: the field's value
+    read back from a record (a function of the record giving ``{name: value}``; default: a field recorded as
+    itself is read under its name, any other keeps its default)."""
     meta = {"doc": doc, "help": help, "flag": flag, "cli": dict(cli or {}), "from_cli": from_cli, "record": record,
-            "key": key}
+            "key": key, "from_record": from_record}
     return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def _recorded(name: str, read=lambda v: v):
+    """``from_record`` of a field recorded under its own name (``read``: the recorded value to the option's)."""
+    return lambda r: {name: read(r[name])} if name in r else {}
 
 
 def _decode_key(c) -> dict | None:
@@ -78,7 +87,8 @@ class RunConfig(CheckedOnce):
         help="Parquet shards, a folder of images, .tar / WebDataset shards (shard-{000..009}.tar), a .csv/.txt list "
              "of paths or s3:// URIs, or a glob; local or s3://")
     store: Any = option(flag="--store", cli={"required": True}, help="model store location (path or s3://)",
-                        record=lambda c: {"store": str(getattr(c.store, "location", c.store))}, doc="""str or ModelStore
+                        record=lambda c: {"store": str(getattr(c.store, "location", c.store))},
+                        from_record=_recorded("store"), doc="""str or ModelStore
         The BERG-layout model store (path / ``s3://``), or an opened ``screening.store.ModelStore``.""")
     out: str = option(flag="--out", cli={"required": True}, help="output root (path or s3://)", doc="""str
         Output root (local or ``s3://``): ``responses/``, ``errors/``, ``_committed/``, ``manifest.json``.""")
@@ -86,22 +96,25 @@ class RunConfig(CheckedOnce):
                                   "'all'", doc="""str, optional
         Default: the store's only model, else ``DEFAULT_MODEL_ID``.""")
     subjects: Any = option("all", flag="--subjects", help="'all' or comma-separated sub-01..sub-08",
-                           record=lambda c: {"subjects": list(c.subjects)}, key=True, doc=""""all" or list of str, default="all"
+                           record=lambda c: {"subjects": list(c.subjects)}, from_record=_recorded("subjects"),
+                           key=True, doc=""""all" or list of str, default="all"
         ``sub-01`` .. ``sub-08``; a ``mean`` row over these is added per image.""")
     rois: Any = option(None, flag="--rois", help="comma-separated ROI names (default: all areas + groups)",
-                       record=False, doc="""list of str or str, optional
+                       record=False, from_record=_recorded("rois"), doc="""list of str or str, optional
         ROI names as :func:`screening.rois.build_roi_set` takes them; default: all areas of the variant + its Glasser
         groups. The manifest records the resolved list (``config.rois``).""")
     composites: Mapping | None = option(None, flag="--composites", from_cli=lambda v: _json_arg(v, "--composites"),
                                         help='JSON {"name": ["FFC", ...]} or a JSON file',
                                         record=lambda c: {"composites": {k: list(x) for k, x in (c.composites or {}).items()}},
+                                        from_record=_recorded("composites", lambda v: v or None),
                                         doc="""mapping of str to list of str, optional
         Named unions of ROIs (:func:`screening.rois.build_roi_set`), screened as extra columns.""")
     custom_rois: Mapping | None = option(None, flag="--custom-rois", from_cli=lambda v: _json_arg(v, "--custom-rois"),
                                          help='JSON {"name": [grayordinate, ...]} or a JSON file',
                                          record=lambda c: {"custom_rois": sorted(c.custom_rois or {})},
                                          doc="""mapping of str to grayordinate indices, optional
-        ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`).""")
+        ROIs of your own as 91,282-grayordinate index lists (:func:`screening.rois.build_roi_set`). The manifest
+        records their names only.""")
     parcellation: str | None = option(None, flag="--parcellation", help="a parcellation of your own: .dlabel.nii or "
                                       ".npy + .tsv in the 91k grayordinate space, {subject} for one file per subject; "
                                       "each label becomes an ROI column (docs/guide.md)", doc="""str, optional
@@ -166,10 +179,14 @@ class RunConfig(CheckedOnce):
         exact CPU path in the actor (``screening.device_decode``). Needs GPU encoders and torchvision (refused
         before any task otherwise); ignores ``fast_decode``. Its results differ slightly from CPU decode, so an
         output screened with one is not resumed with the other.""")
-    hdf5_dataset: str = option("imgBrick", flag="--hdf5-dataset", help="the N x H x W x 3 uint8 dataset of HDF5 "
-                               "inputs (default imgBrick, NSD's nsd_stimuli.hdf5)", doc="""str, default="imgBrick"
-        The ``N x H x W x 3`` uint8 dataset of an HDF5 input (:mod:`screening.sources.hdf5`); a unit is a range of
-        its rows, an image's source ``FILE#index``.""")
+    source_options: Any = option(default_factory=tuple, record=lambda c: dict(c.source_options),
+                                 from_record=lambda r: {"source_options": {o.name: r[o.name] for o in
+                                                                           source_options() if o.name in r}},
+                                 doc="""mapping of str to value, optional
+        The input kinds' own options, by name: each kind defines its own (``options`` of its
+        :class:`~screening.sources.base.Source`), and each is taken as an option of its own as well (listed next),
+        as a flag of ``screening run``, and recorded under its name in the manifest. Normalised to ``(name, value)``
+        pairs of every kind's options; ``config.<name>`` reads one.""")
     image_column: str = option("image", flag="--image-column", key=True, help="the image column of Parquet inputs",
                                doc="""str, default="image"
         ``image`` may be binary or the Hugging Face struct ``{bytes, path}``.""")
@@ -178,6 +195,8 @@ class RunConfig(CheckedOnce):
         A missing id column derives the id as the first 16 hex digits of sha256(image bytes).""")
     storage: StorageOptions = option(default_factory=StorageOptions, flag="storage",
                                      record=lambda c: {"endpoint_url": c.storage.endpoint_url, "anonymous": c.storage.anonymous},
+                                     from_record=lambda r: {"storage": StorageOptions(
+                                         endpoint_url=r.get("endpoint_url"), anonymous=r.get("anonymous"))},
                                      doc="""screening.fs.StorageOptions or dict, optional
         S3 options (``endpoint_url``, ``anonymous``) for the inputs, the outputs and (when given as a location) the
         store; ``RunConfig.of`` / ``screen`` take them as ``storage_options=`` or ``endpoint_url=`` /
@@ -233,17 +252,59 @@ class RunConfig(CheckedOnce):
     def _normalised(self) -> dict:
         return _checked(self)
 
+    def __getattr__(self, name):   # a kind's own option reads as an attribute (config.hdf5_dataset)
+        for key, value in self.__dict__.get("source_options", ()):
+            if key == name:
+                return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def _option_names(cls) -> list[str]:
+        """The API's option names, in field order, each kind's own options in place of ``source_options``."""
+        names = []
+        for f in dataclasses.fields(cls):
+            if f.name == "source_options":
+                names += [o.name for o in source_options()]
+            elif f.name not in ("images", "store", "out", "storage"):
+                names.append(f.name)
+        return names
+
     @classmethod
     def of(cls, images, store, out, *, storage_options=None, endpoint_url=None, anonymous=None,
            **options) -> "RunConfig":
-        """From the API's keyword arguments; an unknown one is named with the valid ones (not a TypeError)."""
-        valid = [f.name for f in dataclasses.fields(cls) if f.name not in ("images", "store", "out", "storage")]
-        unknown = sorted(set(options) - set(valid))
+        """From the API's keyword arguments; an unknown one is named with the valid ones (not a TypeError). A
+        kind's own option (``hdf5_dataset=``) is taken by its name."""
+        valid = cls._option_names()
+        unknown = sorted(set(options) - set(valid) - {"source_options"})
         if unknown:
             raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; valid options: "
                                         f"{', '.join(valid + ['storage_options', 'endpoint_url', 'anonymous'])}")
+        own = {o.name: options.pop(o.name) for o in source_options() if o.name in options}
+        if own:
+            options["source_options"] = {**_pairs(options.get("source_options")), **own}
         storage = StorageOptions.of(storage_options, endpoint_url=endpoint_url, anonymous=anonymous)
         return cls(images=images, store=store, out=out, storage=storage, **options)
+
+    @classmethod
+    def from_record(cls, record: Mapping, *, storage=None) -> "RunConfig":
+        """The config a run recorded (:meth:`record`, as a manifest's ``config`` holds it with the plan's resolved
+        ``model_id``, ``rois`` and ``precision``), each field read back as its ``from_record`` says; a field that is
+        not recorded keeps its default, and ``custom_rois`` (recorded by name only) is None. ``storage``: S3 options
+        to use instead of the recorded ones."""
+        missing = [n for n in ("images", "store", "out") if not record.get(n)]
+        if missing:
+            raise InvalidParameterError(f"the run's record has no {', '.join(missing)}: it is not a screening run's "
+                                        f"configuration")
+        values = {}
+        for f in dataclasses.fields(cls):
+            read_back = f.metadata["from_record"]
+            if read_back is not None:
+                values.update(read_back(record))
+            elif f.metadata["record"] is True and f.name in record:
+                values[f.name] = record[f.name]
+        if storage is not None:
+            values["storage"] = StorageOptions.of(storage)
+        return cls(**values)
 
     @classmethod
     def configure_parser(cls, parser) -> None:
@@ -256,6 +317,9 @@ class RunConfig(CheckedOnce):
             m = f.metadata
             if m["flag"] == "storage":
                 add_storage_arguments(parser)
+            elif f.name == "source_options":   # each kind's own options, a flag each
+                for o in source_options():
+                    parser.add_argument(o.flag, dest=o.name, default=o.default, help=o.help)
             elif m["flag"] == f.name:   # positional
                 parser.add_argument(f.name, help=m["help"])
             elif m["flag"]:
@@ -272,6 +336,8 @@ class RunConfig(CheckedOnce):
             m = f.metadata
             if m["flag"] == "storage":
                 values[f.name] = StorageOptions.from_args(args)
+            elif f.name == "source_options":
+                values[f.name] = {o.name: getattr(args, o.name, o.default) for o in source_options()}
             elif m["flag"]:
                 v = getattr(args, f.name)
                 values[f.name] = m["from_cli"](v) if m["from_cli"] else v
@@ -301,10 +367,14 @@ class RunConfig(CheckedOnce):
         """The numpydoc parameter entries of every option (what :func:`screening.pipeline.screen` documents)."""
         lines = []
         for f in dataclasses.fields(cls):
-            first, _, rest = f.metadata["doc"].partition("\n")
-            lines.append(f"{indent}{f.name} : {first.strip()}")
-            lines += [f"{indent}{ln.strip() and ln[4:] if ln.startswith('        ') else ln}" for ln in
-                      rest.splitlines()]
+            entries = [(f.name, f.metadata["doc"])]
+            if f.name == "source_options":
+                entries += [(o.name, o.doc) for o in source_options()]
+            for name, doc in entries:
+                first, _, rest = doc.partition("\n")
+                lines.append(f"{indent}{name} : {first.strip()}")
+                lines += [f"{indent}{ln.strip() and ln[4:] if ln.startswith('        ') else ln}" for ln in
+                          rest.splitlines()]
         return "\n".join(lines)
 
 
@@ -322,7 +392,7 @@ def _checked(c: RunConfig) -> dict:
         value = getattr(c, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise InvalidParameterError(f"{name} must be a path or an s3:// URI; got {value!r}")
-    for name in ("image_column", "id_column", "hdf5_dataset"):
+    for name in ("image_column", "id_column"):
         value = getattr(c, name)
         if not isinstance(value, str) or not value:
             raise InvalidParameterError(f"{name} must be a non-empty string; got {value!r}")
@@ -343,11 +413,37 @@ def _checked(c: RunConfig) -> dict:
             "num_cpus_per_encoder": check_nonneg_number("num_cpus_per_encoder", c.num_cpus_per_encoder),
             # GPU decode and its CPU fallback are full-size decodes
             "fast_decode": check_bool("fast_decode", c.fast_decode) and not mode.full_size,
-            "vertex_stats": _vertex_stats(c),
+            "vertex_stats": _vertex_stats(c), "source_options": _source_options(c.source_options),
             "progress": check_bool("progress", c.progress), "features": check_bool("features", c.features), "redo_changed": check_bool("redo_changed", c.redo_changed),
             "reliability_threshold": check_finite_number("reliability_threshold", c.reliability_threshold,
                                                            what=" (noise-ceiling units, as in the store's metadata)"),
             "throttle_s": check_nonneg_number("throttle_s", c.throttle_s, allow_none=False)}
+
+
+def _pairs(v) -> dict:
+    """Source options as given: a mapping, or ``(name, value)`` pairs (the normalised form)."""
+    if v is None:
+        return {}
+    if isinstance(v, Mapping):
+        return dict(v)
+    if isinstance(v, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in v):
+        return dict(v)
+    raise InvalidParameterError(f"source_options must be a mapping of option name -> value; got {v!r}")
+
+
+def _source_options(v) -> tuple[tuple[str, Any], ...]:
+    """Every registered kind's options, checked by their own checks, as ``(name, value)`` pairs (defaults filled)."""
+    given = _pairs(v)
+    known = source_options()
+    unknown = sorted(set(given) - {o.name for o in known})
+    if unknown:
+        raise InvalidParameterError(f"unknown source option(s) {', '.join(unknown)}; the input kinds' options: "
+                                    f"{', '.join(o.name for o in known) or '(none)'}")
+    out = []
+    for o in known:
+        value = given.get(o.name, o.default)
+        out.append((o.name, o.check(o.name, value) if o.check else value))
+    return tuple(out)
 
 
 def _num_encoders(v):

@@ -20,7 +20,6 @@ import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
-from screening.exceptions import InvalidParameterError
 from screening.fs import StorageOptions, filesystem_for, is_local, to_uri, write_atomic
 
 RESPONSES = "responses"
@@ -152,16 +151,6 @@ class OutputLayout:
             return json.loads(f.read().decode())
 
 
-def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> None:
-    """Resuming into ``out`` is only allowed with the same model, subjects, ROIs and precision."""
-    other = {m.get("config_key") for m in markers.values()} - {config_key}
-    if other:
-        raise InvalidParameterError(
-            f"out={out!r} already holds results of a different configuration (model, subjects, ROIs, precision, "
-            f"features or decode options differ: config key {sorted(other)[0]} vs {config_key}); use a new out directory, or "
-            f"delete it to start over")
-
-
 def committed_files(out, *, storage=None) -> dict[str, list[str]]:
     """``{"responses": [...], "errors": [...], "sources": [...]}``: URIs of the parts of committed units only, as
     their markers list (:class:`RunOutputs`, which every reader of a run uses)."""
@@ -199,6 +188,18 @@ class RunOutputs:
 
     def manifest(self) -> dict | None:
         return self.layout.read_manifest()
+
+    def config(self, *, storage=None):
+        """The run's :class:`~screening.pipeline.config.RunConfig` as its manifest records it
+        (:meth:`RunConfig.from_record <screening.pipeline.config.RunConfig.from_record>`: the resolved model, ROIs
+        and precision; ``custom_rois`` are recorded by name only and come back as None); None where there is no
+        manifest (a plain folder of tables). ``storage``: S3 options to use instead of the recorded ones."""
+        from screening.pipeline.config import RunConfig
+
+        manifest = self.manifest()
+        if manifest is None:
+            return None
+        return RunConfig.from_record(manifest.get("config") or {}, storage=storage)
 
     def dataset(self, kind: str = RESPONSES):
         """A ``pyarrow.dataset`` over the committed ``kind`` parts, or None where there are none. A plain folder of

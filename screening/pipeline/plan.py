@@ -24,7 +24,8 @@ from screening import sources
 from screening.sources import ColumnSpec, PlanContext, Unit
 from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
-from screening.pipeline.outputs import OutputLayout, check_compatible
+from screening.pipeline.outputs import OutputLayout
+from screening.pipeline.sink import check_compatible, read_markers
 
 # Rows per encoder actor call (Ray's batch). On CPU the actor runs them as forwards of a few images
 # (sizing.CpuPool.forward_chunk), which bounds its activations.
@@ -173,10 +174,10 @@ def build_plan(config: RunConfig) -> ScreeningPlan:
     fingerprint = dict(store.fingerprint(model_id))
     roi_set, reliability, nv = resolve_rois(store, model_id, fingerprint, config)
     layout = OutputLayout(config.out, storage=config.storage)
-    markers = layout.markers()   # committed tar units keep their recorded row counts (no recount)
+    markers = read_markers(layout)   # committed tar units keep their recorded row counts (no recount)
     shards, spec, skipped = sources.plan(config.images, PlanContext(
         markers, image_column=config.image_column, id_column=config.id_column, storage=config.storage,
-        remote_map=remote_map, source_options={"hdf5_dataset": config.hdf5_dataset},
+        remote_map=remote_map, source_options=dict(config.source_options),
         label_column=label_column(config.vertex_stats)))
     record = {**config.record(), "model_id": model_id, "rois": list(roi_set), "id_derived": spec.id_column is None,
               "engine_version": __version__, "not_screened": dict(skipped)}

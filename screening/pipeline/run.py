@@ -24,7 +24,7 @@ from screening.pipeline.config import RunConfig
 from screening.pipeline.decode_modes import decode_mode
 from screening.pipeline.prebuild import CollapsePrebuild
 from screening.pipeline.ray_session import ensure_ray
-from screening.pipeline.outputs import OutputLayout, check_compatible, utcnow
+from screening.pipeline.outputs import utcnow
 from screening.pipeline.plan import ScreeningPlan, build_plan, check_resources, driver_notice
 from screening.pipeline.result import ScreeningResult
 from screening.pipeline.sink import UnitSink, write_task
@@ -89,7 +89,7 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
         stats, lost = None, []
         if sink.pending:
             with CollapsePrebuild(plan) as prebuild:   # a local Ray's CPU encoders map a matrix built meanwhile
-                plan, res = _plan_on_cluster(plan, sink.layout, prebuild)
+                plan, res = _plan_on_cluster(plan, sink, prebuild)
                 if notice := driver_notice(plan, res):
                     print(notice, file=sys.stderr)
                 sink.on_write_start(plan)
@@ -102,9 +102,9 @@ def execute(plan: ScreeningPlan) -> ScreeningResult:
 PRECISION_PROBE_TIMEOUT_S = 300.0
 
 
-def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout, prebuild: CollapsePrebuild | None = None):
+def _plan_on_cluster(plan: ScreeningPlan, sink: UnitSink, prebuild: CollapsePrebuild | None = None):
     """``(plan, resources)`` once Ray is up: the pool checked against the cluster, and precision="auto" resolved once,
-    on a node of the encoders' kind, for the whole output."""
+    on a node of the encoders' kind, for the whole output (the sink refuses earlier results of another precision)."""
     with step("ray start"):
         ray = _ensure_ray()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -112,7 +112,7 @@ def _plan_on_cluster(plan: ScreeningPlan, layout: OutputLayout, prebuild: Collap
     if plan.precision is None:
         with step("precision auto"):
             plan = plan.with_precision(*_resolve_precision(plan, res))
-        check_compatible(layout.markers(), plan.config_key, plan.out)
+        sink.check_compatible(plan.config_key)
         res = check_resources(plan, ray.cluster_resources(), nodes)   # the pool sized for the precision it runs
     if prebuild is not None:
         prebuild.go()
@@ -157,7 +157,7 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     """The Ray Data plan for ``pending`` shards (lazy; nothing runs until it is iterated)."""
     import ray
 
-    from screening.sources import read_units
+    from screening.sources import read_units, readers
     from screening.pipeline import stages
     from screening.pipeline.stages import decode_batch
 
@@ -168,7 +168,8 @@ def build_dataset(plan: ScreeningPlan, pending, res):
     items = [s.read_item() for s in pending]   # Parquet shards, tar archives or lists of image files
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_units, batch_format="pyarrow", batch_size=1, num_cpus=res.task_cpus,
-                        fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS})
+                        fn_kwargs={"spec": plan.spec, "storage": plan.options.storage, "chunk_rows": READ_CHUNK_ROWS,
+                                   "kinds": readers(pending)})
     if decode_mode(opts.decode).decode_tasks:   # else the encoder actors decode the raw bytes
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=plan.decode_batch_size,
                             num_cpus=res.task_cpus,

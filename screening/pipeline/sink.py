@@ -3,8 +3,9 @@
 The shape is Ray Data's ``Datasink`` (``on_write_start`` / ``write`` / ``on_write_complete``), but a unit commits as
 soon as its receipts account for every row (docs/pipeline.md, "Commit"), not once at the end:
 
+- ``read_markers``: the one read of the output's commit markers (the plan's, ``open``'s, ``on_write_complete``'s);
 - ``open``: take the output's lock, uncommit changed units that are to be redone, read the markers, say what is
-  pending;
+  pending; ``check_compatible``: earlier results of another configuration are refused;
 - ``on_write_start``: remove leftovers of earlier attempts, write the manifest of a running run;
 - ``write_task``: what the worker write tasks run (``parts.write_parts``: part files, then receipts);
 - ``ledger``: receipts in, unit commits out (``commit.UnitLedger``), with compaction as Ray tasks;
@@ -18,7 +19,7 @@ import contextlib
 from screening.exceptions import InvalidParameterError, OutputError, ScreeningError, UnitsFailedError
 from screening.pipeline.commit import UnitLedger
 from screening.pipeline.lock import RunLock
-from screening.pipeline.outputs import MANIFEST, RunOutputs, build_manifest
+from screening.pipeline.outputs import MANIFEST, OutputLayout, RunOutputs, build_manifest
 from screening.pipeline.result import ScreeningResult
 from screening.pipeline.tables import MEAN_SUBJECT
 from screening.pipeline.timeline import setup_record
@@ -30,6 +31,22 @@ WRITE_TASK_MEMORY = 512 * 2**20
 # allocator gave the write stage a CPU budget of 0 on a busy node (read and decode hold the reservations), so its
 # input piled up in the object store and the run crawled (seen at 1M rows); 0 CPUs lets it always run.
 WRITE_TASK_CPUS = 0
+
+
+def read_markers(layout: OutputLayout) -> dict[str, dict]:
+    """unit -> marker of every committed unit of the output: what the plan resumes from, what ``open`` and
+    ``on_write_complete`` find (the one place a run reads its markers)."""
+    return layout.markers()
+
+
+def check_compatible(markers: dict[str, dict], config_key: str, out: str) -> None:
+    """Resuming into ``out`` is only allowed with the same model, subjects, ROIs and precision."""
+    other = {m.get("config_key") for m in markers.values()} - {config_key}
+    if other:
+        raise InvalidParameterError(
+            f"out={out!r} already holds results of a different configuration (model, subjects, ROIs, precision, "
+            f"features or decode options differ: config key {sorted(other)[0]} vs {config_key}); use a new out directory, or "
+            f"delete it to start over")
 
 
 @contextlib.contextmanager
@@ -110,11 +127,16 @@ class UnitSink:
             self.lock = RunLock(self.layout).acquire()
         for unit in self.plan.redo:   # changed inputs, redo_changed=True: uncommit first (marker, then its parts)
             self.layout.remove_marker(unit)
-        self.markers = self.layout.markers()
+        self.markers = read_markers(self.layout)
         # another run may have committed some since the plan was made
         self.pending = [s for s in self.plan.pending if s.unit not in self.markers]
         self.vertex = self._vertex_merger()
         return self
+
+    def check_compatible(self, config_key: str) -> None:
+        """The output's committed units (read by ``open``) were screened with this configuration key, else the run
+        is refused."""
+        check_compatible(self.markers, config_key, self.plan.out)
 
     def _vertex_merger(self):
         """``--vertex-stats``: the merger of committed units' partials (leftover partials of pending units go)."""
@@ -154,7 +176,7 @@ class UnitSink:
         """The final manifest (the markers are the truth; it is their summary) and the result; raises
         :class:`UnitsFailedError` naming the units that could not be committed."""
         plan, layout = self.plan, self.layout
-        markers = layout.markers()
+        markers = self.markers = read_markers(layout)
         images_run = stats.images if stats else 0
         failed = dict(stats.failed) if stats else {}
         run_info = {"state": "complete" if all(s.unit in markers for s in plan.shards) else "incomplete",

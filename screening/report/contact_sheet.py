@@ -24,6 +24,7 @@ def _open_shards(images, filesystem=None, storage_options=None):
         return images
     from screening import sources
     from screening.fs import filesystem_for
+    from screening.sources.parquet import ParquetSource
 
     def fs_path(p):
         if filesystem is not None:
@@ -41,11 +42,11 @@ def _open_shards(images, filesystem=None, storage_options=None):
         return ds.dataset(paths, format="parquet", filesystem=fs)
     if filesystem is not None:   # the caller's filesystem: its folder's shards, by the Parquet source's rule
         path = str(images)
-        paths = ([p for p in sorted(filesystem.find(path)) if sources.source("parquet").claims(p)]
+        paths = ([p for p in sorted(filesystem.find(path)) if sources.source(ParquetSource.kind).claims(p)]
                  if filesystem.isdir(path) else [path])
         return ds.dataset(paths, format="parquet", filesystem=filesystem)
     found = sources.find(str(images), storage=storage_options)
-    if found.kind != "parquet":
+    if found.kind != ParquetSource.kind:
         raise InvalidParameterError(f"images={str(images)!r} holds {found.kind} input, not Parquet image shards; "
                                     f"images are looked up by id in Parquet shards only")
     return ds.dataset(list(found.paths), format="parquet", filesystem=found.fs)

@@ -323,8 +323,9 @@ def _image_records(manifest: dict, thumb_ids, name_ids):
 
 
 def _records_from_sources(run: Path, manifest: dict, ids, thumb_ids) -> dict:
-    """``{id: {"source", "bytes"}}`` from the run's committed ``sources`` parts; bytes (thumbnails only) are read from
-    the source itself: a file, an ``s3://`` object or a ``tar://member::archive`` URL. A source that is gone keeps
+    """``{id: {"source", "bytes"}}`` from the run's committed ``sources`` parts; bytes (thumbnails only) are read back
+    by the input kind that made the row (:func:`screening.sources.read_image`, with the run's recorded options): a
+    file, an ``s3://`` object, a ``tar://member::archive`` URL, an HDF5 ``FILE#index``. A source that is gone keeps
     its name and gets a placeholder."""
     dataset = run_outputs(run).dataset("sources")
     if dataset is None:
@@ -340,7 +341,7 @@ def _records_from_sources(run: Path, manifest: dict, ids, thumb_ids) -> dict:
     for image_id, source in zip(table.column("image_id").to_pylist(), table.column("source").to_pylist()):
         rec = out.setdefault(image_id, {"source": source})
         if image_id in thumb_ids and rec.get("bytes") is None:   # a source that is gone keeps its name
-            rec["bytes"] = read_image(source, options, hdf5_dataset=cfg.get("hdf5_dataset"))
+            rec["bytes"] = read_image(source, options, cfg)
     return out
 
 

@@ -6,7 +6,9 @@ streams image files one by one for the driver-side commands (``ingest``, ``encod
 
 To add a kind: write a :class:`~screening.sources.base.Source` subclass in a new module and add an instance to
 :data:`SOURCES` (the order messages list them in). Its ``precedence`` decides which kind a folder holding several
-is read as.
+is read as; its ``options`` (:class:`~screening.sources.base.SourceOption`) become run options
+(:func:`source_options`); ``made`` / ``picture`` read its recorded sources back for pictures of results
+(:func:`read_image`).
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from screening.exceptions import InvalidParameterError
 from screening.sources.base import (DIRECT_SPEC, READ_COLUMNS, ColumnSpec, Found, ImageRef, PlanContext, Source,
-                                    Unit)
+                                    SourceOption, Unit, read_recorded)
 from screening.sources.files import ImageFilesSource, ListSource
 from screening.sources.hdf5 import Hdf5Source
 from screening.sources.listing import LINKED_FOLDER, expand_braces, followed, walk_folder
 from screening.sources.parquet import ParquetSource
 from screening.sources.tar import TarSource
 
-__all__ = ["SOURCES", "source", "find", "plan", "read_units", "open_images", "accepted", "Unit", "Found",
-           "ColumnSpec", "DIRECT_SPEC", "READ_COLUMNS", "PlanContext", "ImageRef", "Source", "LINKED_FOLDER"]
+__all__ = ["SOURCES", "source", "source_options", "find", "plan", "readers", "read_units", "read_image",
+           "open_images", "accepted", "Unit", "Found", "ColumnSpec", "DIRECT_SPEC", "READ_COLUMNS", "PlanContext",
+           "ImageRef", "Source", "SourceOption", "LINKED_FOLDER"]
 
 #: Every input kind.
 SOURCES: tuple[Source, ...] = (ParquetSource(), TarSource(), ImageFilesSource(), ListSource(), Hdf5Source())
-_IMAGES = SOURCES[2]
 
 
 def source(kind: str) -> Source:
@@ -38,6 +40,16 @@ def source(kind: str) -> Source:
         if s.kind == kind:
             return s
     raise InvalidParameterError(f"input kind {kind!r} is not one of {', '.join(s.kind for s in SOURCES)}")
+
+
+def _images() -> Source:
+    """The source of loose image files: what a folder holds besides shards."""
+    return source(ImageFilesSource.kind)
+
+
+def source_options() -> tuple[SourceOption, ...]:
+    """The options the registered kinds own (``RunConfig`` takes each as an option of its own)."""
+    return tuple(o for s in SOURCES for o in s.options)
 
 
 def accepted() -> str:
@@ -56,10 +68,11 @@ def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> Found:
     """One kind from a listing: the source of lowest ``precedence`` that claims any file. Shards beside
     image files are refused as a mix; other files beside shards are their metadata; other files beside images are
     counted as not screened."""
+    images_source = _images()
     files = [(p, i) for p, i in entries if i.get("type", "file") == "file"]
-    imgs = [(p, i) for p, i in files if _IMAGES.claims(p)]
+    imgs = [(p, i) for p, i in files if images_source.claims(p)]
     for src in sorted(SOURCES, key=lambda s: s.precedence):
-        if not src.in_folders or src is _IMAGES:
+        if not src.in_folders or src is images_source:
             continue
         chosen = [(p, i) for p, i in files if src.claims(p)]
         if chosen and imgs:
@@ -70,7 +83,7 @@ def _classify(images: str, fs, entries: list[tuple[str, dict]]) -> Found:
             return Found(src.kind, fs, images, tuple(p for p, _ in chosen), tuple(i for _, i in chosen))
     if imgs:
         taken = {p for p, _ in imgs}
-        return Found(_IMAGES.kind, fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs),
+        return Found(images_source.kind, fs, images, tuple(p for p, _ in imgs), tuple(i for _, i in imgs),
                      tuple(_by_ext((p, i) for p, i in entries if p not in taken).most_common()))
     exts = _by_ext(entries)
     what = ("found " + ", ".join(f"{n} {e}" for e, n in exts.most_common(6)) + (", ..." if len(exts) > 6 else "")
@@ -121,15 +134,23 @@ def plan(images: str, ctx: PlanContext) -> tuple[tuple[Unit, ...], ColumnSpec, t
     return units, spec, found.skipped
 
 
-def read_units(batch, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256):
-    """``map_batches`` generator over planned units (``Unit.read_item`` rows): each read by its kind's source.
+def readers(units) -> dict[str, Source]:
+    """The registered source of each kind among ``units``: what the read tasks get from the driver (a kind
+    registered on the driver reads on every worker)."""
+    return {u.kind: source(u.kind) for u in units}
+
+
+def read_units(batch, *, spec: ColumnSpec, storage=None, chunk_rows: int = 256, kinds=None):
+    """``map_batches`` generator over planned units (``Unit.read_item`` rows): each read by its kind's source
+    (``kinds``: the driver's, :func:`readers`; default this process's registry).
 
     One Ray task per unit (``from_items(..., override_num_blocks=len(units))``) keeps a unit's rows together, so
     units finish (and commit) one after another instead of all at the end; chunks keep blocks bounded in size.
     """
     for item in batch.to_pylist():
-        yield from source(item.get("kind") or "parquet").read(item, spec=spec, storage=storage,
-                                                              chunk_rows=chunk_rows)
+        kind = item.get("kind") or ParquetSource.kind
+        reader = (kinds or {}).get(kind) or source(kind)
+        yield from reader.read(item, spec=spec, storage=storage, chunk_rows=chunk_rows)
 
 
 class ImageStream:
@@ -143,10 +164,10 @@ class ImageStream:
         fs, path = filesystem_for(src, storage)
         if fs.isdir(path):
             root = path.rstrip("/")
-            entries = walk_folder(fs, root)
-            imgs = [(f"{root}/{rel}", i) for rel, i in entries if _IMAGES.claims(rel)]
+            entries, images_source = walk_folder(fs, root), _images()
+            imgs = [(f"{root}/{rel}", i) for rel, i in entries if images_source.claims(rel)]
             self.skipped = len(entries) - len(imgs)
-            self.found = Found("files", fs, src, tuple(p for p, _ in imgs), tuple(i for _, i in imgs))
+            self.found = Found(images_source.kind, fs, src, tuple(p for p, _ in imgs), tuple(i for _, i in imgs))
             self.kind = "folder"
         elif not fs.exists(path):
             raise InvalidParameterError(f"{what} {src!r} does not exist")
@@ -168,32 +189,15 @@ class ImageStream:
         return self.source.images(self.found, storage=self.storage, on_other=self._skip)
 
 
-def read_image(source: str, storage=None, *, hdf5_dataset: str | None = None) -> bytes | None:
-    """Encoded bytes of one screened image from its recorded source (a file, an ``s3://`` object, a
-    ``tar://member::archive`` URL or an HDF5 ``FILE#index``; the last as PNG), for pictures of results; None where
-    the source is gone or is a row of a Parquet shard (read those by id)."""
-    import io
-
-    import fsspec
-
-    from screening.fs import StorageOptions
-    from screening.sources.hdf5 import DEFAULT_DATASET, HDF5_SUFFIXES, read_pixels
-
-    options = StorageOptions.of(storage)
+def read_image(source: str, storage=None, options=None) -> bytes | None:
+    """Encoded bytes of one screened image from its recorded source, for pictures of results: read back by the kind
+    that made the row (:meth:`Source.made` / :meth:`Source.picture`; an HDF5 ``FILE#index`` as PNG), else as a
+    file, an ``s3://`` object or a ``tar://member::archive`` URL. ``options``: the run's options (its manifest's
+    ``config``), for a kind's own (``hdf5_dataset``). None where the source is gone or is a row of a Parquet shard
+    (read those by id)."""
     try:
-        path, _, fragment = source.rpartition("#") if "#" in source else (source, "", "")
-        if fragment:
-            if not path.lower().endswith(HDF5_SUFFIXES) or not fragment.isdigit():
-                return None
-            from PIL import Image
-
-            buf = io.BytesIO()
-            Image.fromarray(read_pixels(path, int(fragment), hdf5_dataset or DEFAULT_DATASET, options)).save(buf, "PNG")
-            return buf.getvalue()
-        kw = (options.to_fsspec() if source.startswith("s3://")
-              else {"s3": options.to_fsspec()} if "::s3://" in source else {})  # chained: per layer
-        with fsspec.open(source, "rb", **kw) as f:
-            return f.read()
+        maker = next((s for s in SOURCES if s.made(source)), None)
+        return maker.picture(source, options, storage) if maker is not None else read_recorded(source, storage)
     except Exception:  # noqa: BLE001 - moved or deleted since the run: the caller draws a placeholder
         return None
 

@@ -101,8 +101,32 @@ class PlanContext:
     id_column: str = "image_id"
     storage: object = None
     remote_map: Callable[[Callable, list], list] | None = None
-    source_options: Mapping = dataclasses.field(default_factory=dict)   # a kind's own options (hdf5_dataset)
+    source_options: Mapping = dataclasses.field(default_factory=dict)   # the kinds' own options, by name
     label_column: str | None = None   # a column each row's label is read from (only Parquet shards have columns)
+
+
+@dataclass(frozen=True)
+class SourceOption:
+    """An option that one input kind owns (a :class:`Source`'s ``options``). ``RunConfig`` takes it as an option of
+    its own: ``name=`` in ``screen`` / ``RunConfig.of``, ``flag`` on ``screening run`` (with ``help``), ``doc`` in
+    the documented parameters (first line the type, then the description), its value under ``name`` in the
+    manifest's ``config``. ``check(name, value)`` returns the normalised value or raises naming it."""
+
+    name: str
+    default: Any
+    flag: str
+    help: str
+    doc: str
+    check: Callable[[str, Any], Any] | None = None
+
+
+def non_empty_string(name: str, value):
+    """A :class:`SourceOption` check: a non-empty string."""
+    from screening.exceptions import InvalidParameterError
+
+    if not isinstance(value, str) or not value:
+        raise InvalidParameterError(f"{name} must be a non-empty string; got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -121,9 +145,29 @@ class Source:
     describe: ClassVar[str] = ""               # for the "accepted:" part of messages
     in_folders: ClassVar[bool] = True          # taken from folders and globs (a list file is not)
     precedence: ClassVar[int] = 5              # a folder holding several kinds is read as the lowest one's
+    options: ClassVar[tuple[SourceOption, ...]] = ()   # the kind's own run options
 
     def claims(self, name: str) -> bool:
         return name.lower().endswith(self.suffixes)
+
+    def option(self, options: Mapping | None, name: str):
+        """This kind's option ``name`` from a run's options (``PlanContext.source_options``, or a manifest's
+        ``config``), its default where they do not give it."""
+        for o in self.options:
+            if o.name == name:
+                value = (options or {}).get(name)
+                return o.default if value is None else value
+        raise KeyError(f"{self.kind} has no option {name!r}")
+
+    def made(self, source: str) -> bool:
+        """Whether a recorded source (a row's ``source``) names a row of this kind that :meth:`picture` reads back
+        itself; a source no kind claims is read as a file, object or ``tar://`` URL (:func:`read_recorded`)."""
+        return False
+
+    def picture(self, source: str, options: Mapping | None = None, storage=None) -> bytes | None:
+        """Encoded bytes of the image a recorded source of this kind names (``options``: the run's options, as for
+        :meth:`option`); None where it cannot be read back."""
+        return read_recorded(source, storage)
 
     def plan(self, found: Found, ctx: PlanContext) -> tuple[tuple[Unit, ...], ColumnSpec]:
         raise NotImplementedError
@@ -149,6 +193,22 @@ class Source:
     def count(self, found: Found) -> int | None:
         """How many images ``images`` will yield, where known without reading them."""
         return None
+
+
+def read_recorded(source: str, storage=None) -> bytes | None:
+    """The bytes a recorded source names as a file, an ``s3://`` object or a ``tar://member::archive`` URL; None for
+    a row of a shard (``shard#row=3``: read those by id)."""
+    import fsspec
+
+    from screening.fs import StorageOptions
+
+    if "#" in source and source.rpartition("#")[2]:
+        return None
+    options = StorageOptions.of(storage)
+    kw = (options.to_fsspec() if source.startswith("s3://")
+          else {"s3": options.to_fsspec()} if "::s3://" in source else {})  # chained: per layer
+    with fsspec.open(source, "rb", **kw) as f:
+        return f.read()
 
 
 # ----------------------------------------------------------------------------------------------

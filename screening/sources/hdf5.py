@@ -5,13 +5,16 @@ Units are row ranges of :data:`ROWS_PER_UNIT` images; workers read their slice (
 random access). A row's id is the digest of its pixel bytes, its source ``FILE#index`` (NSD's 0-based image index).
 Pixels travel as the raw-pixel container of :func:`screening.preprocess.raw_pixels`, so they take the same centre
 crop and resize as a decoded image. A dataset of another shape or dtype is refused with what was found.
+
+The kind owns its option (``hdf5_dataset``, ``--hdf5-dataset``: :data:`DATASET`) and reads its recorded sources back
+(``FILE#index``, as PNG) for the report's and the search's pictures.
 """
 
 from __future__ import annotations
 
 from screening.exceptions import InvalidParameterError
-from screening.sources.base import (DIRECT_SPEC, Found, PlanContext, Source, Unit, changed_since_plan,
-                                    derived_id, stat_files, stem)
+from screening.sources.base import (DIRECT_SPEC, Found, PlanContext, Source, SourceOption, Unit,
+                                    changed_since_plan, derived_id, non_empty_string, stat_files, stem)
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 DEFAULT_DATASET = "imgBrick"
@@ -19,6 +22,27 @@ DEFAULT_DATASET = "imgBrick"
 ROWS_PER_UNIT = 1024
 #: Images per slice read from the file.
 READ_ROWS = 64
+
+#: The one option of HDF5 inputs: which dataset of the file holds the images.
+DATASET = SourceOption(
+    "hdf5_dataset", DEFAULT_DATASET, flag="--hdf5-dataset",
+    help="the N x H x W x 3 uint8 dataset of HDF5 inputs (default imgBrick, NSD's nsd_stimuli.hdf5)",
+    doc="""str, default="imgBrick"
+        The ``N x H x W x 3`` uint8 dataset of an HDF5 input (:mod:`screening.sources.hdf5`); a unit is a range of
+        its rows, an image's source ``FILE#index``.""", check=non_empty_string)
+
+
+def _source(uri: str, index: int) -> str:
+    """The recorded source of one image: ``FILE#index`` (NSD's 0-based index)."""
+    return f"{uri}#{index}"
+
+
+def _indexed(source: str) -> tuple[str, int] | None:
+    """``(FILE, index)`` of a recorded source this kind wrote (:func:`_source`), else None."""
+    path, sep, fragment = source.rpartition("#")
+    if not sep or not fragment.isdigit() or not path.lower().endswith(HDF5_SUFFIXES):
+        return None
+    return path, int(fragment)
 
 
 def _open(fs, path: str):
@@ -56,11 +80,29 @@ class Hdf5Source(Source):
     suffixes = HDF5_SUFFIXES
     describe = f"HDF5 stimulus arrays ({', '.join(HDF5_SUFFIXES)}: N x H x W x 3 uint8, e.g. NSD's imgBrick)"
     precedence = 1
+    options = (DATASET,)
+
+    def made(self, source: str) -> bool:
+        return _indexed(source) is not None
+
+    def picture(self, source: str, options=None, storage=None) -> bytes | None:
+        """The image at ``FILE#index``, as PNG, from the run's dataset (``options``: its ``hdf5_dataset``)."""
+        import io
+
+        from PIL import Image
+
+        from screening.fs import StorageOptions
+
+        path, index = _indexed(source)
+        buf = io.BytesIO()
+        Image.fromarray(read_pixels(path, index, self.option(options, DATASET.name),
+                                    StorageOptions.of(storage))).save(buf, "PNG")
+        return buf.getvalue()
 
     def plan(self, found: Found, ctx: PlanContext):
         from screening.fs import to_uri
 
-        name = dict(ctx.source_options).get("hdf5_dataset") or DEFAULT_DATASET
+        name = self.option(ctx.source_options, DATASET.name)
         units = []
         for path, (size, version) in zip(found.paths, stat_files(found.fs, list(found.paths))):
             uri = to_uri(found.fs, path)
@@ -96,10 +138,10 @@ class Hdf5Source(Source):
                         if len(block) == 0:
                             raise ValueError(f"the dataset ends at {start + row} images")
                         for pixels in block:
-                            yield row, f"{item['file']}#{start + row}", raw_pixels(pixels), "", \
+                            yield row, _source(item["file"], start + row), raw_pixels(pixels), "", \
                                 derived_id(pixels.tobytes())
                             row += 1
             except Exception as exc:  # noqa: BLE001 - the file's own problem: its remaining rows become error rows
                 reason = f"the HDF5 file is unreadable at image {start + row}: {type(exc).__name__}: {exc}"
         for r in range(row, n):
-            yield r, f"{item['file']}#{start + r}", None, reason
+            yield r, _source(item["file"], start + r), None, reason
