@@ -461,7 +461,7 @@ def encode_profile(outputs, path: str, columns, subject: str, storage=None) -> n
     if cfg.get("custom_rois"):
         raise InvalidParameterError("the run has custom ROIs (recorded by name only), so a new image cannot be "
                                     "encoded as the run was: give an image_id of the run instead")
-    config = outputs.config(storage=StorageOptions.of(storage))
+    config = outputs.config(storage=StorageOptions.of(storage), without=("vertex_stats",))   # its table may be gone
     store = resolve_store(config.store, storage=config.storage)
     model_id = resolve_model_id(store, config.model_id)
     roi_set = resolve_rois(store, model_id, dict(store.fingerprint(model_id)), config)[0]

@@ -168,3 +168,23 @@ def test_a_source_kinds_option_is_a_run_option_by_its_name():
         RunConfig.of("in", "s", "o", hdf5_dataset="")
     with pytest.raises(AttributeError, match="no attribute 'hdf6_dataset'"):
         c.hdf6_dataset
+
+
+def test_a_run_whose_label_table_moved_still_reads_back_without_it(tmp_path):
+    """`search --like` encodes a new image with the run's recorded config; the --vertex-stats label table it does not
+    need may be gone since, and is then left out (``without``), while a full read-back still names it."""
+    import json
+
+    from screening.pipeline.outputs import RunOutputs
+
+    table = tmp_path / "labels.csv"
+    table.write_text("label,image_id\nred,a\n")
+    asked = RunConfig.of("imgs/", "s/", str(tmp_path / "out"), model_id="m", vertex_stats=str(table))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": asked.record()}))
+    table.unlink()
+    outputs = RunOutputs(str(tmp_path / "out"))
+    with pytest.raises(InvalidParameterError, match="labels.csv"):
+        outputs.config()
+    got = outputs.config(without=("vertex_stats",))
+    assert got.vertex_stats is None and got.model_id == "m" and got.out == asked.out

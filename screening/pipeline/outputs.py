@@ -189,17 +189,20 @@ class RunOutputs:
     def manifest(self) -> dict | None:
         return self.layout.read_manifest()
 
-    def config(self, *, storage=None):
+    def config(self, *, storage=None, without: tuple[str, ...] = ()):
         """The run's :class:`~screening.pipeline.config.RunConfig` as its manifest records it
         (:meth:`RunConfig.from_record <screening.pipeline.config.RunConfig.from_record>`: the resolved model, ROIs
         and precision; ``custom_rois`` are recorded by name only and come back as None); None where there is no
-        manifest (a plain folder of tables). ``storage``: S3 options to use instead of the recorded ones."""
+        manifest (a plain folder of tables). ``storage``: S3 options to use instead of the recorded ones.
+        ``without``: options left at their defaults, for a caller that does not need them (encoding one new image
+        needs no ``vertex_stats`` label table, which the config's check would read again)."""
         from screening.pipeline.config import RunConfig
 
         manifest = self.manifest()
         if manifest is None:
             return None
-        return RunConfig.from_record(manifest.get("config") or {}, storage=storage)
+        record = {k: v for k, v in (manifest.get("config") or {}).items() if k not in without}
+        return RunConfig.from_record(record, storage=storage)
 
     def dataset(self, kind: str = RESPONSES):
         """A ``pyarrow.dataset`` over the committed ``kind`` parts, or None where there are none. A plain folder of
