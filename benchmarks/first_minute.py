@@ -1,6 +1,7 @@
 """The first minute of `screening run` against `BERG.encode(reduce="roi_mean")`, setup included on both sides.
 
     python benchmarks/first_minute.py --store STORE [--images 40 200] [--before-tree /tmp/before] [--work /tmp/fm]
+                                      [--repeats R]
 
 STORE: a published-size store (`screening make-store STORE --variant all`: width 384, 57,051 vertices, 8 subjects,
 379 ROIs). Each measurement is a fresh process, precision auto (bf16 on a CPU with AMX), the same JPEGs (~425 px
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,28 +94,37 @@ def main() -> None:
     p.add_argument("--images", type=int, nargs="+", default=[40, 200])
     p.add_argument("--before-tree", default=None)
     p.add_argument("--work", default="/tmp/first-minute")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of (API, cold run, warm run) per tree and size; the ratios are taken within a round "
+                        "(neighbours in time: this VM's speed drifts by 25%% over minutes), then their median")
     a = p.parse_args()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     rows = []
     for tree, name in ((a.before_tree, "before"), (None, "after")) if a.before_tree else ((None, "after"),):
         for n in a.images:
             folder = photos(os.path.join(a.work, f"photos{n}"), n)
-            cache = tempfile.mkdtemp(prefix="fm-cache-", dir=a.work)
-            e = {**env, "SCREENING_CACHE_DIR": cache}
-            api_cmd = [sys.executable, "-c", API, a.store, folder]
-            api = timed(api_cmd, e)
-            row = {"tree": name, "images": n, "api_s": round(api, 1), "api_busy_cpu_s": BUSY[tuple(api_cmd)]}
-            for kind in ("cold", "warm"):
-                out = os.path.join(a.work, f"out-{name}-{n}-{kind}")
-                shutil.rmtree(out, ignore_errors=True)
-                cmd = run_cmd(tree, folder, a.store, out)
-                row[f"run_{kind}_s"] = round(timed(cmd, e), 1)
-                row[f"run_{kind}_busy_cpu_s"] = BUSY[tuple(cmd)]
-                row[f"ratio_{kind}"] = round(api / row[f"run_{kind}_s"], 2)   # run speed / API speed
-                row[f"setup_{kind}"] = setup_of(out)
-            shutil.rmtree(cache, ignore_errors=True)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for r in range(a.repeats):
+                cache = tempfile.mkdtemp(prefix="fm-cache-", dir=a.work)
+                e = {**env, "SCREENING_CACHE_DIR": cache}
+                api_cmd = [sys.executable, "-c", API, a.store, folder]
+                api = timed(api_cmd, e)
+                row = {"tree": name, "images": n, "round": r, "api_s": round(api, 1),
+                       "api_busy_cpu_s": BUSY[tuple(api_cmd)]}
+                for kind in ("cold", "warm"):
+                    out = os.path.join(a.work, f"out-{name}-{n}-{kind}")
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = run_cmd(tree, folder, a.store, out)
+                    row[f"run_{kind}_s"] = round(timed(cmd, e), 1)
+                    row[f"run_{kind}_busy_cpu_s"] = BUSY[tuple(cmd)]
+                    row[f"ratio_{kind}"] = round(api / row[f"run_{kind}_s"], 2)   # run speed / API speed
+                    row[f"setup_{kind}"] = setup_of(out)
+                shutil.rmtree(cache, ignore_errors=True)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            mine = [x for x in rows if x["tree"] == name and x["images"] == n]
+            print(json.dumps({"tree": name, "images": n, "rounds": len(mine), **{
+                f"median_{k}": statistics.median(x[k] for x in mine)
+                for k in ("api_s", "run_cold_s", "run_warm_s", "ratio_cold", "ratio_warm")}}), flush=True)
     from screening.hardware import cpu_model_name
 
     print(json.dumps({"cpu": cpu_model_name(), "cores": os.cpu_count(), "load_avg_end": os.getloadavg()[0]}))

@@ -9,6 +9,11 @@ processes. The encoder then maps it (``"hit"``), or waits on the entry's lock wh
 It starts once ``precision="auto"`` is resolved (``go``): a build beside the probe slows the probe's two timings
 unevenly, and the probe then chose fp32 on a CPU where bf16 is twice as fast.
 
+Only where there are cores to spare (:data:`MIN_CORES`). On 2 cores (AMD EPYC, 40 photos, benchmarks/README.md) it
+moved the collapse off the encoder but not off the critical path: the encoder's process start waited on the same two
+cores, and the machine's busy CPU-seconds rose (two pools of torch threads). Where cores are idle while Ray starts
+its processes, the build runs in them (a sizing estimate, not a measurement here: docs/pipeline.md).
+
 Nothing depends on it: where it is not wanted, fails or is cut short, the encoders build the entry as before. Its
 temporary file is deleted when the run ends first (a refusal, Ctrl-C). The peak is the driver's share of one
 build (a few hundred MB besides the file-backed model and matrix pages), before any encoder holds memory.
@@ -22,13 +27,24 @@ import threading
 from screening.pipeline.timeline import step
 
 
+#: Cores a machine needs before the driver builds beside the encoder's start: below it, Ray's process starts and the
+#: build share the same cores (CPU-bound both), and two pools of torch threads oversubscribe them.
+MIN_CORES = 4
+#: ``1``: build even on a smaller machine (the tests: CI has 2 cores); ``0``: never.
+ENV = "SCREENING_DRIVER_COLLAPSE"
+
+
 def wanted(plan) -> bool:
     """Only a run whose encoders run here (it starts, or has started, its own local Ray), computes with a model on
-    the CPU, and knows the checkpoint's digest (the cache key)."""
+    the CPU, and knows the checkpoint's digest (the cache key), on a machine of :data:`MIN_CORES` cores or more
+    (:data:`ENV` overrides)."""
     import ray
 
     from screening.pipeline.ray_session import owns_local_instance
 
+    forced = os.environ.get(ENV)
+    if forced == "0" or (forced != "1" and (os.cpu_count() or 1) < MIN_CORES):
+        return False
     local = owns_local_instance(ray) if ray.is_initialized() else not os.environ.get("RAY_ADDRESS")
     return (local and plan.options.encoder_stage == "model" and not plan.options.num_gpus_per_encoder
             and bool(plan.fingerprint.get("checkpoint_sha256")) and hasattr(plan.store, "load_model"))
