@@ -3,6 +3,7 @@ any spelling of an ROI name through the one grammar (screening.rois.expand_roi) 
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -17,7 +18,9 @@ from screening.models.registry import SUBJECTS
 from screening.models.encoder import CNN8Multihead, Normalize, collapse_heads
 from screening.rois import DEFAULT_COMPOSITES
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI draws the same examples every time (a run that lands does not depend on a lucky draw); elsewhere new ones
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+                derandomize=bool(os.environ.get("SCREENING_CI")))
 SUBS = list(SUBJECTS[:2])
 V = atlas.N_VERTICES_VISUAL
 
@@ -54,8 +57,10 @@ def test_collapse_of_any_vertex_sets_is_the_mean_of_the_full_outputs(calibrated_
         for ri, v in enumerate(sets.values()):
             cols = torch.as_tensor(v[s] if isinstance(v, dict) else v)
             want = full[s][:, cols].mean(1)
-            # relative to the mean's own spread across images: errors in any channel or vertex show
-            tol = 1e-4 * want.std() + 1e-6 * want.abs().max()
+            # relative to the mean's own spread across images (errors in any channel or vertex show), plus float32
+            # rounding of a 10,816-term dot product (about 40 ulps at the values' size: a draw once reached 1.07e-5
+            # against a bound of 1e-6 of 2.17)
+            tol = 1e-4 * want.std() + 1e-5 * want.abs().max()
             assert (got[:, si, ri] - want).abs().max() <= tol, (s, ri, cols.tolist()[:5])
 
 
