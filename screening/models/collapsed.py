@@ -64,14 +64,11 @@ def _crc(t: torch.Tensor) -> int:
     return crc
 
 
-def read_entry(d: Path, key: str, shape: tuple[int, int], *,
-               verify: bool = True) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """The mapped (C·P, S·R) matrix and the bias, or why the entry is refused (a string). ``verify=False`` skips the
-    CRC: only for the builder, right after it computed the CRC from the very pages it wrote."""
-    data, head = d / f"{key}.f32", d / f"{key}.json"
+def _header(d: Path, key: str, shape: tuple[int, int]) -> dict | str:
+    """The entry's header where it and the data's size match ``key`` and ``shape``, else why not (a string)."""
     try:
-        meta = json.loads(head.read_text())
-        size = data.stat().st_size
+        meta = json.loads((d / f"{key}.json").read_text())
+        size = (d / f"{key}.f32").stat().st_size
     except FileNotFoundError:
         return "absent"
     except (OSError, ValueError) as exc:
@@ -81,13 +78,24 @@ def read_entry(d: Path, key: str, shape: tuple[int, int], *,
         return "foreign entry (format or key differs)"
     if meta.get("shape") != list(shape) or size != 4 * n:
         return f"shape {meta.get('shape')} / {size} bytes, expected {list(shape)} / {4 * n} bytes"
+    return meta
+
+
+def read_entry(d: Path, key: str, shape: tuple[int, int], *,
+               verify: bool = True) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """The mapped (C·P, S·R) matrix and the bias, or why the entry is refused (a string). ``verify=False`` skips the
+    CRC: only for the builder, right after it computed the CRC from the very pages it wrote."""
+    meta = _header(d, key, shape)
+    if isinstance(meta, str):
+        return meta
+    n = shape[0] * shape[1]
     try:
         bias = torch.from_numpy(np.frombuffer(bytes.fromhex(meta["bias"]), dtype=np.float32).copy())
     except (KeyError, TypeError, ValueError):
         return "bias unreadable"
     if bias.numel() != shape[1]:
         return f"bias has {bias.numel()} values, expected {shape[1]}"
-    w_t = torch.from_file(str(data), shared=False, size=n, dtype=torch.float32).view(shape)
+    w_t = torch.from_file(str(d / f"{key}.f32"), shared=False, size=n, dtype=torch.float32).view(shape)
     if verify and _crc(w_t) != meta.get("crc32"):
         return "data checksum differs (corrupt)"
     return w_t, bias
@@ -123,16 +131,12 @@ def _write_entry(d: Path, key: str, shape: tuple[int, int],
 
 def _present(d: Path, key: str, shape: tuple[int, int]) -> bool:
     """An entry with the right header and size (the CRC is left to the reader that maps it)."""
-    try:
-        meta = json.loads((d / f"{key}.json").read_text())
-        return (isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("key") == key
-                and meta.get("shape") == list(shape) and (d / f"{key}.f32").stat().st_size == 4 * shape[0] * shape[1])
-    except (OSError, ValueError):
-        return False
+    return not isinstance(_header(d, key, shape), str)
 
 
-def _sweep_parts(d: Path, key: str) -> None:
-    """Delete a killed builder's temporary files of ``key`` (called under the key's lock: no builder is writing)."""
+def sweep_parts(d: Path, key: str) -> None:
+    """Delete the temporary files of ``key``'s builder: one that was killed (called under the key's lock), or the
+    caller's own build that the run outlived (``pipeline.prebuild``)."""
     for p in d.glob(f".{key}.*.part"):
         p.unlink(missing_ok=True)
 
@@ -151,7 +155,7 @@ def ensure_entry(key: str, shape: tuple[int, int], build: Callable[[torch.Tensor
             on_lock()
         if _present(d, key, shape):
             return "present"
-        _sweep_parts(d, key)
+        sweep_parts(d, key)
         _write_entry(d, key, shape, build)
         return "built"
 
@@ -174,7 +178,7 @@ def load_or_build(key: str, shape: tuple[int, int], build: Callable[[torch.Tenso
                 if got != "absent":
                     warnings.warn(f"collapsed-matrix cache entry {d / key}.f32 refused ({got}); rebuilding it",
                                   RuntimeWarning, stacklevel=2)
-                _sweep_parts(d, key)
+                sweep_parts(d, key)
                 _write_entry(d, key, shape, build)
                 got = read_entry(d, key, shape, verify=False)
                 if isinstance(got, str):

@@ -76,11 +76,10 @@ class CollapsePrebuild:
         # The run ended while this thread still builds (a refusal, an interrupt): drop its temporary file now
         # (the mapping keeps the pages until the thread or the process ends; nothing is left on disk).
         if self.thread is not None and self.thread.is_alive() and self._building.is_set() and self._entry:
-            from screening.models.collapsed import cache_dir_for
+            from screening.models.collapsed import cache_dir_for, sweep_parts
 
             d, key = self._entry
-            for p in cache_dir_for(d).glob(f".{key}.*.part"):
-                p.unlink(missing_ok=True)
+            sweep_parts(cache_dir_for(d), key)
 
     def _run(self) -> None:
         self._go.wait()
